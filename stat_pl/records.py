@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +39,17 @@ class ProblemRecord:
     source: str = ""
 
 
+class DataSource(ABC):
+    """Anything that yields problem records: files, Hub datasets, the skill world, synthetic data."""
+
+    @abstractmethod
+    def load(self) -> list[ProblemRecord]:
+        """All records of the source, validated."""
+
+
 @dataclass
-class RecordSource:
-    """Where records come from.
+class RecordSource(DataSource):
+    """Records from a file or a Hub dataset.
 
     Args:
         path: a ``.jsonl`` / ``.json`` / ``.parquet`` file, or a Hugging Face dataset name.
@@ -67,6 +76,9 @@ class RecordSource:
         if unknown:
             raise ValueError(f"RecordSource({self.path}).fields: unknown record field(s) {unknown}; "
                              f"known: {list(RECORD_FIELDS)}")
+
+    def load(self) -> list[ProblemRecord]:
+        return load_records(self)
 
 
 def load_records(source: RecordSource | str) -> list[ProblemRecord]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import Protocol
 
 Message = dict[str, str]
 #: A prompt is either raw text (used as is) or chat messages (the engine applies the chat template).
-Prompt = Union[str, Sequence[Message]]
+Prompt = str | Sequence[Message]
 
 
 @dataclass(frozen=True)

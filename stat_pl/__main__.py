@@ -1,0 +1,3 @@
+from stat_pl.cli import main
+
+main()

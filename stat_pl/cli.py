@@ -1,0 +1,79 @@
+"""``python -m stat_pl <subcommand>``: LightningCLI for training, jsonargparse for the offline stages.
+
+``fit | validate | test`` are LightningCLI: the YAML names a LightningModule and a LightningDataModule
+by ``class_path`` / ``init_args``. The offline stages of the pipeline (``profile``, ``build``,
+``evaluate``, ...) are plain typed functions registered in :data:`OFFLINE_STAGES`; jsonargparse builds
+their arguments from the same kind of YAML.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+LIGHTNING_SUBCOMMANDS = {
+    "fit": "train a model (SFT or GRPO) from a config",
+    "validate": "run the validation loop of a config",
+    "test": "run the test loop of a config",
+}
+
+#: name -> (import path "module:function", one-line help). Later stages register here.
+OFFLINE_STAGES: dict[str, tuple[str, str]] = {}
+
+
+class StatCLI(LightningCLI):
+    """LightningCLI with the tokenizer linked to the model and stat-pl's trainer defaults."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
+
+
+def run_lightning(argv: list[str]) -> None:
+    StatCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        # The SkillWeightedSampler shards itself across ranks; Lightning must not swap in a DistributedSampler.
+        trainer_defaults={"use_distributed_sampler": False},
+        save_config_kwargs={"overwrite": True},
+        args=argv,
+    )
+
+
+def _load(target: str) -> Callable:
+    import importlib
+
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_stage(name: str, argv: list[str]) -> None:
+    from jsonargparse import auto_cli
+
+    auto_cli(_load(OFFLINE_STAGES[name][0]), args=argv, as_positional=False)
+
+
+def usage() -> str:
+    lines = ["usage: python -m stat_pl <subcommand> --config configs/X.yaml [--key=value ...]", "", "subcommands:"]
+    for name, help_text in {**LIGHTNING_SUBCOMMANDS, **{k: v[1] for k, v in OFFLINE_STAGES.items()}}.items():
+        lines.append(f"  {name:<14}{help_text}")
+    lines += ["", "python -m stat_pl <subcommand> --help lists a subcommand's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    command, rest = argv[0], argv[1:]
+    if command in LIGHTNING_SUBCOMMANDS:
+        run_lightning([command, *rest])
+    elif command in OFFLINE_STAGES:
+        run_stage(command, rest)
+    else:
+        sys.exit(f"stat_pl: unknown subcommand {command!r}\n\n{usage()}")

@@ -1,0 +1,174 @@
+"""SFTDataModule: mixed sources, chat formatting, skill-weighted sampling, length-grouped batches.
+
+The SkillReprofiler callback retargets training through one public method, :meth:`set_profile`; the
+profile in force is part of the checkpoint, so a resumed run samples by the latest profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from stat_pl.data.formatting import collate, encode_example
+from stat_pl.data.sampler import LengthGroupedBatchSampler, SkillWeightedSampler
+from stat_pl.models import load_tokenizer
+from stat_pl.profile import MissingSkillProfile
+from stat_pl.records import DataSource, ProblemRecord
+from stat_pl.skills import SkillCatalog, SkillMap
+
+
+class SFTDataModule(L.LightningDataModule):
+    """Supervised fine-tuning data drawn by a :class:`SkillWeightedSampler`.
+
+    Args:
+        tokenizer: Hub name or local path of the tokenizer (the CLI links it to the model's).
+        train: the training sources; every record needs at least one solution, and each solution is
+            one example.
+        mix_ratios: each source's share of every epoch's draws (e.g. ``[0.7, 0.3]`` real vs synthetic);
+            default: proportional to the sources' sizes.
+        val: optional source for the validation loss.
+        max_length: examples are cut to this many tokens.
+        batch_size: micro-batch size per device (accumulation is the Trainer's).
+        samples_per_epoch: examples drawn per epoch across all devices; default: the pool size.
+        group_by_length: batch examples of similar length (the paper's group-by-length).
+        seed: seeds the draws and the batch order.
+        weight_floor: the uniform share mixed into profile weights so no example is never drawn.
+        initial_profile: a ``profile.json`` to sample by from the first epoch (static STAT-Sel).
+        catalog: a skill catalog JSON; when set, every profile's skills must be in it.
+        system_prompt: an optional system turn before the problem.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        train: list[DataSource],
+        mix_ratios: list[float] | None = None,
+        val: DataSource | None = None,
+        max_length: int = 1024,
+        batch_size: int = 2,
+        samples_per_epoch: int | None = None,
+        group_by_length: bool = True,
+        seed: int = 0,
+        weight_floor: float = 0.05,
+        initial_profile: str | None = None,
+        catalog: str | None = None,
+        system_prompt: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if mix_ratios is not None and (len(mix_ratios) != len(train) or min(mix_ratios) < 0 or sum(mix_ratios) <= 0):
+            raise ValueError(f"mix_ratios {mix_ratios} must be non-negative, not all zero, one per train source "
+                             f"({len(train)})")
+        self.tokenizer_name = tokenizer
+        self.sources = train
+        self.mix_ratios = mix_ratios
+        self.val_source = val
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.samples_per_epoch = samples_per_epoch
+        self.group_by_length = group_by_length
+        self.seed = seed
+        self.weight_floor = weight_floor
+        self.initial_profile = initial_profile
+        self.catalog = SkillCatalog.from_json(catalog) if catalog else None
+        self.system_prompt = system_prompt
+        self.num_workers = num_workers
+        self.profile: MissingSkillProfile | None = None
+        self.records: list[ProblemRecord] = []
+        self._batch_sampler: LengthGroupedBatchSampler | None = None
+        self._resume_state: dict | None = None
+
+    # ---- setup -----------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.records:
+            return
+        self.tokenizer = load_tokenizer(self.tokenizer_name)
+        self.source_records = [source.load() for source in self.sources]
+        self.records = [r for records in self.source_records for r in records]
+        self.skill_map = SkillMap.from_records(self.records)
+        self.train_examples = self._encode(self.records)
+        self.val_examples = self._encode(self.val_source.load()) if self.val_source else []
+        if self.initial_profile and self.profile is None:
+            self.profile = MissingSkillProfile.from_json(self.initial_profile, self.catalog)
+
+    def _encode(self, records: Sequence[ProblemRecord]) -> list[dict]:
+        examples = []
+        for i, record in enumerate(records):
+            if not record.solutions:
+                raise ValueError(f"record {record.id!r} (source {record.source!r}) has no solution to train on")
+            for solution in record.solutions:
+                example = encode_example(self.tokenizer, record.problem, solution, self.max_length,
+                                         self.system_prompt)
+                examples.append({**example, "record": i, "index": len(examples)})
+        return examples
+
+    # ---- weights ---------------------------------------------------------------------------------
+    def example_weights(self) -> list[float]:
+        """Per-example sampling weights: the profile's STAT-Sel weights within each source, times its ratio."""
+        ratios = self.mix_ratios or [len(r) for r in self.source_records]
+        record_weights: list[float] = []
+        for records, ratio in zip(self.source_records, ratios, strict=True):
+            if not records:
+                continue
+            within = (self.profile.to_weights(records, self.skill_map, floor=self.weight_floor)
+                      if self.profile else [1.0 / len(records)] * len(records))
+            record_weights.extend(ratio / sum(ratios) * w for w in within)
+        solutions = [len(r.solutions) for r in self.records]
+        return [record_weights[e["record"]] / solutions[e["record"]] for e in self.train_examples]
+
+    def set_profile(self, profile: MissingSkillProfile) -> None:
+        """Sample the next epochs by ``profile`` (STAT-Sel weights); the epoch in progress is unaffected."""
+        if self.catalog is not None:
+            profile.validate(self.catalog)
+        self.profile = profile
+        if self._batch_sampler is not None:
+            self._batch_sampler.sampler.set_weights(self.example_weights())
+
+    # ---- loaders ---------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        total = self.samples_per_epoch or len(self.train_examples)
+        sampler = SkillWeightedSampler(self.example_weights(), num_samples=max(1, total // world),
+                                       seed=self.seed, num_replicas=world, rank=rank)
+        lengths = [len(e["input_ids"]) for e in self.train_examples]
+        self._batch_sampler = LengthGroupedBatchSampler(sampler, lengths, self.batch_size, self.group_by_length)
+        if self._resume_state is not None:
+            sampler.load_state_dict(self._resume_state["sampler"])
+            self._batch_sampler.skip_batches = self._resume_state["batches_done"]
+            self._resume_state = None
+        return self._loader(self.train_examples, self._batch_sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        order = sorted(range(len(self.val_examples)), key=lambda i: -len(self.val_examples[i]["input_ids"]))
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return self._loader(self.val_examples, batches)
+
+    def _loader(self, examples: list[dict], batch_sampler) -> DataLoader:
+        return DataLoader(examples, batch_sampler=batch_sampler, num_workers=self.num_workers,
+                          collate_fn=partial(collate, pad_token_id=self.tokenizer.pad_token_id))
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The profile in force and the sampler position, so a resumed run draws what an uninterrupted one would."""
+        state: dict = {"profile": None, "sampler": None, "batches_done": 0}
+        if self.profile is not None:
+            state["profile"] = {"questions": {q: list(s) for q, s in self.profile.questions.items()},
+                                "histogram": self.profile.histogram, "meta": self.profile.meta}
+        if self._batch_sampler is not None:
+            state["sampler"] = self._batch_sampler.sampler.state_dict()
+            state["batches_done"] = self._batches_done()
+        return state
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch already trained on (a checkpoint taken at an epoch end has all)."""
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return progress.processed if progress.processed < len(self._batch_sampler) else 0
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("profile") is not None:
+            self.profile = MissingSkillProfile(**state["profile"])
+        if state.get("sampler") is not None:
+            self._resume_state = {"sampler": state["sampler"], "batches_done": state["batches_done"]}

@@ -1,0 +1,121 @@
+"""Loading the student (or any causal LM): Hub name, local folder or GGUF file; NF4/int8; PEFT LoRA.
+
+``offline:smollm2-135m-instruct`` names the real pretrained model stat-pl can provide without the
+Hub (see :mod:`stat_pl.offline_models`); every other string is a Hub name or a local path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+
+from stat_pl.offline_models import resolve_model_path
+
+Quantization = Literal["none", "nf4", "int8"]
+#: The paper's LoRA targets (DESIGN.md section 4): every attention and MLP projection.
+PAPER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoRAConfig:
+    """PEFT LoRA settings; the defaults are the paper's (rank 16, alpha 32, dropout 0.05)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(PAPER_TARGET_MODULES))
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``"bfloat16"`` -> ``torch.bfloat16``, with an error that lists the accepted names."""
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(dtypes)}")
+    return dtypes[name]
+
+
+def _pretrained_args(name_or_path: str) -> tuple[str, dict]:
+    """Split a GGUF file path into (folder, {gguf_file: name}); pass other names through."""
+    path = Path(resolve_model_path(name_or_path))
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist")
+        return str(path.parent), {"gguf_file": path.name}
+    return str(path), {}
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The model's tokenizer with a pad token (the EOS token when the model has none)."""
+    source, extra = _pretrained_args(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _quantization_config(quantization: Quantization, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    if quantization == "none":
+        return None
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+            bnb_4bit_quant_storage=compute_dtype,
+        )
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"unknown quantization {quantization!r}; use 'none', 'nf4' or 'int8'")
+
+
+def load_causal_lm(
+    name_or_path: str,
+    quantization: Quantization = "none",
+    compute_dtype: str = "bfloat16",
+    lora: LoRAConfig | None = None,
+    gradient_checkpointing: bool = False,
+    device: str | torch.device | None = None,
+) -> torch.nn.Module:
+    """Load a causal LM, optionally quantised with bitsandbytes (QLoRA: ``nf4`` + ``lora``) and wrapped in LoRA.
+
+    Unquantised weights load in ``compute_dtype`` on CUDA and in float32 on CPU (CPU training uses
+    bf16 autocast instead, which keeps fp32 master weights). Quantised weights are placed on
+    ``device`` (default: the current CUDA device, else CPU) because bitsandbytes quantises on load.
+    """
+    source, extra = _pretrained_args(name_or_path)
+    dtype = torch_dtype(compute_dtype)
+    quant = _quantization_config(quantization, dtype)
+    on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    kwargs: dict = {"dtype": dtype if on_cuda else torch.float32, **extra}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": device or (torch.cuda.current_device() if on_cuda else "cpu")}
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if lora is not None:
+        model = add_lora(model, lora)
+    return model
+
+
+def add_lora(model: torch.nn.Module, lora: LoRAConfig) -> torch.nn.Module:
+    """Wrap ``model`` in a PEFT LoRA adapter; only the adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)

@@ -1,0 +1,158 @@
+"""SFTModule: supervised fine-tuning of a causal LM with (Q)LoRA (DESIGN.md section 4).
+
+The Trainer owns the loop (accumulation, clipping, precision, strategy); this module builds the model
+in ``configure_model``, computes the masked next-token loss, and keeps checkpoints small: only the
+trainable (adapter) weights are saved, never the frozen base.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from stat_pl.models import LoRAConfig, Quantization, load_causal_lm
+
+
+class SFTModule(L.LightningModule):
+    """A causal LM + PEFT LoRA adapter trained on the assistant tokens.
+
+    Args:
+        model: Hub name, local folder, GGUF file or ``offline:smollm2-135m-instruct``.
+        quantization: ``"nf4"`` for QLoRA (the paper), ``"int8"``, or ``"none"``.
+        compute_dtype: bitsandbytes compute dtype (the paper: bfloat16).
+        lora: adapter settings; the defaults are the paper's.
+        optimizer: ``"adamw"`` (torch) or ``"paged_adamw_8bit"`` (bitsandbytes, CUDA; the paper's).
+        lr, weight_decay, betas: optimizer settings (paper: weight decay 0.1).
+        warmup_ratio: the share of optimizer steps of linear warm-up before the cosine decay (paper: 0.03).
+        gradient_checkpointing: trade compute for memory on long sequences.
+        adapter_dir: where :meth:`on_fit_end` saves the adapter; default ``<default_root_dir>/adapter``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        quantization: Quantization = "nf4",
+        compute_dtype: str = "bfloat16",
+        lora: LoRAConfig | None = None,
+        optimizer: str = "adamw",
+        lr: float = 2e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_ratio: float = 0.03,
+        gradient_checkpointing: bool = False,
+        adapter_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if optimizer not in ("adamw", "paged_adamw_8bit"):
+            raise ValueError(f"model.optimizer: unknown optimizer {optimizer!r}; use 'adamw' or 'paged_adamw_8bit'")
+        self.save_hyperparameters()
+        self.model_name = model
+        self.lora = lora or LoRAConfig()
+        self.model: torch.nn.Module | None = None
+        self._step_started = 0.0
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        device = self.device if self.device.type == "cuda" else "cpu"
+        self.model = load_causal_lm(
+            self.model_name,
+            quantization=self.hparams.quantization,
+            compute_dtype=self.hparams.compute_dtype,
+            lora=self.lora,
+            gradient_checkpointing=self.hparams.gradient_checkpointing,
+            device=device,
+        )
+
+    # ---- steps -----------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def masked_lm_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean next-token cross entropy over the label tokens (prompt and padding are -100)."""
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         labels=batch["labels"])
+        return out.loss
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.masked_lm_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        """Log trained tokens per second: non-padding tokens of this micro-batch over its wall time."""
+        elapsed = time.perf_counter() - self._step_started
+        tokens = int(batch["attention_mask"].sum())
+        self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), prog_bar=True, batch_size=1)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.masked_lm_loss(batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]), sync_dist=True)
+        return loss
+
+    # ---- optimisation ----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        kwargs = {"lr": self.hparams.lr, "weight_decay": self.hparams.weight_decay, "betas": self.hparams.betas}
+        if self.hparams.optimizer == "paged_adamw_8bit":
+            if not torch.cuda.is_available():
+                raise RuntimeError("model.optimizer: paged_adamw_8bit needs CUDA; use 'adamw' on CPU")
+            import bitsandbytes as bnb
+
+            optimizer = bnb.optim.PagedAdamW8bit(params, **kwargs)
+        else:
+            optimizer = torch.optim.AdamW(params, **kwargs)
+        scheduler = LambdaLR(optimizer, cosine_with_warmup(self.trainer.estimated_stepping_batches,
+                                                           self.hparams.warmup_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints and export ------------------------------------------------------------------
+    def state_dict(self, *args, **kwargs) -> dict:
+        """Only the trainable parameters: the frozen (quantised) base is reloaded from its source."""
+        full = super().state_dict(*args, **kwargs)
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        prefix = kwargs.get("prefix", "")
+        return {k: v for k, v in full.items() if k.removeprefix(prefix) in trainable}
+
+    def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
+        """Load adapter weights into the freshly built model; every saved tensor must find its parameter."""
+        missing_in_model = set(state_dict) - set(super().state_dict())
+        if missing_in_model:
+            raise KeyError(f"checkpoint has weights this model lacks: {sorted(missing_in_model)[:5]} ... "
+                           "was it made for another model or LoRA config?")
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self.save_adapter(self.adapter_path())
+
+    def adapter_path(self) -> Path:
+        return Path(self.hparams.adapter_dir or Path(self.trainer.default_root_dir) / "adapter")
+
+    def save_adapter(self, path: str | Path) -> Path:
+        """Write the adapter with PEFT's ``save_pretrained`` (loadable by plain PEFT on the base model)."""
+        self.model.save_pretrained(str(path))
+        return Path(path)
+
+
+def cosine_with_warmup(total_steps: int, warmup_ratio: float):
+    """LR multiplier: linear warm-up for ``warmup_ratio`` of the steps, then cosine decay to 0."""
+    total = max(1, int(total_steps))
+    warmup = int(math.ceil(warmup_ratio * total))
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return multiplier

@@ -1,0 +1,273 @@
+"""A teacher behind any OpenAI-compatible chat endpoint: OpenAI, ``vllm serve``, and the like.
+
+Built from YAML by LightningCLI / jsonargparse::
+
+    teacher:
+      class_path: stat_pl.teacher.OpenAICompatibleTeacher
+      init_args:
+        model: gpt-4o-mini
+        base_url: https://api.openai.com/v1
+        api_key_env: OPENAI_API_KEY      # the NAME of the variable; the key never enters a config
+        timeout: 60
+        max_retries: 5
+        concurrency: 16
+        cache_dir: runs/teacher_cache
+
+Retries are ours, not the ``openai`` client's (it is built with ``max_retries=0``), so that the bound
+is exact and every paid call is counted: timeouts, connection errors, 408/409/429/5xx and malformed
+(e.g. truncated) responses are retried up to ``max_retries`` times, waiting what the server's
+``Retry-After`` / ``retry-after-ms`` header says when it says so, else ``backoff_base_s * 2**k`` (capped
+at ``backoff_max_s``, with jitter so that parallel requests do not retry in lock step). Other 4xx
+errors (bad request, wrong key, unknown model) are not retried. Requests run on ``concurrency``
+threads; each answer is committed to the cache as soon as it arrives.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import openai
+from tqdm.auto import tqdm
+
+from stat_pl.teacher.base import (
+    DEFAULT_MAX_TOKENS,
+    Message,
+    TeacherAnswer,
+    TeacherError,
+    TeacherFailure,
+    TeacherRequest,
+    answer_through_cache,
+)
+from stat_pl.teacher.cache import TeacherCache, default_cache_dir
+
+log = logging.getLogger(__name__)
+
+#: The longest ``Retry-After`` we wait for; a longer one is waited for this long, then retried.
+MAX_RETRY_AFTER_S = 120.0
+_RETRIED_STATUS = {408, 409, 429}
+
+
+class _MalformedResponse(ValueError):
+    """A 200 response whose choices have no text (retried: the next answer may be whole)."""
+
+
+class _WrongChoiceCount(ValueError):
+    """A server that answers ``n`` choices with another number (it ignores ``n``: retrying cannot help)."""
+
+
+class OpenAICompatibleTeacher:
+    """Chat completions over HTTP through the ``openai`` package, cached, retried, concurrent.
+
+    Args:
+        model: the model name the server knows (``gpt-4o-mini``, the name given to ``vllm serve``).
+        base_url: the server's OpenAI API root, e.g. ``http://localhost:8000/v1`` for ``vllm serve``.
+        api_key_env: the NAME of the environment variable holding the key (read on the first paid call;
+            a fully cached run needs no key). For a server without authentication set it to any value.
+        timeout: seconds one HTTP call may take before it counts as failed (and is retried).
+        max_retries: retries per request after its first call; a request costs at most
+            ``1 + max_retries`` calls.
+        concurrency: requests in flight at once.
+        cache_dir: where the answer cache lives (default: :func:`default_cache_dir`).
+        backoff_base_s: the wait before the first retry when the server gives no ``Retry-After``.
+        backoff_max_s: the longest such wait.
+    """
+
+    def __init__(self, model: str, base_url: str = "https://api.openai.com/v1",
+                 api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0, max_retries: int = 5,
+                 concurrency: int = 16, cache_dir: str | None = None, backoff_base_s: float = 1.0,
+                 backoff_max_s: float = 60.0) -> None:
+        if max_retries < 0:
+            raise ValueError(f"teacher.max_retries must be >= 0, got {max_retries}")
+        if concurrency < 1:
+            raise ValueError(f"teacher.concurrency must be >= 1, got {concurrency}")
+        if timeout <= 0:
+            raise ValueError(f"teacher.timeout must be > 0 seconds, got {timeout}")
+        self.model = model
+        self.base_url = base_url
+        self.api_key_env = api_key_env
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.concurrency = concurrency
+        self.cache_dir = str(cache_dir) if cache_dir is not None else str(default_cache_dir())
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._cache = TeacherCache(self.cache_dir)
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._client: openai.OpenAI | None = None
+        self._client_pid = -1
+        self._lock = threading.Lock()
+        self._counts = {"requests": 0, "retries": 0, "failures": 0}
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r}, "
+                f"api_key_env={self.api_key_env!r}, timeout={self.timeout}, max_retries={self.max_retries}, "
+                f"concurrency={self.concurrency}, cache_dir={self.cache_dir!r})")
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickle the configuration only: the client (which holds the key) is rebuilt on demand."""
+        runtime = ("_client", "_client_pid", "_lock", "_counts")
+        return {k: v for k, v in self.__dict__.items() if k not in runtime}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    def complete(self, messages: Sequence[Message], n: int = 1, temperature: float = 0.0,
+                 max_tokens: int = DEFAULT_MAX_TOKENS) -> list[str]:
+        """``n`` texts for ``messages``; raises :class:`TeacherError` with the reason if it fails."""
+        request = TeacherRequest(tuple(messages), n=n, temperature=temperature, max_tokens=max_tokens)
+        (answer,) = self.complete_many([request])
+        if isinstance(answer, TeacherFailure):
+            raise TeacherError(f"{self!r}: request failed after {answer.attempts} call(s): {answer.reason}")
+        return answer
+
+    def complete_many(self, requests: Sequence[TeacherRequest]) -> list[TeacherAnswer]:
+        """Every request answered (cache first, then ``concurrency`` at a time) or failed with its reason."""
+        return answer_through_cache(requests, self.model, self._cache, self._fetch)
+
+    def stats(self) -> dict[str, int]:
+        """Paid HTTP calls (``requests``, retries included), ``retries``, ``failures`` and cache counters."""
+        with self._lock:
+            return {**self._counts, **self._cache.counters()}
+
+    def _fetch(self, requests: list[TeacherRequest]) -> list[TeacherAnswer]:
+        """Ask ``requests`` on ``concurrency`` threads, with a progress bar on a terminal.
+
+        On an interrupt (Ctrl-C) the queued requests are cancelled, not paid for, and the ones in flight
+        are awaited so that their answers reach the cache.
+        """
+        client = self._client_or_raise()
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)),
+                                  thread_name_prefix="teacher")
+        try:
+            futures = [pool.submit(self._ask, client, r) for r in requests]
+            with tqdm(total=len(futures), desc=f"teacher {self.model}", unit="request", disable=None,
+                      leave=False) as progress:
+                for _ in as_completed(futures):
+                    progress.update()
+            return [f.result() for f in futures]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _client_or_raise(self) -> openai.OpenAI:
+        with self._lock:
+            if self._client is None or self._client_pid != os.getpid():
+                key = os.environ.get(self.api_key_env)
+                if not key:
+                    raise TeacherError(
+                        f"environment variable {self.api_key_env} (teacher.api_key_env) is not set: export "
+                        "it with the API key, or with any value (e.g. EMPTY) for a server without a key")
+                self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout,
+                                             max_retries=0)
+                self._client_pid = os.getpid()  # a forked child builds its own: sockets are not shared
+            return self._client
+
+    def _ask(self, client: openai.OpenAI, request: TeacherRequest) -> TeacherAnswer:
+        """One request, retried within the bound; the answer is cached before it is returned."""
+        reason = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self._count("retries")
+            self._count("requests")
+            try:
+                texts = self._call(client, request)
+            except (openai.OpenAIError, ValueError) as err:
+                reason, delay = self._describe(err), self._retry_delay_s(err, attempt)
+                if delay is None:
+                    return self._give_up(reason, attempt + 1)
+            else:
+                self._cache.put(request.cache_key(self.model), texts)
+                return texts
+            if attempt < self.max_retries:
+                log.info("teacher %s: %s; retry %d of %d in %.2f s", self.model, reason, attempt + 1,
+                         self.max_retries, delay)
+                time.sleep(delay)
+        return self._give_up(reason, self.max_retries + 1)
+
+    def _retry_delay_s(self, err: Exception, attempt: int) -> float | None:
+        """How long to wait before retrying after ``err``; None when retrying cannot help."""
+        if isinstance(err, _WrongChoiceCount):
+            return None
+        if isinstance(err, openai.APIStatusError):
+            if err.status_code not in _RETRIED_STATUS and err.status_code < 500:
+                return None
+            retry_after = _retry_after_s(err.response.headers)
+            if retry_after is not None:
+                return retry_after
+        elif not isinstance(err, (openai.APIConnectionError, ValueError)):
+            return None
+        return self._backoff_s(attempt)
+
+    def _call(self, client: openai.OpenAI, request: TeacherRequest) -> list[str]:
+        extra = {} if request.seed is None else {"seed": request.seed}
+        response = client.chat.completions.create(
+            model=self.model, messages=list(request.messages), n=request.n,
+            temperature=request.temperature, max_tokens=request.max_tokens, **extra)
+        choices = sorted(response.choices or [], key=lambda c: c.index)
+        texts = [c.message.content if c.message is not None else None for c in choices]
+        if any(t is None for t in texts):
+            raise _MalformedResponse("a choice without message content")
+        if len(texts) != request.n:
+            raise _WrongChoiceCount(f"the server returned {len(texts)} choice(s) for n={request.n}; "
+                                    "does it support n > 1?")
+        return texts
+
+    def _backoff_s(self, attempt: int) -> float:
+        return min(self.backoff_base_s * 2.0**attempt, self.backoff_max_s) * random.uniform(0.5, 1.0)
+
+    def _describe(self, err: Exception) -> str:
+        """The error as one line, with the key masked in case a server echoed it."""
+        if isinstance(err, openai.APIStatusError):
+            text = f"HTTP {err.status_code}: {err.message}"
+        elif isinstance(err, openai.APITimeoutError):
+            text = f"no answer within timeout={self.timeout} s"
+        elif isinstance(err, openai.APIConnectionError):
+            text = f"connection error: {err.__cause__ or err}"
+        elif isinstance(err, (_MalformedResponse, _WrongChoiceCount)):
+            text = f"malformed response: {err}"
+        else:
+            text = f"malformed response ({type(err).__name__}: {err})"
+        key = os.environ.get(self.api_key_env)
+        return text.replace(key, "***") if key else text
+
+    def _give_up(self, reason: str, attempts: int) -> TeacherFailure:
+        self._count("failures")
+        log.warning("teacher %s at %s: gave up on a request after %d call(s): %s", self.model,
+                    self.base_url, attempts, reason)
+        return TeacherFailure(reason=reason, attempts=attempts)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+
+def _retry_after_s(headers: object) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms``, ``Retry-After`` seconds or date)."""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            try:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
+                continue
+        if math.isnan(seconds):
+            continue
+        return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+    return None
