@@ -110,12 +110,6 @@ class TeacherCache:
     def counters(self) -> dict[str, int]:
         return {"cache_hits": self.hits, "cache_misses": self.misses, "cache_writes": self.writes}
 
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
-
     def _connection(self) -> sqlite3.Connection:
         """This process's connection, opened (and checked) on first use and again after a fork."""
         if self._conn is None or self._pid != os.getpid():
