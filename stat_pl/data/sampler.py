@@ -7,7 +7,7 @@ batches of similar length (the paper's group-by-length) so dynamic padding waste
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -85,16 +85,20 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     length and split into batches, and the batches are shuffled (seeded by epoch) so the epoch does not
     run from longest to shortest. With ``group_by_length=False`` batches are consecutive slices.
     ``skip_batches`` drops the first batches of the next iteration only: that is how a run resumed
-    mid-epoch continues exactly where it stopped.
+    mid-epoch continues exactly where it stopped. ``epoch_source``, when given, is asked for the epoch
+    at the start of each iteration (the DataModule passes the trainer's ``current_epoch``): Lightning's
+    own ``set_epoch`` calls run ahead by one epoch after a mid-epoch resume (Lightning 2.6).
     """
 
     def __init__(self, sampler: SkillWeightedSampler, lengths: Sequence[int], batch_size: int,
-                 group_by_length: bool = True, group_batches: int = 64) -> None:
+                 group_by_length: bool = True, group_batches: int = 64,
+                 epoch_source: Callable[[], int] | None = None) -> None:
         self.sampler = sampler
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.group_by_length = group_by_length
         self.group_batches = group_batches
+        self.epoch_source = epoch_source
         self.skip_batches = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -115,6 +119,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        if self.epoch_source is not None:
+            self.sampler.set_epoch(self.epoch_source())
         batches = self.epoch_batches()[self.skip_batches :]
         self.skip_batches = 0
         return iter(batches)

@@ -134,7 +134,9 @@ class SFTDataModule(L.LightningDataModule):
         sampler = SkillWeightedSampler(self.example_weights(), num_samples=max(1, total // world),
                                        seed=self.seed, num_replicas=world, rank=rank)
         lengths = [len(e["input_ids"]) for e in self.train_examples]
-        self._batch_sampler = LengthGroupedBatchSampler(sampler, lengths, self.batch_size, self.group_by_length)
+        epoch_source = (lambda: self.trainer.current_epoch) if self.trainer else None
+        self._batch_sampler = LengthGroupedBatchSampler(sampler, lengths, self.batch_size, self.group_by_length,
+                                                        epoch_source=epoch_source)
         if self._resume_state is not None:
             sampler.load_state_dict(self._resume_state["sampler"])
             self._batch_sampler.skip_batches = self._resume_state["batches_done"]

