@@ -21,7 +21,9 @@ LIGHTNING_SUBCOMMANDS = {
 }
 
 #: name -> (import path "module:function", one-line help). Later stages register here.
-OFFLINE_STAGES: dict[str, tuple[str, str]] = {}
+OFFLINE_STAGES: dict[str, tuple[str, str]] = {
+    "evaluate": ("stat_pl.evaluation.evaluate:evaluate", "base model + adapters on benchmarks: Table 3 and plots"),
+}
 
 
 class StatCLI(LightningCLI):

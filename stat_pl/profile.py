@@ -116,15 +116,18 @@ class MissingSkillProfile:
         return [(1 - floor) * t + floor * uniform for t in targeted]
 
     # ---- files ---------------------------------------------------------------------------------
-    def to_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (histogram largest first); ``MissingSkillProfile(**d)`` rebuilds it."""
+        return {
             "histogram": dict(self.top_k(len(self.histogram))),
             "questions": {q: list(s) for q, s in self.questions.items()},
             "meta": self.meta,
         }
-        path.write_text(json.dumps(payload, indent=1, default=str))
+
+    def to_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, default=str))
         return path
 
     @classmethod

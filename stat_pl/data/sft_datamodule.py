@@ -155,10 +155,8 @@ class SFTDataModule(L.LightningDataModule):
     # ---- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The profile in force and the sampler position, so a resumed run draws what an uninterrupted one would."""
-        state: dict = {"profile": None, "sampler": None, "batches_done": 0}
-        if self.profile is not None:
-            state["profile"] = {"questions": {q: list(s) for q, s in self.profile.questions.items()},
-                                "histogram": self.profile.histogram, "meta": self.profile.meta}
+        state: dict = {"profile": self.profile.to_dict() if self.profile else None, "sampler": None,
+                       "batches_done": 0}
         if self._batch_sampler is not None:
             state["sampler"] = self._batch_sampler.sampler.state_dict()
             state["batches_done"] = self._batches_done()

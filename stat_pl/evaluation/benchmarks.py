@@ -121,7 +121,8 @@ class BenchmarkSpec:
             raise ValueError(f"{where}: metrics is empty; use e.g. [pass@1]")
         largest = max(self._sampled_ks(), default=1)
         if self.samples is not None and self.samples < largest:
-            raise ValueError(f"{where}: samples={self.samples} is fewer than the largest K ({largest}) of {self.metrics}")
+            raise ValueError(f"{where}: samples={self.samples} is fewer than the largest K ({largest}) "
+                             f"of {self.metrics}")
         if self.path is not None and self.source is not None:
             raise ValueError(f"{where}: give either path or source, not both")
         if self.name not in BENCHMARKS and self.path is None and self.source is None:

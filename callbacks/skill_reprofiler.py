@@ -1,0 +1,207 @@
+"""SkillReprofiler: re-profile the student between epochs and retarget the data at what it misses now.
+
+This is what stat-pl adds to STAT (DESIGN.md, "What stat-pl adds"): the paper profiles once, offline.
+Each round the callback samples a fixed validation subset, generates with the *current* weights
+through an Engine, detects the difficult questions (Stage 1), names their missing skills (Stage 2),
+combines the new Missing-Skill-Profile with the previous one and hands it to the DataModule's
+``set_profile``, so the next epoch samples by it (STAT-Sel weights). ``one_shot=True`` is the paper's
+static STAT-Sel on the same code path: one round, then the weights never change.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from stat_pl.data.formatting import prompt_messages
+from stat_pl.engines.base import SamplingParams
+from stat_pl.grading import grade
+from stat_pl.plots import plot_skill_bars
+from stat_pl.profile import MissingSkillProfile
+from stat_pl.profiling.base import Attempt, DifficultyDetector, Profiler
+from stat_pl.records import DataSource, ProblemRecord
+
+
+class SkillReprofiler(Callback):
+    """Profile at fit start (optional) and every ``every_n_epochs`` epochs; sample the next epochs by it.
+
+    Args:
+        questions: validation questions with gold answers and skills (never trained on).
+        detector: Stage 1, e.g. ``GroundTruthDetector`` or ``ConsistencyDetector(k=5, min_votes=2)``.
+        profiler: Stage 2, e.g. ``SkillMapProxy``, ``SkillWorldOracle`` or the LLM ``TeacherProfiler``.
+        num_questions: size of the validation subset, drawn once with ``seed`` so rounds compare.
+        every_n_epochs: profile after every n-th training epoch.
+        at_fit_start: profile the untrained student before the first epoch (round "epoch 0").
+        one_shot: the paper's static STAT-Sel: profile once (the first round), never again.
+        combine: ``"replace"`` uses each new profile as is; ``"ema"`` smooths the histogram with ``ema_alpha``.
+        ema_alpha: weight of the new round in the moving average.
+        max_new_tokens, temperature: generation settings (paper: greedy or T = 0.1 for pass@1).
+        engine: ``"hf"`` generates with the live model; ``"vllm"`` (CUDA) serves the adapter saved each round.
+        batch_size: generation batch size.
+        seed: draws the subset and seeds generation.
+    """
+
+    def __init__(
+        self,
+        questions: DataSource,
+        detector: DifficultyDetector,
+        profiler: Profiler,
+        num_questions: int = 64,
+        every_n_epochs: int = 1,
+        at_fit_start: bool = True,
+        one_shot: bool = False,
+        combine: Literal["replace", "ema"] = "replace",
+        ema_alpha: float = 0.5,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        engine: Literal["hf", "vllm"] = "hf",
+        batch_size: int = 32,
+        seed: int = 0,
+    ) -> None:
+        if combine not in ("replace", "ema"):
+            raise ValueError(f"SkillReprofiler.combine must be 'replace' or 'ema', got {combine!r}")
+        self.questions = questions
+        self.detector = detector
+        self.profiler = profiler
+        self.num_questions = num_questions
+        self.every_n_epochs = every_n_epochs
+        self.at_fit_start = at_fit_start
+        self.one_shot = one_shot
+        self.combine = combine
+        self.ema_alpha = ema_alpha
+        self.sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                       n=detector.samples_per_question, seed=seed)
+        self.engine_kind = engine
+        self.batch_size = batch_size
+        self.seed = seed
+        self.profile: MissingSkillProfile | None = None
+        self.history: list[dict[str, Any]] = []
+        self._subset: list[ProblemRecord] | None = None
+        self._vllm = None
+
+    # ---- hooks -----------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_fit_start and not self.history:
+            self.run_round(trainer, pl_module, epoch=0)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_n_epochs == 0 and not (self.one_shot and self.history):
+            self.run_round(trainer, pl_module, epoch=epoch)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.history:
+            print(self.summary(trainer))
+
+    # ---- one round -------------------------------------------------------------------------------
+    def run_round(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> MissingSkillProfile:
+        """Rank 0 profiles; the result is broadcast so every rank sets identical weights."""
+        result = self._profile_on_rank_zero(trainer, pl_module, epoch) if trainer.is_global_zero else None
+        result = trainer.strategy.broadcast(result, src=0)
+        self.profile = MissingSkillProfile(**result["profile"])
+        self.history.append(result["round"])
+        trainer.datamodule.set_profile(self.profile)
+        return self.profile
+
+    def _profile_on_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> dict:
+        subset = self._validation_subset()
+        completions = self._engine(trainer, pl_module).generate(
+            [prompt_messages(r.problem, getattr(trainer.datamodule, "system_prompt", None)) for r in subset],
+            self.sampling)
+        attempts = [Attempt(r, tuple(c.text for c in cs)) for r, cs in zip(subset, completions, strict=True)]
+        difficult = [a for a, hard in zip(attempts, self.detector.detect(attempts), strict=True) if hard]
+        diagnoses = self.profiler.diagnose(difficult)
+        new = MissingSkillProfile.from_questions({d.question_id: d.skills for d in diagnoses}, epoch=epoch)
+        profile = new if self.profile is None or self.combine == "replace" else self.profile.ema(new, self.ema_alpha)
+        profile.meta.update(epoch=epoch, questions=len(subset), difficult=len(difficult),
+                            statuses=dict(Counter(d.status for d in diagnoses)))
+        round_ = {"epoch": epoch, "skill_accuracy": _skill_accuracy(attempts),
+                  "metrics": {"accuracy": _accuracy(attempts), "difficult": len(difficult)},
+                  "histogram": profile.histogram}
+        self._write(trainer, profile, round_)
+        return {"profile": profile.to_dict(), "round": round_}
+
+    def _validation_subset(self) -> list[ProblemRecord]:
+        if self._subset is None:
+            records = self.questions.load()
+            rng = random.Random(self.seed)
+            self._subset = rng.sample(records, min(self.num_questions, len(records)))
+        return self._subset
+
+    def _engine(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        tokenizer = trainer.datamodule.tokenizer
+        if self.engine_kind == "hf":
+            from stat_pl.engines.hf import HFEngine
+
+            return HFEngine(pl_module.model, tokenizer, batch_size=self.batch_size)
+        from stat_pl.engines.vllm import VLLMEngine
+
+        adapter = pl_module.save_adapter(Path(trainer.default_root_dir) / "reprofile-adapter")
+        if self._vllm is None:
+            self._vllm = VLLMEngine(pl_module.model_name, enable_lora=True)
+        self._vllm.set_adapter(str(adapter))
+        return self._vllm
+
+    # ---- outputs ---------------------------------------------------------------------------------
+    def _write(self, trainer: L.Trainer, profile: MissingSkillProfile, round_: dict) -> None:
+        """``profile-epoch{N}.json`` and the PNGs of this round, in the run directory."""
+        run_dir = Path(trainer.default_root_dir)
+        epoch = round_["epoch"]
+        profile.to_json(run_dir / f"profile-epoch{epoch}.json")
+        plot_skill_bars({f"epoch {epoch}": profile.histogram}, run_dir / f"profile-epoch{epoch}.png",
+                        f"Missing-Skill-Profile after epoch {epoch}", "count (difficult questions)")
+        rounds = [*self.history, round_]
+        plot_skill_bars({f"epoch {r['epoch']}": r["skill_accuracy"] for r in rounds},
+                        run_dir / "skill-accuracy.png", "Per-skill accuracy on the validation subset", "accuracy")
+        (run_dir / "reprofile-history.json").write_text(json.dumps(rounds, indent=1))
+        metrics = {f"reprofile/{k}": float(v) for k, v in round_["metrics"].items()}
+        metrics.update({f"reprofile/missing/{s}": c for s, c in profile.histogram.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            if hasattr(logger, "log_table"):  # e.g. WandbLogger
+                logger.log_table(key="reprofile/histogram", columns=["skill", "count"],
+                                 data=[[s, c] for s, c in profile.top_k(len(profile.histogram))])
+
+    def summary(self, trainer: L.Trainer) -> str:
+        """Per-skill accuracy of the first and the last round, and where the files are."""
+        first, last = self.history[0], self.history[-1]
+        skills = sorted(set(first["skill_accuracy"]) | set(last["skill_accuracy"]))
+        rows = [f"| {s} | {first['skill_accuracy'].get(s, 0):.2f} | {last['skill_accuracy'].get(s, 0):.2f} | "
+                f"{self.profile.histogram.get(s, 0):.1f} |" for s in skills]
+        run_dir = Path(trainer.default_root_dir)
+        return "\n".join([
+            f"\nSkillReprofiler: {len(self.history)} rounds; accuracy {first['metrics']['accuracy']:.3f} "
+            f"(epoch {first['epoch']}) -> {last['metrics']['accuracy']:.3f} (epoch {last['epoch']})",
+            f"| skill | acc epoch {first['epoch']} | acc epoch {last['epoch']} | missing (last profile) |",
+            "|---|---|---|---|", *rows,
+            f"profiles: {run_dir}/profile-epoch*.json (+ .png); accuracy plot: {run_dir}/skill-accuracy.png",
+        ])
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"profile": self.profile.to_dict() if self.profile else None, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
+        if state.get("profile"):
+            self.profile = MissingSkillProfile(**state["profile"])
+
+
+def _accuracy(attempts: list[Attempt]) -> float:
+    return sum(grade(a.responses[0], a.record.answer) for a in attempts) / max(1, len(attempts))
+
+
+def _skill_accuracy(attempts: list[Attempt]) -> dict[str, float]:
+    """Accuracy of the first response per labelled skill of the question."""
+    right: dict[str, list[bool]] = defaultdict(list)
+    for a in attempts:
+        correct = grade(a.responses[0], a.record.answer)
+        for skill in a.record.skills:
+            right[skill].append(correct)
+    return {s: sum(v) / len(v) for s, v in sorted(right.items())}

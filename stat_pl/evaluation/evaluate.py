@@ -1,0 +1,244 @@
+"""``python -m stat_pl evaluate --config configs/eval_math.yaml``: the paper's Table 3 for a base model
+and its adapters, plus accuracy per subject and per skill (Figures 4 and 7).
+
+One call compares a base model with any number of LoRA adapters trained on it (base vs SFT vs
+STAT-Sel). For each model and benchmark it generates the samples each metric needs, grades them with
+:mod:`stat_pl.grading`, and writes to ``output_dir``:
+
+* ``generations.jsonl``: every question's responses, extracted answers and verdicts, appended as they
+  finish; a rerun (or a resumed, interrupted run) generates only what is missing;
+* ``results.json``: the same per question, the aggregates, the breakdowns, timing and how many
+  completions this run generated;
+* ``table.md``: rows = models, columns = benchmark x metric, like Table 3;
+* ``plots/<benchmark>_<subject|level|skill>.png``: one bar series per model;
+* ``config.yaml``: the arguments of this run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from tqdm.auto import tqdm
+
+from stat_pl.engines.base import Engine
+from stat_pl.evaluation.adapters import ModelEntry, check_adapter, load_for_evaluation, model_skeleton
+from stat_pl.evaluation.benchmarks import BenchmarkSpec, load_benchmark
+from stat_pl.evaluation.metrics import MetricName
+from stat_pl.evaluation.report import markdown_table, plot_groups
+from stat_pl.evaluation.scoring import SampleSetting, Timing, breakdowns, generate_and_grade, sample_settings, score
+from stat_pl.evaluation.store import ResultStore, result_key
+from stat_pl.records import ProblemRecord
+
+EngineFactory = Callable[[ModelEntry], Engine]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The sampling and bookkeeping settings shared by every model and benchmark of a run."""
+
+    temperature: float = 0.1
+    sample_temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    batch_size: int = 32
+    system_prompt: str | None = None
+    seed: int = 0
+    grading_timeout_s: float = 5.0
+    progress: bool = True
+
+
+def evaluate(
+    model: str,
+    benchmarks: list[BenchmarkSpec],
+    adapters: dict[str, str] | None = None,
+    base_label: str = "base",
+    output_dir: str = "runs/eval",
+    engine: Literal["hf", "vllm"] = "hf",
+    temperature: float = 0.1,
+    sample_temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 1024,
+    batch_size: int = 32,
+    system_prompt: str | None = None,
+    seed: int = 0,
+    grading_timeout_s: float = 5.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a base model and its adapters on benchmarks; write results, a table and plots.
+
+    Args:
+        model: the base model: Hub name, local folder, GGUF file or ``offline:smollm2-135m-instruct``.
+        benchmarks: what to evaluate on, see :class:`~stat_pl.evaluation.benchmarks.BenchmarkSpec`.
+        adapters: row label -> PEFT adapter folder trained on ``model`` (e.g. ``{sft: runs/sft/adapter}``).
+        base_label: the row label of the base model without an adapter.
+        output_dir: where results go; a rerun with the same folder reuses every finished question.
+        engine: ``hf`` (transformers, any device) or ``vllm`` (CUDA; needs ``stat_pl.engines.vllm``).
+        temperature: sampling temperature of pass@1 (paper 0.1; 0 is greedy).
+        sample_temperature: temperature of the avg@K / pass@K samples (paper 1.0).
+        top_p: nucleus sampling for both.
+        max_new_tokens: the response budget per sample.
+        batch_size: sequences per ``generate`` call (questions x samples); results are saved after each.
+        system_prompt: an optional system turn; the default is the paper's 0-shot prompt, the question alone.
+        seed: the sampling seed.
+        grading_timeout_s: math-verify's time limit per answer.
+        progress: show progress bars.
+    """
+    settings = EvalSettings(temperature, sample_temperature, top_p, max_new_tokens, batch_size, system_prompt,
+                            seed, grading_timeout_s, progress)
+    entries = [ModelEntry(base_label, model)]
+    entries += [ModelEntry(label, model, path) for label, path in (adapters or {}).items()]
+    factory = _engine_factory(engine, batch_size)
+    for entry in entries[1:]:
+        check_adapter(entry.adapter, model, model_skeleton(model))
+    config = {"model": model, "adapters": adapters or {}, "base_label": base_label, "output_dir": output_dir,
+              "engine": engine, "benchmarks": [dataclasses.asdict(b) for b in benchmarks],
+              **dataclasses.asdict(settings)}
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    results = run_evaluation(entries, benchmarks, output, settings, factory, config)
+    print(results["table"])
+    return results
+
+
+def _engine_factory(engine: str, batch_size: int) -> EngineFactory:
+    """A function that builds the engine of one model; fails now, not after the first model, if it cannot."""
+    if engine == "vllm":
+        try:
+            from stat_pl.engines.vllm import VLLMEngine
+        except ImportError as e:
+            raise RuntimeError(f"engine: vllm needs stat_pl.engines.vllm and vLLM (CUDA only; pip install "
+                               f"'stat-pl[vllm]'), which do not import here ({e}); use engine: hf") from e
+        return lambda entry: VLLMEngine(entry.base, adapter=entry.adapter)
+    if engine != "hf":
+        raise ValueError(f"engine: unknown engine {engine!r}; use 'hf' or 'vllm'")
+    from stat_pl.engines.hf import HFEngine
+    from stat_pl.models import load_tokenizer
+
+    return lambda entry: HFEngine(load_for_evaluation(entry), tokenizer=load_tokenizer(entry.base),
+                                  batch_size=batch_size, progress=False)
+
+
+def run_evaluation(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec], output_dir: Path,
+                   settings: EvalSettings, make_engine: EngineFactory, config: dict[str, Any]) -> dict[str, Any]:
+    """Generate what ``output_dir/generations.jsonl`` lacks, then write results.json, table.md and plots.
+
+    ``make_engine`` builds a model's engine only when some of its questions are missing, so a run
+    whose results are all stored loads no model.
+    """
+    names = [b.name for b in benchmarks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"benchmarks: each name may appear once, got {names}")
+    questions = {b.name: load_benchmark(b) for b in benchmarks}
+    store = ResultStore(output_dir / "generations.jsonl")
+    timing = Timing()
+    for entry in models:
+        _generate_missing(entry, benchmarks, questions, store, settings, make_engine, timing)
+    return _write_outputs(models, benchmarks, questions, store, settings, timing, output_dir, config)
+
+
+def _plan(benchmarks: Sequence[BenchmarkSpec],
+          settings: EvalSettings) -> list[tuple[BenchmarkSpec, SampleSetting, list[MetricName]]]:
+    """Every (benchmark, sample setting, metrics read from it) of the run, in config order."""
+    plan = []
+    for spec in benchmarks:
+        for setting, metrics in sample_settings(spec, settings.temperature, settings.sample_temperature,
+                                                settings.max_new_tokens, settings.top_p, settings.seed,
+                                                settings.system_prompt).items():
+            plan.append((spec, setting, metrics))
+    return plan
+
+
+def _generate_missing(entry: ModelEntry, benchmarks: Sequence[BenchmarkSpec],
+                      questions: dict[str, list[ProblemRecord]], store: ResultStore, settings: EvalSettings,
+                      make_engine: EngineFactory, timing: Timing) -> None:
+    model_id = entry.fingerprint()
+    engine = None
+    for spec, setting, _ in _plan(benchmarks, settings):
+        missing = [r for r in questions[spec.name] if store.get(result_key(model_id, spec.name, r, setting)) is None]
+        if not missing:
+            continue
+        engine = engine or make_engine(entry)
+        bar = tqdm(total=len(missing), desc=f"{entry.label} {spec.title} ({setting.label()})",
+                   disable=not settings.progress, unit="q")
+
+        def save(chunk: list[ProblemRecord], results: list, spec=spec, setting=setting, bar=bar) -> None:
+            for record, result in zip(chunk, results, strict=True):
+                store.add(result_key(model_id, spec.name, record, setting), result,
+                          model=entry.label, benchmark=spec.name, setting=dataclasses.asdict(setting))
+            bar.update(len(chunk))
+
+        generate_and_grade(engine, missing, setting, settings.batch_size // setting.n, save, timing,
+                           settings.grading_timeout_s)
+        bar.close()
+    del engine
+    gc.collect()
+
+
+def _collect(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec],
+             questions: dict[str, list[ProblemRecord]], store: ResultStore, settings: EvalSettings
+             ) -> tuple[dict, dict, list[dict]]:
+    """Scores, breakdowns and per-question rows, all read back from the store."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    groups: dict[str, dict[str, dict]] = {}
+    rows: list[dict] = []
+    for entry in models:
+        model_id = entry.fingerprint()
+        summary[entry.label], groups[entry.label] = {}, {}
+        for spec, setting, metrics in _plan(benchmarks, settings):
+            records = questions[spec.name]
+            results = [store.get(result_key(model_id, spec.name, r, setting)) for r in records]
+            summary[entry.label].setdefault(spec.name, {}).update(score(results, metrics))
+            if spec.name not in groups[entry.label]:  # per group: the benchmark's first metric's samples
+                groups[entry.label][spec.name] = breakdowns(records, results)
+            rows += [_question_row(entry, spec, setting, r, res) for r, res in zip(records, results, strict=True)]
+    return summary, groups, rows
+
+
+def _question_row(entry: ModelEntry, spec: BenchmarkSpec, setting: SampleSetting, record: ProblemRecord,
+                  result: Any) -> dict[str, Any]:
+    return {"model": entry.label, "benchmark": spec.name, "setting": dataclasses.asdict(setting),
+            "id": record.id, "subject": record.subject, "level": record.level, "skills": list(record.skills),
+            "gold": record.answer, **dataclasses.asdict(result)}
+
+
+def _write_outputs(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec],
+                   questions: dict[str, list[ProblemRecord]], store: ResultStore, settings: EvalSettings,
+                   timing: Timing, output_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    summary, groups, rows = _collect(models, benchmarks, questions, store, settings)
+    titles = {b.name: b.title for b in benchmarks}
+    table = markdown_table(summary, titles, {name: len(records) for name, records in questions.items()})
+    (output_dir / "table.md").write_text(table)
+    plots = _write_plots(groups, titles, output_dir / "plots")
+    results = {
+        "config": config,
+        "models": [dataclasses.asdict(m) for m in models],
+        "summary": summary,
+        "breakdowns": groups,
+        "generation": dataclasses.asdict(timing),
+        "plots": [str(p) for p in plots],
+        "table": table,
+        "questions": rows,
+    }
+    (output_dir / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    return results
+
+
+def _write_plots(groups: dict[str, dict[str, dict]], titles: dict[str, str], plot_dir: Path) -> list[Path]:
+    """One PNG per (benchmark, grouping) that has groups: subject, level, skill."""
+    paths = []
+    for benchmark, title in titles.items():
+        for grouping in ("subject", "level", "skill"):
+            tables = {model: per_bench[benchmark][grouping] for model, per_bench in groups.items()
+                      if grouping in per_bench.get(benchmark, {})}
+            if tables:
+                paths.append(plot_groups(tables, f"{title}: accuracy per {grouping}",
+                                         plot_dir / f"{benchmark}_{grouping}.png"))
+    return paths

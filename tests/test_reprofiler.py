@@ -1,0 +1,111 @@
+"""The SkillReprofiler on a tiny model: rounds change the sampler's weights, files appear, one-shot, resume."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from stat_pl.callbacks.skill_reprofiler import SkillReprofiler
+from stat_pl.data.sft_datamodule import SFTDataModule
+from stat_pl.data.skillworld import SKILLWORLD_SKILLS, SkillWorldSource
+from stat_pl.modules.sft import SFTModule
+from stat_pl.profiling.base import Diagnosis
+from stat_pl.profiling.detectors import GroundTruthDetector
+from stat_pl.profiling.oracle import SkillWorldOracle
+
+
+class RoundRobinProfiler:
+    """Names a different skill each round, so consecutive profiles differ (tests the callback, not a profiler)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def diagnose(self, attempts):
+        skill = SKILLWORLD_SKILLS[self.calls % len(SKILLWORLD_SKILLS)]
+        self.calls += 1
+        return [Diagnosis(a.record.id, (skill,)) for a in attempts]
+
+
+class WeightsPerEpoch(L.Callback):
+    """Records the weights the sampler draws each epoch with."""
+
+    def __init__(self) -> None:
+        self.weights: list[torch.Tensor] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.weights.append(trainer.datamodule._batch_sampler.sampler.weights.clone())
+
+
+def make_run(tiny_model_dir: Path, root: Path, profiler=None, max_epochs: int = 2, **reprofiler):
+    module = SFTModule(str(tiny_model_dir), quantization="none", lora=None)
+    data = SFTDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=60, levels=(1,))], batch_size=2,
+                         samples_per_epoch=6, max_length=96)
+    callback = SkillReprofiler(SkillWorldSource(split="validation", n=30, levels=(1,)), GroundTruthDetector(),
+                               profiler or SkillWorldOracle(), num_questions=6, max_new_tokens=6, **reprofiler)
+    weights = WeightsPerEpoch()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=max_epochs, default_root_dir=root, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[callback, weights, L.pytorch.callbacks.ModelCheckpoint(save_last=True)])
+    return trainer, module, data, callback, weights
+
+
+def test_each_round_sets_the_weights_its_profile_gives_and_writes_files(tiny_model_dir, tmp_path):
+    trainer, module, data, callback, weights = make_run(tiny_model_dir, tmp_path, RoundRobinProfiler())
+    trainer.fit(module, data)
+    assert [r["epoch"] for r in callback.history] == [0, 1, 2]
+    for epoch in (0, 1, 2):
+        assert (tmp_path / f"profile-epoch{epoch}.json").is_file() and (tmp_path / f"profile-epoch{epoch}.png").is_file()
+    assert (tmp_path / "skill-accuracy.png").is_file()
+    # epoch 0 trained on round 0's profile (one skill), epoch 1 on round 1's (another skill)
+    for epoch, skill in enumerate(SKILLWORLD_SKILLS[:2]):
+        drawn = weights.weights[epoch]
+        favoured = {data.records[e["record"]].skills[0] for e, w in zip(data.train_examples, drawn, strict=True)
+                    if w > drawn.min() * 2}
+        assert favoured == {skill}
+    assert weights.weights[0].tolist() != weights.weights[1].tolist()
+    assert data.profile.histogram == {SKILLWORLD_SKILLS[2]: 6.0}
+
+
+def test_one_shot_profiles_once_and_never_changes_the_weights(tiny_model_dir, tmp_path):
+    trainer, module, data, callback, weights = make_run(tiny_model_dir, tmp_path, RoundRobinProfiler(), one_shot=True,
+                                                        max_epochs=3)
+    trainer.fit(module, data)
+    assert len(callback.history) == 1 and not (tmp_path / "profile-epoch1.json").exists()
+    assert all(w.tolist() == weights.weights[0].tolist() for w in weights.weights)
+    uniform = torch.full_like(weights.weights[0], 1 / len(weights.weights[0]))
+    assert not torch.allclose(weights.weights[0], uniform)
+
+
+def test_oracle_round_on_garbage_falls_back_to_labels(tiny_model_dir, tmp_path):
+    trainer, module, data, callback, _ = make_run(tiny_model_dir, tmp_path, max_epochs=1)
+    trainer.fit(module, data)
+    profile = callback.history[0]
+    assert profile["metrics"]["accuracy"] == 0.0 and profile["metrics"]["difficult"] == 6
+    assert sum(profile["histogram"].values()) >= 6  # each unreadable question names its labelled skills
+
+
+def test_resume_restores_the_latest_profile_and_weights(tiny_model_dir, tmp_path):
+    trainer, module, data, callback, _ = make_run(tiny_model_dir, tmp_path, RoundRobinProfiler())
+    trainer.fit(module, data)
+    latest = data.profile.histogram
+    trainer, module, data, callback, weights = make_run(tiny_model_dir, tmp_path / "resumed", RoundRobinProfiler(),
+                                                        max_epochs=3)
+    trainer.fit(module, data, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
+    assert [r["epoch"] for r in callback.history] == [0, 1, 2, 3]  # no new fit-start round
+    assert len(weights.weights) == 1
+    expected = torch.tensor(SFTDataModule.example_weights(_with_profile(data, latest)), dtype=torch.float64)
+    assert torch.allclose(weights.weights[0], expected)
+
+
+def _with_profile(data: SFTDataModule, histogram: dict):
+    from stat_pl.profile import MissingSkillProfile
+
+    data.profile = MissingSkillProfile(histogram=histogram)
+    return data
+
+
+@pytest.mark.parametrize("combine", ["bogus"])
+def test_bad_combine_is_rejected(combine):
+    with pytest.raises(ValueError, match="combine must be"):
+        SkillReprofiler(SkillWorldSource(), GroundTruthDetector(), SkillWorldOracle(), combine=combine)
