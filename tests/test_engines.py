@@ -1,0 +1,64 @@
+"""HFEngine on a tiny model: batching is exact, samples come grouped, the live model is left as it was."""
+
+import pytest
+import torch
+
+from stat_pl.engines.base import SamplingParams
+from stat_pl.engines.hf import HFEngine
+from stat_pl.models import LoRAConfig, add_lora, load_causal_lm, load_tokenizer
+
+PROMPTS = [[{"role": "user", "content": q}] for q in
+           ("what is 2+3", "compute the sum of 12 and 30 and then the product", "x", "find the value of y = 7 * 8")]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return HFEngine(str(tiny_model_dir), batch_size=8, progress=False)
+
+
+def test_batched_greedy_equals_one_by_one(engine):
+    sampling = SamplingParams(max_new_tokens=12)
+    batched = engine.generate(PROMPTS, sampling)
+    single = [engine.generate([p], sampling)[0] for p in PROMPTS]
+    assert [c[0].text for c in batched] == [c[0].text for c in single]
+    assert all(c[0].num_tokens == 12 or c[0].finish_reason == "stop" for c in batched)
+
+
+def test_n_samples_come_back_grouped_per_prompt_and_are_seeded(engine):
+    sampling = SamplingParams(max_new_tokens=8, temperature=1.0, n=3, seed=7)
+    out = engine.generate(PROMPTS[:2], sampling)
+    assert [len(c) for c in out] == [3, 3]
+    assert [[c.text for c in cs] for cs in out] == [[c.text for c in cs] for cs in engine.generate(PROMPTS[:2],
+                                                                                                   sampling)]
+    assert len({c.text for c in out[0]}) > 1
+
+
+def test_a_stop_string_stops(engine):
+    free = engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=20))[0][0].text
+    assert len(free) > 2
+    stop = free[1:3]
+    stopped = engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=20, stop=(stop,)))[0][0]
+    assert stop not in stopped.text and free.startswith(stopped.text) and stopped.finish_reason == "stop"
+
+
+def test_live_training_model_is_back_in_train_mode_with_gradients_and_rng_intact(tiny_model_dir):
+    model = add_lora(load_causal_lm(str(tiny_model_dir)), LoRAConfig(r=4))
+    model.train()
+    batch = torch.tensor([[5, 6, 7, 8]])
+    model(input_ids=batch, labels=batch).loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    HFEngine(model, load_tokenizer(str(tiny_model_dir)), progress=False).generate(
+        PROMPTS, SamplingParams(max_new_tokens=5, temperature=1.0))
+    assert torch.rand(1) == expected_next  # generation did not consume the training RNG
+    assert model.training and all(m.training for m in model.modules() if hasattr(m, "lora_A"))
+    assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters() if n in grads)
+
+
+def test_vllm_engine_says_what_it_needs_on_cpu():
+    from stat_pl.engines.vllm import VLLMEngine
+
+    with pytest.raises((ImportError, RuntimeError), match="CUDA|vllm"):
+        VLLMEngine("offline:smollm2-135m-instruct")
