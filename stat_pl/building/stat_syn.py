@@ -1,0 +1,137 @@
+"""STAT-Syn (paper Sec. 3.3): new questions written by the teacher for each missing skill.
+
+For each (difficult question, missing skill) pair of the profile, the teacher sees
+``examples_per_prompt`` training questions linked to the skill, with their solutions (paper: 3), and
+writes ``questions_per_pair`` new questions that emphasise the skill (paper: 2). The questions then
+go through :func:`stat_pl.building.synthesis.synthesize`: contamination guard, three teacher
+solutions, majority vote with at least two agreeing, only the agreeing solutions kept.
+
+:func:`synthesize_for_profile` is the same method for the live loop: the SkillReprofiler callback
+calls it after a profiling round and hands the rows to ``SFTDataModule.add_synthetic``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stat_pl.building.base import BuildInputs, BuiltDataset, BuiltRow
+from stat_pl.building.checks import check_linked, check_pool, check_positive, check_profile
+from stat_pl.building.contamination import ContaminationGuard
+from stat_pl.building.synthesis import ProposalTask, SynthesisSettings, synthesize
+from stat_pl.profile import MissingSkillProfile
+from stat_pl.records import ProblemRecord
+from stat_pl.teacher.base import Teacher
+from stat_pl.teacher.templates import PromptTemplates, format_examples
+
+log = logging.getLogger(__name__)
+
+#: Request seeds of live round ``r`` start at ``r * ROUND_SEED_STRIDE``: a later round asks for new samples.
+ROUND_SEED_STRIDE = 100_000
+
+
+@dataclass
+class StatSyn:
+    """STAT-Syn as a builder (YAML: ``class_path: stat_pl.building.StatSyn``); needs a teacher.
+
+    Args:
+        name: the dataset's name: its folder, and each row's ``source`` and id prefix.
+        questions_per_pair: new questions asked for per (difficult question, missing skill).
+        examples_per_prompt: training questions (with solutions) shown in each prompt.
+        seed: seeds the choice of examples.
+        synthesis: sampling and the consistency filter (solutions per question, votes).
+        templates: the teacher's prompt files (``propose_question`` and ``solve`` are used).
+    """
+
+    name: str = "stat_syn"
+    questions_per_pair: int = 2
+    examples_per_prompt: int = 3
+    seed: int = 0
+    synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
+    templates: PromptTemplates = field(default_factory=PromptTemplates)
+
+    def build(self, inputs: BuildInputs) -> BuiltDataset:
+        """The accepted new questions for every pair of ``inputs.profile``."""
+        check_positive(self.name, questions_per_pair=self.questions_per_pair,
+                       examples_per_prompt=self.examples_per_prompt)
+        profile = inputs.require_profile(self.name)
+        check_profile(profile, inputs.profile_path, self.name)
+        check_pool(inputs, self.name, need_skills=True)
+        check_linked(profile, inputs, self.name)
+        teacher = inputs.require_teacher(self.name, "it writes and solves the new questions")
+        tasks, stats = stat_syn_tasks(profile, inputs, self.templates, self.examples_per_prompt,
+                                      self.questions_per_pair, self.seed)
+        rows, synthesis_stats = synthesize(tasks, teacher, inputs.guard, self.synthesis, self.templates, self.name)
+        stats.update(synthesis_stats)
+        return BuiltDataset(self.name, rows, stats)
+
+
+def stat_syn_tasks(profile: MissingSkillProfile, inputs: BuildInputs, templates: PromptTemplates,
+                   examples_per_prompt: int, questions_per_pair: int, seed: int,
+                   round_index: int = 0) -> tuple[list[ProposalTask], dict[str, Any]]:
+    """One question-writing task per (difficult question, missing skill) linked to the pool.
+
+    The examples of a pair are drawn with a generator seeded by ``(seed, question, skill)``, so a rerun
+    sends the same prompts (and is answered from the cache); live round ``r`` sends them with request
+    seeds from ``r * ROUND_SEED_STRIDE``, so every round asks for new samples.
+    """
+    tasks = []
+    unlinked: Counter[str] = Counter()
+    for qid in sorted(profile.questions):
+        for skill in profile.questions[qid]:
+            linked = inputs.skill_map.problems_with(skill)
+            if not linked:
+                unlinked[skill] += 1
+                continue
+            rng = random.Random(f"{seed}/{qid}/{skill}")
+            examples = [inputs.pool_by_id[p] for p in rng.sample(linked, min(examples_per_prompt, len(linked)))]
+            subject = Counter(e.subject for e in examples).most_common(1)[0][0]
+            messages = tuple(templates.render(
+                "propose_question", skill=skill.replace("_", " "), subject=subject.replace("_", " "),
+                examples=format_examples([f"{e.problem.strip()}\n\nSolution:\n{e.solutions[0].strip()}"
+                                          for e in examples])))
+            provenance = {"difficult_question": qid, "target_skill": skill,
+                          "example_ids": [e.id for e in examples]}
+            tasks.append(ProposalTask(messages, questions_per_pair, subject, (skill,), provenance,
+                                      seed=round_index * ROUND_SEED_STRIDE))
+    if unlinked:
+        log.warning("STAT-Syn: %d missing skill(s) label no pool question and get no prompt: %s", len(unlinked),
+                    sorted(unlinked))
+    return tasks, {"pairs": len(tasks) + sum(unlinked.values()), "prompts": len(tasks),
+                   "skills_without_pool_questions": dict(unlinked)}
+
+
+def synthesize_for_profile(profile: MissingSkillProfile, teacher: Teacher, pool: Sequence[ProblemRecord],
+                           max_new: int, guard: ContaminationGuard | None = None, round_index: int = 0,
+                           seed: int = 0, questions_per_pair: int = 2, examples_per_prompt: int = 3,
+                           settings: SynthesisSettings | None = None, templates: PromptTemplates | None = None,
+                           name: str = "stat_syn") -> list[BuiltRow]:
+    """Up to ``max_new`` new consistent questions targeted at ``profile``: STAT-Syn for the live loop.
+
+    Pairs are drawn uniformly (seeded by ``seed`` and ``round_index``), so the skills' shares of the
+    prompts follow the profile; ``ceil(max_new / questions_per_pair)`` pairs are asked, and questions
+    lost to the filters are not replaced, so fewer than ``max_new`` may come back. Pass the same
+    ``guard`` every round (built once from the training pool, the test sets and the synthetic rows
+    already in the run) and increase ``round_index``: a later round then asks for new samples and a
+    question already accepted is rejected as ``duplicate_synthetic``. Pool questions need skills and
+    solutions; raises :class:`~stat_pl.building.base.BuildInputError` otherwise.
+    """
+    check_positive(name, max_new=max_new, questions_per_pair=questions_per_pair)
+    templates = templates or PromptTemplates()
+    inputs = BuildInputs(pool=list(pool), pool_path="<pool given to synthesize_for_profile>", profile=profile,
+                         profile_path="<profile given to synthesize_for_profile>")
+    check_pool(inputs, name, need_skills=True)
+    tasks, _ = stat_syn_tasks(profile, inputs, templates, examples_per_prompt, questions_per_pair, seed,
+                              round_index)
+    wanted = math.ceil(max_new / questions_per_pair)
+    if len(tasks) > wanted:
+        tasks = random.Random(f"{seed}/round{round_index}").sample(tasks, wanted)
+    rows, stats = synthesize(tasks, teacher, guard, settings or SynthesisSettings(), templates, name)
+    log.info("%s round %d: %d of %d new questions accepted; rejected %s", name, round_index, stats["accepted"],
+             stats["proposed"], stats["rejected"])
+    return rows[:max_new]
