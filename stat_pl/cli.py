@@ -23,6 +23,7 @@ LIGHTNING_SUBCOMMANDS = {
 #: name -> (import path "module:function", one-line help). Later stages register here.
 OFFLINE_STAGES: dict[str, tuple[str, str]] = {
     "evaluate": ("stat_pl.evaluation.evaluate:evaluate", "base model + adapters on benchmarks: Table 3 and plots"),
+    "build": ("stat_pl.building.run:build", "Stage 3: targeted training data (STAT-Sel, STAT-Syn, baselines)"),
 }
 
 
