@@ -96,6 +96,8 @@ def load_causal_lm(
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": device or (torch.cuda.current_device() if on_cuda else "cpu")}
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if quant is not None and not on_cuda:
+        _disable_cpu_inference_packing(model)
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
@@ -105,6 +107,20 @@ def load_causal_lm(
     if lora is not None:
         model = add_lora(model, lora)
     return model
+
+
+def _disable_cpu_inference_packing(model: torch.nn.Module) -> None:
+    """Keep bitsandbytes' 4-bit CPU layers in their trainable layout.
+
+    bitsandbytes 0.50 repacks a ``Linear4bit`` weight for its AVX512-BF16 inference kernel the first time
+    the layer runs in eval mode without gradients (our engines do, between epochs) and never packs it
+    back; the packed kernel has no autograd formula, so afterwards no gradient flows through the frozen
+    base and every LoRA layer but the last ones silently stops learning (measured: layer-0 LoRA-B
+    gradient 0.0 after one ``generate``). Turning the repacking off keeps training correct.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def add_lora(model: torch.nn.Module, lora: LoRAConfig) -> torch.nn.Module:

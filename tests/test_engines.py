@@ -62,3 +62,24 @@ def test_vllm_engine_says_what_it_needs_on_cpu():
 
     with pytest.raises((ImportError, RuntimeError), match="CUDA|vllm"):
         VLLMEngine("offline:smollm2-135m-instruct")
+
+
+def test_generation_does_not_break_qlora_gradients_on_cpu(tiny_model_dir):
+    """bitsandbytes repacks 4-bit CPU weights for inference in eval mode; training must still get gradients."""
+    model = load_causal_lm(str(tiny_model_dir), quantization="nf4", lora=LoRAConfig(r=4, dropout=0.0))
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    for name, p in model.named_parameters():
+        if "lora_A" in name:
+            torch.nn.init.normal_(p)
+    batch = torch.tensor([[5, 6, 7, 8, 9, 10]])
+
+    def first_layer_grad() -> float:
+        model.zero_grad()
+        model.train()
+        model(input_ids=batch, labels=batch).loss.backward()
+        return sum(float(p.grad.norm()) for n, p in model.named_parameters()
+                   if "layers.0." in n and "lora_B" in n)
+
+    before = first_layer_grad()
+    HFEngine(model, tokenizer, progress=False).generate(PROMPTS[:2], SamplingParams(max_new_tokens=4))
+    assert before > 0 and first_layer_grad() == pytest.approx(before, rel=1e-4)
