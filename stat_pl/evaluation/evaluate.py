@@ -94,7 +94,7 @@ def evaluate(
                             seed, grading_timeout_s, progress)
     entries = [ModelEntry(base_label, model)]
     entries += [ModelEntry(label, model, path) for label, path in (adapters or {}).items()]
-    factory = _engine_factory(engine, batch_size)
+    factory = _engine_factory(engine, batch_size, with_adapters=bool(adapters))
     for entry in entries[1:]:
         check_adapter(entry.adapter, model, model_skeleton(model))
     config = {"model": model, "adapters": adapters or {}, "base_label": base_label, "output_dir": output_dir,
@@ -108,15 +108,10 @@ def evaluate(
     return results
 
 
-def _engine_factory(engine: str, batch_size: int) -> EngineFactory:
+def _engine_factory(engine: str, batch_size: int, with_adapters: bool) -> EngineFactory:
     """A function that builds the engine of one model; fails now, not after the first model, if it cannot."""
     if engine == "vllm":
-        try:
-            from stat_pl.engines.vllm import VLLMEngine
-        except ImportError as e:
-            raise RuntimeError(f"engine: vllm needs stat_pl.engines.vllm and vLLM (CUDA only; pip install "
-                               f"'stat-pl[vllm]'), which do not import here ({e}); use engine: hf") from e
-        return lambda entry: VLLMEngine(entry.base, adapter=entry.adapter)
+        return _vllm_factory(with_adapters)
     if engine != "hf":
         raise ValueError(f"engine: unknown engine {engine!r}; use 'hf' or 'vllm'")
     from stat_pl.engines.hf import HFEngine
@@ -124,6 +119,28 @@ def _engine_factory(engine: str, batch_size: int) -> EngineFactory:
 
     return lambda entry: HFEngine(load_for_evaluation(entry), tokenizer=load_tokenizer(entry.base),
                                   batch_size=batch_size, progress=False)
+
+
+def _vllm_factory(with_adapters: bool) -> EngineFactory:
+    """One vLLM engine holds the base model; each model entry points it at its adapter (or none)."""
+    import importlib.util
+
+    try:
+        from stat_pl.engines.vllm import VLLMEngine
+    except ImportError as e:
+        raise RuntimeError(f"engine: vllm needs stat_pl.engines.vllm, which does not import here ({e}); "
+                           "use engine: hf") from e
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError("engine: vllm needs vLLM (pip install 'stat-pl[vllm]', CUDA only); use engine: hf on CPU")
+    engines: dict[str, VLLMEngine] = {}
+
+    def make(entry: ModelEntry) -> Engine:
+        if entry.base not in engines:
+            engines[entry.base] = VLLMEngine(entry.base, enable_lora=with_adapters, gpu_memory_utilization=0.9)
+        engines[entry.base].set_adapter(entry.adapter)
+        return engines[entry.base]
+
+    return make
 
 
 def run_evaluation(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec], output_dir: Path,

@@ -119,8 +119,13 @@ def generate_and_grade(engine: Engine, records: Sequence[ProblemRecord], setting
                        chunk_size: int, on_chunk: Callable[[list[ProblemRecord], list[QuestionResult]], None],
                        timing: Timing, grading_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Generate ``setting.n`` samples per question in chunks of ``chunk_size`` questions, grade them, and
-    hand each finished chunk to ``on_chunk`` (which saves it), so an interruption loses one chunk at most."""
-    for chunk in _chunks(records, max(1, chunk_size)):
+    hand each finished chunk to ``on_chunk`` (which saves it), so an interruption loses one chunk at most.
+
+    Questions go longest first, so a chunk's prompts have similar lengths and pad little. The order is
+    a stable sort, so the questions a resumed run still lacks form the same chunks as before.
+    """
+    ordered = sorted(records, key=lambda r: -len(r.problem))
+    for chunk in _chunks(ordered, max(1, chunk_size)):
         started = time.perf_counter()
         prompts = [prompt_messages(r.problem, setting.system_prompt) for r in chunk]
         completions = engine.generate(prompts, setting.sampling(chunk[0].id))
