@@ -139,7 +139,8 @@ class SkillReprofiler(Callback):
         if self.engine_kind == "hf":
             from stat_pl.engines.hf import HFEngine
 
-            return HFEngine(pl_module.model, tokenizer, batch_size=self.batch_size)
+            model = pl_module.generation_model() if hasattr(pl_module, "generation_model") else pl_module.model
+            return HFEngine(model, tokenizer, batch_size=self.batch_size)
         from stat_pl.engines.vllm import VLLMEngine
 
         adapter = pl_module.save_adapter(Path(trainer.default_root_dir) / "reprofile-adapter")

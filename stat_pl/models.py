@@ -123,6 +123,48 @@ def _disable_cpu_inference_packing(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """An unquantised float32 copy of a 4-bit PEFT model with the same effective weights.
+
+    The NF4 weights are dequantised once (so the copy computes what the trained QLoRA model computes)
+    and the LoRA adapter is copied over; :func:`sync_lora` refreshes the adapter later. On CPU,
+    bitsandbytes dequantises every 4-bit layer at every decoding step, which made generation 3.3x
+    slower than this copy (SmolLM2-135M, batch 32, 32 new tokens: 84 s vs 25 s).
+    """
+    import bitsandbytes as bnb
+    from peft import get_peft_model
+
+    base = model.get_base_model()
+    config = base.config.to_dict()
+    config.pop("quantization_config", None)
+    twin = AutoModelForCausalLM.from_config(type(base.config).from_dict(config), dtype=torch.float32)
+    state = {}
+    for name, module in base.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            key = name.removesuffix(".base_layer")
+            state[f"{key}.weight"] = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+            if module.bias is not None:
+                state[f"{key}.bias"] = module.bias
+    for name, param in base.named_parameters():
+        if "lora_" not in name and not isinstance(param, bnb.nn.Params4bit):
+            state[name.replace(".base_layer", "")] = param
+    missing = set(twin.state_dict()) - set(state) - {"lm_head.weight"}
+    if missing:
+        raise RuntimeError(f"dequantized_copy: no weights for {sorted(missing)[:5]}")
+    twin.load_state_dict({k: v.detach().float() for k, v in state.items()}, strict=False)
+    twin.tie_weights()
+    twin = get_peft_model(twin, model.peft_config[model.active_adapter])
+    sync_lora(model, twin)
+    return twin.eval().requires_grad_(False)
+
+
+def sync_lora(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Copy the adapter weights of PEFT model ``source`` into ``target`` (same LoRA config)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    set_peft_model_state_dict(target, get_peft_model_state_dict(source))
+
+
 def add_lora(model: torch.nn.Module, lora: LoRAConfig) -> torch.nn.Module:
     """Wrap ``model`` in a PEFT LoRA adapter; only the adapter weights stay trainable."""
     from peft import LoraConfig, get_peft_model

@@ -83,3 +83,21 @@ def test_generation_does_not_break_qlora_gradients_on_cpu(tiny_model_dir):
     before = first_layer_grad()
     HFEngine(model, tokenizer, progress=False).generate(PROMPTS[:2], SamplingParams(max_new_tokens=4))
     assert before > 0 and first_layer_grad() == pytest.approx(before, rel=1e-4)
+
+
+def test_dequantized_copy_computes_what_the_qlora_model_computes(tiny_model_dir):
+    from stat_pl.models import dequantized_copy, sync_lora
+
+    model = load_causal_lm(str(tiny_model_dir), quantization="nf4", lora=LoRAConfig(r=4, dropout=0.0)).eval()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    copy = dequantized_copy(model)
+    batch = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=batch).logits.float(), copy(input_ids=batch).logits, atol=2e-2)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(1.0)
+        sync_lora(model, copy)
+        assert torch.allclose(model(input_ids=batch).logits.float(), copy(input_ids=batch).logits, atol=2e-2)

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from stat_pl.models import LoRAConfig, Quantization, load_causal_lm
+from stat_pl.models import LoRAConfig, Quantization, dequantized_copy, load_causal_lm, sync_lora
 
 
 class SFTModule(L.LightningModule):
@@ -55,6 +55,7 @@ class SFTModule(L.LightningModule):
         self.lora = lora or LoRAConfig()
         self.model: torch.nn.Module | None = None
         self._step_started = 0.0
+        self._generation_copy: list[torch.nn.Module] = []  # a list, so the copy is not a registered submodule
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -68,6 +69,19 @@ class SFTModule(L.LightningModule):
             gradient_checkpointing=self.hparams.gradient_checkpointing,
             device=device,
         )
+
+    def generation_model(self) -> torch.nn.Module:
+        """The model engines generate with: the live model, or on CPU with 4-bit weights a float copy.
+
+        The copy (:func:`~stat_pl.models.dequantized_copy`) is made once and gets the current adapter
+        weights at every call, so it generates exactly what the live model would, about 3x faster.
+        """
+        if self.hparams.quantization != "nf4" or self.device.type != "cpu":
+            return self.model
+        if not self._generation_copy:
+            self._generation_copy.append(dequantized_copy(self.model))
+        sync_lora(self.model, self._generation_copy[0])
+        return self._generation_copy[0]
 
     # ---- steps -----------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
