@@ -14,8 +14,9 @@ import hashlib
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,7 @@ class EmbeddingModel:
     batch_size: int = 64
     device: str | None = None
     cache_dir: str | None = None
+    _model: Any = field(default=None, init=False, repr=False, compare=False)
 
     def encode(self, texts: Sequence[str], query: bool = False) -> np.ndarray:
         """L2-normalised float32 embeddings, one row per text (from the cache when embedded before)."""
@@ -70,13 +72,16 @@ class EmbeddingModel:
         root = Path(self.cache_dir).expanduser() if self.cache_dir else cache_root() / "embeddings"
         return root / f"{slug}-{digest}.npy"
 
-    def _load(self):  # -> sentence_transformers.SentenceTransformer (an optional dependency)
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError:
-            raise ImportError(f"embedding_model.model={self.model!r} needs sentence-transformers: "
-                              f"{_INSTALL_HINT}") from None
-        return SentenceTransformer(resolve_embedding_model(self.model), device=self.device)
+    def _load(self) -> Any:
+        """The sentence-transformers model (an optional dependency), loaded once."""
+        if self._model is None:
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError:
+                raise ImportError(f"embedding_model.model={self.model!r} needs sentence-transformers: "
+                                  f"{_INSTALL_HINT}") from None
+            self._model = SentenceTransformer(resolve_embedding_model(self.model), device=self.device)
+        return self._model
 
 
 def resolve_embedding_model(name: str) -> str:

