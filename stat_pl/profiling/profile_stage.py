@@ -1,0 +1,251 @@
+"""``python -m stat_pl profile --config configs/profile_math.yaml``: Stages 1 and 2 offline, once.
+
+The student answers the validation questions (0-shot), a :class:`DifficultyDetector` picks the difficult
+ones and a :class:`Profiler` (the LLM teacher by default) names the skills the student misses on each:
+the paper's Missing-Skill-Profile (DESIGN.md, Stages 1-2). MATH's validation questions are the 1k of
+:func:`~stat_pl.evaluation.benchmarks.split_math_test`, the same split evaluation uses, so profiling
+never sees an evaluation question; ``split: evaluation`` runs the detector over the evaluation split
+instead, which is what a MATH-D benchmark is built from.
+
+Written to ``output_dir``:
+
+* ``profile.json``: the :class:`MissingSkillProfile`. Its ``questions`` are *all* difficult questions
+  (an unlabelled one with no skills), so a MATH-D benchmark can read them; ``meta`` holds the counts,
+  the detector and profiler (with its teacher), and every question's difficulty and diagnosis status;
+* ``responses.jsonl``: per question the responses, the verdict and the skills named;
+* ``profile.png``: the top skills; ``summary.md`` / ``summary.json``: the counts; ``config.yaml``.
+
+Reruns pay nothing twice: responses are kept in ``responses.jsonl`` as each batch finishes (keyed by
+the student, its adapter's weights and the sampling), so an interrupted or repeated run generates only
+what is missing and loads no model when nothing is; teacher answers come from the teacher's cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from stat_pl.data.formatting import prompt_messages
+from stat_pl.engines.base import Engine, SamplingParams
+from stat_pl.evaluation.adapters import ModelEntry
+from stat_pl.evaluation.benchmarks import _canonical_subject, split_math_test
+from stat_pl.grading import grade
+from stat_pl.plots import plot_skill_bars
+from stat_pl.profile import MissingSkillProfile
+from stat_pl.profiling.base import Attempt, Diagnosis, DifficultyDetector, Profiler
+from stat_pl.profiling.detectors import GroundTruthDetector
+from stat_pl.profiling.run_files import describe, write_config, write_summary
+from stat_pl.profiling.teacher_profiler import TeacherProfiler
+from stat_pl.records import ProblemRecord, RecordSource, load_records
+from stat_pl.teacher.base import Teacher
+
+Split = Literal["validation", "evaluation", "all"]
+
+
+def profile(
+    questions: RecordSource,
+    student: str = "offline:smollm2-135m-instruct",
+    adapter: str | None = None,
+    detector: DifficultyDetector | None = None,
+    teacher: Teacher | None = None,
+    profiler: Profiler | None = None,
+    catalog: str = "../shared/data/skills/catalog.json",
+    benchmark: str = "MATH",
+    split: Split = "validation",
+    split_seed: int = 0,
+    validation_size: int = 1000,
+    num_questions: int | None = None,
+    max_new_tokens: int = 1024,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    system_prompt: str | None = None,
+    output_dir: str = "runs/profile",
+    top_k: int = 20,
+) -> dict[str, Any]:
+    """Build the student's Missing-Skill-Profile on validation questions; write it with responses and a summary.
+
+    Args:
+        questions: the question file or Hub dataset (``../shared/data/math/test.jsonl`` for MATH).
+        student: the student: Hub name, local folder, GGUF file or ``offline:smollm2-135m-instruct``.
+        adapter: a PEFT adapter folder trained on ``student`` (e.g. after STAT-Sel), merged for generation.
+        detector: Stage 1 (``class_path`` / ``init_args``); default ``GroundTruthDetector``. Its
+            ``samples_per_question`` responses are sampled per question.
+        teacher: the teacher of the default profiler, ``TeacherProfiler(teacher, catalog, benchmark)``.
+        profiler: Stage 2 instead of the default, e.g. ``stat_pl.profiling.proxy.SkillMapProxy`` (no teacher)
+            or a ``TeacherProfiler`` with its own teacher and options. Give ``teacher`` or ``profiler``.
+        catalog: the skill catalog JSON of the default profiler; ``benchmark`` its entry.
+        split: ``validation`` / ``evaluation``: that part of MATH's test split (:func:`split_math_test`
+            with ``split_seed`` and ``validation_size``); ``all``: every question (not MATH).
+        num_questions: profile only the first N questions of the split (it is shuffled); None: all.
+        max_new_tokens, temperature, top_p, seed: the student's sampling (temperature 0 is greedy;
+            consistency voting needs > 0).
+        batch_size: sequences per ``generate`` call; responses are saved after each.
+        system_prompt: an optional system turn; default the paper's 0-shot prompt, the question alone.
+        output_dir: where everything is written; a rerun reuses its responses.
+        top_k: skills in the bar chart.
+    """
+    arguments = dict(locals())
+    detector = detector or GroundTruthDetector()
+    profiler = _profiler(profiler, teacher, catalog, benchmark)
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    write_config(output, arguments)
+    records = select_questions(questions, split, split_seed, validation_size, num_questions)
+    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                              n=detector.samples_per_question, seed=seed)
+    store = ResponseStore(output / "responses.jsonl",
+                          _generation_key(student, adapter, sampling, system_prompt))
+    generated = store.generate_missing(records, lambda: _student_engine(student, adapter, batch_size),
+                                       sampling, batch_size, system_prompt)
+    attempts = [Attempt(r, tuple(store.responses[r.id])) for r in records]
+    verdicts = detector.detect(attempts)
+    diagnoses = profiler.diagnose([a for a, hard in zip(attempts, verdicts, strict=True) if hard])
+    stats = dict(getattr(profiler, "stats", None) or {})
+    counts = _counts(attempts, verdicts, diagnoses, stats, generated)
+    result = MissingSkillProfile.from_questions(
+        {d.question_id: d.skills for d in diagnoses}, student=student, adapter=adapter, split=split,
+        split_seed=split_seed, counts=counts, detector=describe(detector), profiler=describe(profiler),
+        difficulty={a.record.id: hard for a, hard in zip(attempts, verdicts, strict=True)},
+        statuses={d.question_id: d.status for d in diagnoses})
+    result.to_json(output / "profile.json")
+    store.finish(attempts, verdicts, diagnoses)
+    plot_skill_bars({"missing skills": result.histogram}, output / "profile.png",
+                    f"Missing-Skill-Profile of {student} ({counts['difficult']} difficult questions)",
+                    "difficult questions", top_k=top_k)
+    table = write_summary(output, f"profile of {student}", counts,
+                          {"unmatched_skills": stats.get("unmatched_skills", {}), "top_skills": result.top_k(top_k),
+                           "files": sorted(p.name for p in output.iterdir())})
+    print(table)
+    return counts
+
+
+def select_questions(questions: RecordSource, split: Split, split_seed: int, validation_size: int,
+                     num_questions: int | None) -> list[ProblemRecord]:
+    """The questions to profile: the split's part (subjects spelled as the catalog does), the first N."""
+    records = [_canonical_subject(r) for r in load_records(questions)]
+    if split != "all":
+        validation, evaluation = split_math_test(records, seed=split_seed, validation_size=validation_size)
+        records = validation if split == "validation" else evaluation
+    if num_questions is not None and num_questions < 1:
+        raise ValueError(f"num_questions must be >= 1 (or null for all), got {num_questions}")
+    return records[:num_questions] if num_questions else records
+
+
+def _profiler(profiler: Profiler | None, teacher: Teacher | None, catalog: str, benchmark: str) -> Profiler:
+    if profiler is not None and teacher is not None:
+        raise ValueError("profile: give `teacher` (for the default TeacherProfiler) or `profiler` (which holds its "
+                         "own teacher, if any), not both")
+    if profiler is not None:
+        return profiler
+    if teacher is None:
+        raise ValueError("profile: set `teacher` (e.g. class_path stat_pl.teacher.OpenAICompatibleTeacher) or a "
+                         "`profiler` that needs none (class_path stat_pl.profiling.proxy.SkillMapProxy)")
+    return TeacherProfiler(teacher, catalog, benchmark)
+
+
+def _student_engine(student: str, adapter: str | None, batch_size: int) -> Engine:
+    """The student (adapter checked against it, then merged) in an HFEngine; built only when needed."""
+    from stat_pl.engines.hf import HFEngine
+    from stat_pl.evaluation.adapters import check_adapter, load_for_evaluation, model_skeleton
+    from stat_pl.models import load_tokenizer
+
+    if adapter is not None:
+        check_adapter(adapter, student, model_skeleton(student))
+    return HFEngine(load_for_evaluation(ModelEntry("student", student, adapter)), tokenizer=load_tokenizer(student),
+                    batch_size=batch_size, progress=False)
+
+
+def _generation_key(student: str, adapter: str | None, sampling: SamplingParams, system_prompt: str | None) -> str:
+    """What a stored response depends on: the student's weights, the sampling and the prompt."""
+    key = {"model": ModelEntry("student", student, adapter).fingerprint(), "max_new_tokens": sampling.max_new_tokens,
+           "temperature": sampling.temperature, "top_p": sampling.top_p, "n": sampling.n, "seed": sampling.seed,
+           "system_prompt": system_prompt}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ResponseStore:
+    """The student's responses in ``responses.jsonl``, appended batch by batch, reused when the key matches."""
+
+    def __init__(self, path: Path, generation_key: str) -> None:
+        self.path = path
+        self.generation_key = generation_key
+        self.responses: dict[str, list[str]] = {}
+        if path.is_file():
+            with path.open(encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            self.responses = {r["id"]: r["responses"] for r in rows if r.get("generation") == generation_key}
+
+    def generate_missing(self, records: Sequence[ProblemRecord], make_engine: Callable[[], Engine],
+                         sampling: SamplingParams, batch_size: int, system_prompt: str | None) -> int:
+        """Generate the responses of the records not stored yet; returns how many questions were generated.
+
+        Each chunk's seed follows its first question's id rather than its index, so a resumed run, whose
+        chunks start where the interrupted run stopped, samples as the uninterrupted run would have.
+        """
+        missing = [r for r in records if r.id not in self.responses]
+        if not missing:
+            return 0
+        engine = make_engine()
+        chunk = max(1, batch_size // sampling.n)
+        with (tqdm(total=len(missing), desc="student responses", unit="question") as bar,
+              self.path.open("a", encoding="utf-8") as f):
+            for start in range(0, len(missing), chunk):
+                part = missing[start : start + chunk]
+                seed = zlib.crc32(f"{sampling.seed}:{part[0].id}".encode()) & 0x7FFFFFFF
+                completions = engine.generate([prompt_messages(r.problem, system_prompt) for r in part],
+                                              dataclasses.replace(sampling, seed=seed))
+                for record, samples in zip(part, completions, strict=True):
+                    self.responses[record.id] = [c.text for c in samples]
+                    f.write(json.dumps({"id": record.id, "generation": self.generation_key,
+                                        "responses": self.responses[record.id]}, ensure_ascii=False) + "\n")
+                f.flush()
+                bar.update(len(part))
+        return len(missing)
+
+    def finish(self, attempts: Sequence[Attempt], verdicts: Sequence[bool], diagnoses: Sequence[Diagnosis]) -> None:
+        """Rewrite the file with this run's questions only, each with its verdict and diagnosis."""
+        by_id = {d.question_id: d for d in diagnoses}
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for attempt, hard in zip(attempts, verdicts, strict=True):
+                record, diagnosis = attempt.record, by_id.get(attempt.record.id)
+                f.write(json.dumps({
+                    "id": record.id, "generation": self.generation_key, "subject": record.subject,
+                    "problem": record.problem, "answer": record.answer, "responses": list(attempt.responses),
+                    "difficult": hard, "status": diagnosis.status if diagnosis else None,
+                    "missing_skills": list(diagnosis.skills) if diagnosis else [],
+                }, ensure_ascii=False) + "\n")
+        os.replace(tmp, self.path)
+
+
+def _counts(attempts: Sequence[Attempt], verdicts: Sequence[bool], diagnoses: Sequence[Diagnosis],
+            stats: dict[str, Any], generated: int) -> dict[str, Any]:
+    """The summary table's rows (questions counted); ``teacher_calls`` are this run's paid calls, retries included.
+
+    ``unlabelled`` counts difficult questions the profiler gave no usable answer for (teacher failures,
+    answers without a usable tag, unreadable responses): every difficult question is one or the other.
+    """
+    statuses = Counter(d.status for d in diagnoses)
+    return {
+        "questions": len(attempts),
+        "correct_first_response": sum(grade(a.responses[0], a.record.answer) for a in attempts if a.responses),
+        "difficult": sum(verdicts),
+        "labelled": statuses["labelled"],
+        "unlabelled": len(diagnoses) - statuses["labelled"],
+        "unmatched_skill_names": stats.get("unmatched_skill_names", 0),
+        "teacher_calls": stats.get("teacher_calls", 0),
+        "cache_hits": stats.get("cache_hits", 0),
+        "responses_generated": generated,
+        "responses_reused": len(attempts) - generated,
+    }
