@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
+from transformers.generation.streamers import BaseStreamer
 
 from stat_pl.engines.base import Completion, Prompt, SamplingParams
 from stat_pl.models import load_causal_lm, load_tokenizer
@@ -58,11 +59,14 @@ class HFEngine:
         prompts_per_batch = max(1, self.batch_size // sampling.n)
         results: list[list[Completion]] = [[] for _ in texts]
         batches = [order[i : i + prompts_per_batch] for i in range(0, len(order), prompts_per_batch)]
-        with self._inference_mode(sampling.seed):
-            for batch in tqdm(batches, desc="generate", disable=not self.progress, leave=False):
-                for i, completions in zip(batch, self._generate_batch([texts[i] for i in batch], sampling),
-                                          strict=True):
-                    results[i] = completions
+        steps = tqdm(total=len(batches) * sampling.max_new_tokens, desc=f"generate ({len(texts)} prompts)",
+                     unit="step", disable=not self.progress, leave=False)
+        with self._inference_mode(sampling.seed), steps:
+            for done, batch in enumerate(batches, start=1):
+                completions = self._generate_batch([texts[i] for i in batch], sampling, _StepProgress(steps))
+                for i, completion in zip(batch, completions, strict=True):
+                    results[i] = completion
+                steps.update(done * sampling.max_new_tokens - steps.n)  # a batch that stopped early
         return results
 
     @contextlib.contextmanager
@@ -77,7 +81,8 @@ class HFEngine:
             finally:
                 self.model.train(was_training)
 
-    def _generate_batch(self, texts: list[str], sampling: SamplingParams) -> list[list[Completion]]:
+    def _generate_batch(self, texts: list[str], sampling: SamplingParams,
+                        streamer: BaseStreamer | None = None) -> list[list[Completion]]:
         tok = self.tokenizer
         tok.padding_side = "left"
         inputs = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -96,6 +101,7 @@ class HFEngine:
             tokenizer=tok if sampling.stop else None,
             pad_token_id=tok.pad_token_id,
             use_cache=True,
+            streamer=streamer,
         )
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
         completions = [self._completion(ids, sampling) for ids in new_tokens]
@@ -112,3 +118,19 @@ class HFEngine:
             return Completion(text[:cut], len(kept), "stop")
         finished = end is not None or len(ids) < sampling.max_new_tokens
         return Completion(text, len(kept), "stop" if finished else "length")
+
+
+class _StepProgress(BaseStreamer):
+    """Advances a progress bar by one per decoding step (``generate`` calls ``put`` once per step)."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar = bar
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            self.bar.update(1)
+        self.prompt_seen = True  # the first call carries the prompt
+
+    def end(self) -> None:
+        pass
