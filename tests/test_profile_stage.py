@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 from jsonargparse import ArgumentParser
+from lightning.pytorch.callbacks import Callback
 from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
 
 from stat_pl.cli import main
 from stat_pl.evaluation.benchmarks import split_math_test
-from stat_pl.profiling.base import DifficultyDetector, Profiler
+from stat_pl.profiling.detectors import ConsistencyDetector
 from stat_pl.profiling.profile_stage import profile, select_questions
 from stat_pl.profiling.proxy import SkillMapProxy
 from stat_pl.profiling.reward_models import ProcessRewardDetector
@@ -121,6 +122,8 @@ def test_without_a_teacher_the_skill_map_proxy_profiles_and_responses_are_reused
         profile(**args, teacher=OpenAICompatibleTeacher("m", cache_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="set `teacher`"):
         profile(**{**args, "profiler": None})
+    with pytest.raises(ValueError, match="set `temperature` above 0"):
+        profile(**args, detector=ConsistencyDetector(k=5))
 
 
 def test_validation_questions_are_split_math_tests_and_evaluation_is_disjoint(shared_data):
@@ -173,28 +176,34 @@ def test_label_skills_command_labels_rows_and_a_rerun_is_free(server, api_key, s
 
 
 def test_llm_teacher_and_reward_models_build_from_yaml_like_the_offline_parts(tmp_path):
-    """What the SkillReprofiler callback's ``detector`` / ``profiler`` init args and the profile stage parse."""
+    """The SkillReprofiler callback takes the PRM detector and the LLM teacher's profiler from YAML."""
     catalog = tmp_path / "catalog.json"
     catalog.write_text(json.dumps({"MATH": {"algebra": ["factoring_skills", "polynomial_skills"]}}))
     parser = ArgumentParser()
-    parser.add_argument("--detector", type=DifficultyDetector)
-    parser.add_argument("--profiler", type=Profiler)
+    parser.add_argument("--callback", type=Callback)
     config = f"""
-detector:
-  class_path: stat_pl.profiling.reward_models.ProcessRewardDetector
-  init_args: {{model: RLHFlow/Llama3.1-8B-PRM-Mistral-Data, tau1: 0.8, tau2: 0.6, quantization: nf4}}
-profiler:
-  class_path: stat_pl.profiling.teacher_profiler.TeacherProfiler
+callback:
+  class_path: stat_pl.callbacks.skill_reprofiler.SkillReprofiler
   init_args:
-    teacher:
-      class_path: stat_pl.teacher.OpenAICompatibleTeacher
-      init_args: {{model: gpt-4o-mini, api_key_env: MY_KEY, cache_dir: {tmp_path}}}
-    catalog: {catalog}
-    max_skills: 2
+    questions: {{class_path: stat_pl.records.RecordSource, init_args: {{path: {catalog}}}}}
+    detector:
+      class_path: stat_pl.profiling.reward_models.ProcessRewardDetector
+      init_args: {{model: RLHFlow/Llama3.1-8B-PRM-Mistral-Data, tau1: 0.8, tau2: 0.6, quantization: nf4,
+                  samples_per_question: 2}}
+    profiler:
+      class_path: stat_pl.profiling.teacher_profiler.TeacherProfiler
+      init_args:
+        teacher:
+          class_path: stat_pl.teacher.OpenAICompatibleTeacher
+          init_args: {{model: gpt-4o-mini, api_key_env: MY_KEY, cache_dir: {tmp_path}}}
+        catalog: {catalog}
+        max_skills: 2
 """
-    built = parser.instantiate(parser.parse_string(config))
+    callback = parser.instantiate(parser.parse_string(config)).callback
 
-    assert isinstance(built.detector, ProcessRewardDetector) and built.detector._module is None  # loads when used
-    assert (built.detector.tau1, built.detector.tau2, built.detector.quantization) == (0.8, 0.6, "nf4")
-    assert isinstance(built.profiler, TeacherProfiler) and built.profiler.asking.max_skills == 2
-    assert built.profiler.teacher.api_key_env == "MY_KEY"
+    detector, profiler = callback.detector, callback.profiler
+    assert isinstance(detector, ProcessRewardDetector) and detector._module is None  # loaded when first used
+    assert (detector.tau1, detector.tau2, detector.quantization) == (0.8, 0.6, "nf4")
+    assert callback.sampling.n == 2  # the callback samples what the detector needs
+    assert isinstance(profiler, TeacherProfiler) and profiler.asking.max_skills == 2
+    assert profiler.teacher.api_key_env == "MY_KEY"

@@ -97,6 +97,10 @@ def profile(
     """
     arguments = dict(locals())
     detector = detector or GroundTruthDetector()
+    if detector.samples_per_question > 1 and temperature <= 0:
+        raise ValueError(f"profile: the detector {type(detector).__name__} votes over "
+                         f"{detector.samples_per_question} samples per question, which greedy decoding makes "
+                         "identical; set `temperature` above 0 (e.g. 0.7)")
     profiler = _profiler(profiler, teacher, catalog, benchmark)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
