@@ -22,13 +22,14 @@ from lightning.pytorch.callbacks import Callback
 from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
 
 from stat_pl.cli import main
+from stat_pl.engines.base import Completion, SamplingParams
 from stat_pl.evaluation.benchmarks import split_math_test
 from stat_pl.profiling.detectors import ConsistencyDetector
-from stat_pl.profiling.profile_stage import profile, select_questions
+from stat_pl.profiling.profile_stage import ResponseStore, profile, select_questions
 from stat_pl.profiling.proxy import SkillMapProxy
 from stat_pl.profiling.reward_models import ProcessRewardDetector
 from stat_pl.profiling.teacher_profiler import TeacherProfiler
-from stat_pl.records import RecordSource, load_records
+from stat_pl.records import ProblemRecord, RecordSource, load_records
 from stat_pl.teacher import OpenAICompatibleTeacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +125,35 @@ def test_without_a_teacher_the_skill_map_proxy_profiles_and_responses_are_reused
         profile(**{**args, "profiler": None})
     with pytest.raises(ValueError, match="set `temperature` above 0"):
         profile(**args, detector=ConsistencyDetector(k=5))
+
+
+class InterruptedEngine:
+    """An Engine double that answers ``chunks`` generate calls, then is interrupted (Ctrl-C)."""
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks = chunks
+        self.prompts: list[str] = []
+
+    def generate(self, prompts, sampling: SamplingParams) -> list[list[Completion]]:
+        if self.chunks == 0:
+            raise KeyboardInterrupt
+        self.chunks -= 1
+        self.prompts += [p[-1]["content"] for p in prompts]
+        return [[Completion(f"answer to {p[-1]['content']}", 3, "stop")] * sampling.n for p in prompts]
+
+
+def test_an_interrupted_generation_resumes_with_the_missing_questions_only(tmp_path):
+    records = [ProblemRecord(id=f"q{i}", problem=f"question {i}", answer="1") for i in range(5)]
+    sampling = SamplingParams(max_new_tokens=4, n=1)
+    with pytest.raises(KeyboardInterrupt):
+        ResponseStore(tmp_path / "responses.jsonl", "key").generate_missing(
+            records, lambda: InterruptedEngine(chunks=2), sampling, batch_size=2, system_prompt=None)
+
+    resumed, engine = ResponseStore(tmp_path / "responses.jsonl", "key"), InterruptedEngine(chunks=1)
+    assert sorted(resumed.responses) == ["q0", "q1", "q2", "q3"]  # the two finished chunks were kept
+    assert resumed.generate_missing(records, lambda: engine, sampling, 2, None) == 1
+    assert engine.prompts == ["question 4"] and resumed.responses["q4"] == ["answer to question 4"]
+    assert ResponseStore(tmp_path / "responses.jsonl", "other sampling").responses == {}
 
 
 def test_validation_questions_are_split_math_tests_and_evaluation_is_disjoint(shared_data):
