@@ -1,23 +1,29 @@
 """SFTDataModule: mixed sources, chat formatting, skill-weighted sampling, length-grouped batches.
 
 The SkillReprofiler callback retargets training through one public method, :meth:`set_profile`; the
-profile in force is part of the checkpoint, so a resumed run samples by the latest profile.
+profile in force is part of the checkpoint, so a resumed run samples by the latest profile. Synthetic
+rows made during the run reach it through :meth:`add_synthetic`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import lightning as L
 from torch.utils.data import DataLoader
 
 from stat_pl.data.formatting import collate, encode_example
 from stat_pl.data.sampler import LengthGroupedBatchSampler, SkillWeightedSampler
+from stat_pl.data.synthetic_source import SyntheticSource, synthetic_records
 from stat_pl.models import load_tokenizer
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.records import DataSource, ProblemRecord
 from stat_pl.skills import SkillCatalog, SkillMap
+
+if TYPE_CHECKING:
+    from stat_pl.building.base import BuiltRow
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -80,6 +86,7 @@ class SFTDataModule(L.LightningDataModule):
         self.records: list[ProblemRecord] = []
         self._batch_sampler: LengthGroupedBatchSampler | None = None
         self._resume_state: dict | None = None
+        self._synthetic_at_checkpoint: int | None = None
 
     # ---- setup -----------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -93,6 +100,8 @@ class SFTDataModule(L.LightningDataModule):
         self.val_examples = self._encode(self.val_source.load()) if self.val_source else []
         if self.initial_profile and self.profile is None:
             self.profile = MissingSkillProfile.from_json(self.initial_profile, self.catalog)
+        if self._synthetic_at_checkpoint is not None:
+            self._keep_synthetic(self._synthetic_at_checkpoint)
 
     def _encode(self, records: Sequence[ProblemRecord]) -> list[dict]:
         examples = []
@@ -127,6 +136,57 @@ class SFTDataModule(L.LightningDataModule):
         if self._batch_sampler is not None:
             self._batch_sampler.sampler.set_weights(self.example_weights())
 
+    # ---- live synthetic data ---------------------------------------------------------------------
+    def add_synthetic(self, rows: Sequence[ProblemRecord | BuiltRow]) -> list[ProblemRecord]:
+        """Train on ``rows`` (e.g. from :func:`stat_pl.building.synthesize_for_profile`) from the next epoch on.
+
+        Needs a :class:`SyntheticSource` as the last ``train`` source. The rows are appended to its file
+        (by global rank 0; every rank calls this with the same rows), encoded, and given sampling
+        weights that the sampler uses from its next epoch; the epoch in progress keeps its draw. The
+        file and the row count in the checkpoint make a resumed run train on exactly the same rows.
+        """
+        source = self._synthetic_source()
+        records = synthetic_records(rows, source.path)
+        if self.trainer is None or self.trainer.is_global_zero:
+            source.append(rows)
+        examples = self._encode(records)
+        for example in examples:
+            example["record"] += len(self.records)
+            example["index"] += len(self.train_examples)
+        self.source_records[-1].extend(records)
+        self.records.extend(records)
+        self.train_examples.extend(examples)
+        self.skill_map = SkillMap.from_records(self.records)
+        if self._batch_sampler is not None:
+            self._batch_sampler.lengths.extend(len(e["input_ids"]) for e in examples)
+            sampler = self._batch_sampler.sampler
+            # set_weights keeps the pool size fixed; the pool grows here, still only for the next epoch
+            sampler.weights = sampler._checked(self.example_weights())
+        return records
+
+    def _synthetic_source(self) -> SyntheticSource:
+        if not self.sources or not isinstance(self.sources[-1], SyntheticSource):
+            raise ValueError("add_synthetic needs a stat_pl.data.synthetic_source.SyntheticSource as the last "
+                             f"entry of data.train (with its share in data.mix_ratios); got {self.sources}")
+        return self.sources[-1]
+
+    def _keep_synthetic(self, count: int) -> None:
+        """Cut the synthetic rows back to the ``count`` the checkpoint knew (later ones are made again)."""
+        source, loaded = self._synthetic_source(), self.source_records[-1]
+        if len(loaded) < count:
+            raise ValueError(f"{source.path} holds {len(loaded)} synthetic rows but the checkpoint was taken "
+                             f"with {count}: the file was changed or replaced since")
+        extra = len(loaded) - count
+        if extra:
+            del loaded[count:]
+            del self.records[len(self.records) - extra :]
+            kept = sum(e["record"] < len(self.records) for e in self.train_examples)  # examples are in record order
+            del self.train_examples[kept:]
+            self.skill_map = SkillMap.from_records(self.records)
+            if self.trainer is None or self.trainer.is_global_zero:
+                source.truncate(count)
+        self._synthetic_at_checkpoint = None
+
     # ---- loaders ---------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
@@ -160,6 +220,8 @@ class SFTDataModule(L.LightningDataModule):
         if self._batch_sampler is not None:
             state["sampler"] = self._batch_sampler.sampler.state_dict()
             state["batches_done"] = self._batches_done()
+        if self.records and isinstance(self.sources[-1], SyntheticSource):
+            state["synthetic_rows"] = len(self.source_records[-1])
         return state
 
     def _batches_done(self) -> int:
@@ -172,3 +234,7 @@ class SFTDataModule(L.LightningDataModule):
             self.profile = MissingSkillProfile(**state["profile"])
         if state.get("sampler") is not None:
             self._resume_state = {"sampler": state["sampler"], "batches_done": state["batches_done"]}
+        if state.get("synthetic_rows") is not None:
+            self._synthetic_at_checkpoint = state["synthetic_rows"]
+            if self.records:  # Lightning restores after setup
+                self._keep_synthetic(state["synthetic_rows"])
