@@ -49,7 +49,8 @@ def build(builders: list[DataBuilder], pool: RecordSource, output_dir: str = "ru
         save_datasets: also save each dataset as a Hugging Face ``datasets`` folder beside the JSONL.
         plot: write the skill-distribution plot (profile vs the dataset vs the pool).
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("stat_pl").setLevel(logging.INFO)  # our progress, not every HTTP request
     inputs = _inputs(pool, profile, questions, teacher, catalog, benchmark)
     inputs.guard = ContaminationGuard.from_records(inputs.pool, contamination_ngram, contamination_max_overlap)
     for source in contamination or []:
