@@ -63,7 +63,8 @@ class StatSel:
         extra, rejected = self._teacher_answers(picks, inputs)
         candidates = expand(picks, extra, self.answers_per_question, self.name)
         rows, subsample_stats = subsample(candidates, profile.histogram, self.target_size, self.seed, self.name)
-        stats.update(subsample_stats, rejected=dict(rejected))
+        stats.update(subsample_stats, rejected=dict(rejected),
+                     teacher_answers=inputs.teacher is not None and self.answers_per_question > 1)
         return BuiltDataset(self.name, rows, stats)
 
     def picks(self, profile: MissingSkillProfile, inputs: BuildInputs) -> tuple[list[Pick], dict[str, Any]]:
