@@ -94,7 +94,7 @@ def evaluate(
                             seed, grading_timeout_s, progress)
     entries = [ModelEntry(base_label, model)]
     entries += [ModelEntry(label, model, path) for label, path in (adapters or {}).items()]
-    factory = _engine_factory(engine, batch_size, with_adapters=bool(adapters))
+    factory = engine_factory(engine, batch_size, with_adapters=bool(adapters))
     for entry in entries[1:]:
         check_adapter(entry.adapter, model, model_skeleton(model))
     config = {"model": model, "adapters": adapters or {}, "base_label": base_label, "output_dir": output_dir,
@@ -108,7 +108,7 @@ def evaluate(
     return results
 
 
-def _engine_factory(engine: str, batch_size: int, with_adapters: bool) -> EngineFactory:
+def engine_factory(engine: str, batch_size: int, with_adapters: bool) -> EngineFactory:
     """A function that builds the engine of one model; fails now, not after the first model, if it cannot."""
     if engine == "vllm":
         return _vllm_factory(with_adapters)
