@@ -61,7 +61,10 @@ def _load(target: str) -> Callable:
 def run_stage(name: str, argv: list[str]) -> None:
     from jsonargparse import auto_cli
 
-    auto_cli(_load(OFFLINE_STAGES[name][0]), args=argv, as_positional=False)
+    try:
+        auto_cli(_load(OFFLINE_STAGES[name][0]), args=argv, as_positional=False)
+    except (ValueError, FileNotFoundError, KeyError) as e:  # bad input: the message names file, row or field
+        sys.exit(f"stat_pl {name}: error: {e}")
 
 
 def usage() -> str:

@@ -3,7 +3,6 @@
 import json
 
 import yaml
-
 from test_sft_cli import run_cli, tiny_config
 
 

@@ -55,7 +55,7 @@ def test_each_round_sets_the_weights_its_profile_gives_and_writes_files(tiny_mod
     trainer.fit(module, data)
     assert [r["epoch"] for r in callback.history] == [0, 1, 2]
     for epoch in (0, 1, 2):
-        assert (tmp_path / f"profile-epoch{epoch}.json").is_file() and (tmp_path / f"profile-epoch{epoch}.png").is_file()
+        assert all((tmp_path / f"profile-epoch{epoch}.{ext}").is_file() for ext in ("json", "png"))
     assert (tmp_path / "skill-accuracy.png").is_file()
     # epoch 0 trained on round 0's profile (one skill), epoch 1 on round 1's (another skill)
     for epoch, skill in enumerate(SKILLWORLD_SKILLS[:2]):

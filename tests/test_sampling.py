@@ -71,7 +71,7 @@ def test_length_grouping_batches_similar_lengths_and_skips_on_resume():
     batches = list(grouped)
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread < 5 and sorted(i for b in batches for i in b) == sorted(sampler.epoch_indices())
-    grouped.skip_batches = 3
+    grouped.resume_at(epoch=0, batches_done=3)
     assert list(grouped) == batches[3:] and list(grouped) == batches
 
 

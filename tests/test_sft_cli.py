@@ -77,7 +77,7 @@ def test_fit_resumes_mid_epoch_with_the_same_batches(tmp_path, tiny_model_dir):
 
     state = torch.load(ckpt, weights_only=False)
     assert all("lora_" in key for key in state["state_dict"])  # adapter only, never the frozen base
-    assert state["SFTDataModule"]["batches_done"] == 3
+    assert (state["SFTDataModule"]["epoch"], state["SFTDataModule"]["batches_done"]) == (0, 3)
 
 
 def test_fit_writes_a_peft_adapter_and_the_config(tmp_path, tiny_model_dir):

@@ -124,9 +124,6 @@ def test_synthetic_rows_survive_a_resume_with_the_same_batches(full_run, tiny_mo
     assert {row["weights"] for row in recorded(tmp_path / "after_10.jsonl")} == {rows[10]["weights"]}
 
 
-@pytest.mark.xfail(strict=True, reason="SFTModule.configure_optimizers -> trainer.estimated_stepping_batches "
-                   "iterates the train loader before Lightning restores the loops, so a mid-epoch resume in epoch "
-                   ">= 1 redraws epoch 0 (epoch_source() is still 0); not specific to synthetic rows")
 def test_a_mid_epoch_resume_after_the_first_epoch_replays_the_same_batches(full_run, tiny_model_dir):
     tmp_path, _, rows = full_run
     fit(tmp_path, tiny_model_dir, tmp_path / "after_12.jsonl", str(tmp_path / "ckpt/epoch=1-step=12.ckpt"))

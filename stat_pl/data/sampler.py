@@ -46,10 +46,13 @@ class SkillWeightedSampler(Sampler[int]):
             raise ValueError("weights must be finite, non-negative and not all zero")
         return w
 
-    def set_weights(self, weights: Sequence[float]) -> None:
-        """Replace the sampling weights; they apply from the next epoch's iteration on."""
+    def set_weights(self, weights: Sequence[float], resize: bool = False) -> None:
+        """Replace the sampling weights; they apply from the next epoch's iteration on.
+
+        ``resize=True`` accepts a pool that changed size (synthetic rows added during the run).
+        """
         w = self._checked(weights)
-        if len(w) != len(self.weights):
+        if len(w) != len(self.weights) and not resize:
             raise ValueError(f"got {len(w)} weights for a pool of {len(self.weights)} records")
         self.weights = w
 
@@ -84,10 +87,10 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     The stream is cut into mega-batches of ``batch_size * group_batches`` indices; each is sorted by
     length and split into batches, and the batches are shuffled (seeded by epoch) so the epoch does not
     run from longest to shortest. With ``group_by_length=False`` batches are consecutive slices.
-    ``skip_batches`` drops the first batches of the next iteration only: that is how a run resumed
-    mid-epoch continues exactly where it stopped. ``epoch_source``, when given, is asked for the epoch
-    at the start of each iteration (the DataModule passes the trainer's ``current_epoch``): Lightning's
-    own ``set_epoch`` calls run ahead by one epoch after a mid-epoch resume (Lightning 2.6).
+    ``epoch_source``, when given, is asked for the epoch at the start of each iteration (the DataModule
+    passes the trainer's ``current_epoch``): Lightning's own ``set_epoch`` calls run ahead by one epoch
+    after a mid-epoch resume (Lightning 2.6). :meth:`resume_at` overrides both for the next iteration
+    only: a resumed run starts at the checkpoint's epoch and skips the batches it already trained on.
     """
 
     def __init__(self, sampler: SkillWeightedSampler, lengths: Sequence[int], batch_size: int,
@@ -99,7 +102,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.group_by_length = group_by_length
         self.group_batches = group_batches
         self.epoch_source = epoch_source
-        self.skip_batches = 0
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Make the next iteration draw ``epoch`` and skip its first ``batches_done`` batches."""
+        self._resume = (epoch, batches_done)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -119,11 +126,10 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self.epoch_source is not None:
-            self.sampler.set_epoch(self.epoch_source())
-        batches = self.epoch_batches()[self.skip_batches :]
-        self.skip_batches = 0
-        return iter(batches)
+        epoch, skip = self._resume or (self.epoch_source() if self.epoch_source else self.sampler.epoch, 0)
+        self._resume = None
+        self.sampler.set_epoch(epoch)
+        return iter(self.epoch_batches()[skip:])
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)

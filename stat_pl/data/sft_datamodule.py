@@ -159,9 +159,7 @@ class SFTDataModule(L.LightningDataModule):
         self.skill_map = SkillMap.from_records(self.records)
         if self._batch_sampler is not None:
             self._batch_sampler.lengths.extend(len(e["input_ids"]) for e in examples)
-            sampler = self._batch_sampler.sampler
-            # set_weights keeps the pool size fixed; the pool grows here, still only for the next epoch
-            sampler.weights = sampler._checked(self.example_weights())
+            self._batch_sampler.sampler.set_weights(self.example_weights(), resize=True)
         return records
 
     def _synthetic_source(self) -> SyntheticSource:
@@ -199,7 +197,7 @@ class SFTDataModule(L.LightningDataModule):
                                                         epoch_source=epoch_source)
         if self._resume_state is not None:
             sampler.load_state_dict(self._resume_state["sampler"])
-            self._batch_sampler.skip_batches = self._resume_state["batches_done"]
+            self._batch_sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches_done"])
             self._resume_state = None
         return self._loader(self.train_examples, self._batch_sampler)
 
@@ -219,21 +217,23 @@ class SFTDataModule(L.LightningDataModule):
                        "batches_done": 0}
         if self._batch_sampler is not None:
             state["sampler"] = self._batch_sampler.sampler.state_dict()
-            state["batches_done"] = self._batches_done()
+            state["epoch"], state["batches_done"] = self._position()
         if self.records and isinstance(self.sources[-1], SyntheticSource):
             state["synthetic_rows"] = len(self.source_records[-1])
         return state
 
-    def _batches_done(self) -> int:
-        """Batches of the current epoch already trained on (a checkpoint taken at an epoch end has all)."""
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return progress.processed if progress.processed < len(self._batch_sampler) else 0
+    def _position(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained on) to resume from; an epoch that ended resumes at the next."""
+        epoch = self.trainer.current_epoch
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return (epoch, done) if done < len(self._batch_sampler) else (epoch + 1, 0)
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("profile") is not None:
             self.profile = MissingSkillProfile(**state["profile"])
         if state.get("sampler") is not None:
-            self._resume_state = {"sampler": state["sampler"], "batches_done": state["batches_done"]}
+            self._resume_state = {"sampler": state["sampler"], "epoch": state["epoch"],
+                                  "batches_done": state["batches_done"]}
         if state.get("synthetic_rows") is not None:
             self._synthetic_at_checkpoint = state["synthetic_rows"]
             if self.records:  # Lightning restores after setup
