@@ -5,7 +5,9 @@ Each round the callback samples a fixed validation subset, generates with the *c
 through an Engine, detects the difficult questions (Stage 1), names their missing skills (Stage 2),
 combines the new Missing-Skill-Profile with the previous one and hands it to the DataModule's
 ``set_profile``, so the next epoch samples by it (STAT-Sel weights). ``one_shot=True`` is the paper's
-static STAT-Sel on the same code path: one round, then the weights never change.
+static STAT-Sel on the same code path: one round, then the weights never change. With a ``teacher``
+and ``synthesize_per_round > 0`` each round also synthesises new questions for the profile (STAT-Syn)
+and adds them to the DataModule's synthetic source, drawn from the next epoch on.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from stat_pl.plots import plot_skill_bars
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.profiling.base import Attempt, DifficultyDetector, Profiler
 from stat_pl.records import DataSource, ProblemRecord
+from stat_pl.teacher.base import Teacher
 
 
 class SkillReprofiler(Callback):
@@ -45,6 +48,10 @@ class SkillReprofiler(Callback):
         engine: ``"hf"`` generates with the live model; ``"vllm"`` (CUDA) serves the adapter saved each round.
         batch_size: generation batch size.
         seed: draws the subset and seeds generation.
+        teacher: the teacher that writes and solves new questions (STAT-Syn); needed for synthesis.
+        synthesize_per_round: at most this many new questions per round (0: no synthesis). The data
+            module needs a ``SyntheticSource`` as its last train source.
+        contamination: test sets new questions must not copy (the validation questions always count).
     """
 
     def __init__(
@@ -63,9 +70,14 @@ class SkillReprofiler(Callback):
         engine: Literal["hf", "vllm"] = "hf",
         batch_size: int = 32,
         seed: int = 0,
+        teacher: Teacher | None = None,
+        synthesize_per_round: int = 0,
+        contamination: list[DataSource] | None = None,
     ) -> None:
         if combine not in ("replace", "ema"):
             raise ValueError(f"SkillReprofiler.combine must be 'replace' or 'ema', got {combine!r}")
+        if synthesize_per_round and teacher is None:
+            raise ValueError("SkillReprofiler.synthesize_per_round needs a teacher")
         self.questions = questions
         self.detector = detector
         self.profiler = profiler
@@ -80,6 +92,10 @@ class SkillReprofiler(Callback):
         self.engine_kind = engine
         self.batch_size = batch_size
         self.seed = seed
+        self.teacher = teacher
+        self.synthesize_per_round = synthesize_per_round
+        self.contamination = contamination or []
+        self._guard = None
         self.profile: MissingSkillProfile | None = None
         self.history: list[dict[str, Any]] = []
         self._subset: list[ProblemRecord] | None = None
@@ -107,6 +123,8 @@ class SkillReprofiler(Callback):
         self.profile = MissingSkillProfile(**result["profile"])
         self.history.append(result["round"])
         trainer.datamodule.set_profile(self.profile)
+        if result["synthetic"]:
+            trainer.datamodule.add_synthetic(result["synthetic"])
         return self.profile
 
     def _profile_on_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> dict:
@@ -124,8 +142,23 @@ class SkillReprofiler(Callback):
         round_ = {"epoch": epoch, "skill_accuracy": _skill_accuracy(attempts),
                   "metrics": {"accuracy": _accuracy(attempts), "difficult": len(difficult)},
                   "histogram": profile.histogram}
+        synthetic = self._synthesize(trainer, profile) if self.synthesize_per_round else []
+        round_["metrics"]["synthetic_added"] = len(synthetic)
         self._write(trainer, profile, round_)
-        return {"profile": profile.to_dict(), "round": round_}
+        return {"profile": profile.to_dict(), "round": round_, "synthetic": synthetic}
+
+    def _synthesize(self, trainer: L.Trainer, profile: MissingSkillProfile) -> list:
+        """STAT-Syn for this round's profile, from the real training pool, guarded against copies."""
+        from stat_pl.building import ContaminationGuard, synthesize_for_profile
+
+        data = trainer.datamodule
+        pool = [r for records in data.source_records[:-1] for r in records]
+        if self._guard is None:
+            references = [*pool, *self.questions.load(), *(r for s in self.contamination for r in s.load())]
+            self._guard = ContaminationGuard.from_records(references)
+            self._guard.add_records(data.source_records[-1], synthetic=True)
+        return synthesize_for_profile(profile, self.teacher, pool, max_new=self.synthesize_per_round,
+                                      guard=self._guard, round_index=len(self.history), seed=self.seed)
 
     def _validation_subset(self) -> list[ProblemRecord]:
         if self._subset is None:

@@ -109,3 +109,44 @@ def _with_profile(data: SFTDataModule, histogram: dict):
 def test_bad_combine_is_rejected(combine):
     with pytest.raises(ValueError, match="combine must be"):
         SkillReprofiler(SkillWorldSource(), GroundTruthDetector(), SkillWorldOracle(), combine=combine)
+
+
+def test_rounds_synthesise_new_questions_into_the_synthetic_source(tiny_model_dir, tmp_path, monkeypatch):
+    import re
+
+    from loopback_teacher import LoopbackTeacherServer, prompt_text
+
+    from stat_pl.data.synthetic_source import SyntheticSource
+    from stat_pl.teacher import OpenAICompatibleTeacher
+
+    def script(body) -> list[str]:
+        text = prompt_text(body)
+        if text.startswith("Solve the following"):
+            n = int(re.search(r"double (\d+)", text).group(1))
+            return [f"Twice {n} is \\boxed{{{2 * n}}}"] * body.get("n", 1)
+        skill = re.search(r'use the skill "([^"]+)"', text).group(1)
+        proposed.append(skill)
+        return [f"<question>For {skill}, double {len(proposed) * 10 + i}.</question>" for i in range(body.get("n", 1))]
+
+    proposed: list[str] = []
+
+    monkeypatch.setenv("STAT_PL_TEST_KEY", "sk-test")
+    with LoopbackTeacherServer(script) as server:
+        teacher = OpenAICompatibleTeacher(model="loop", base_url=server.base_url, api_key_env="STAT_PL_TEST_KEY",
+                                          cache_dir=str(tmp_path / "cache"), max_retries=0)
+        module = SFTModule(str(tiny_model_dir), quantization="none")
+        data = SFTDataModule(str(tiny_model_dir), batch_size=2, samples_per_epoch=6, max_length=96,
+                             train=[SkillWorldSource(n=60, levels=(1,)), SyntheticSource(str(tmp_path / "syn.jsonl"))],
+                             mix_ratios=[0.7, 0.3])
+        callback = SkillReprofiler(SkillWorldSource(split="validation", n=30, levels=(1,)), GroundTruthDetector(),
+                                   RoundRobinProfiler(), num_questions=4, max_new_tokens=4, teacher=teacher,
+                                   synthesize_per_round=2)
+        trainer = L.Trainer(accelerator="cpu", max_epochs=1, default_root_dir=tmp_path, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+        trainer.fit(module, data)
+    added = [r["metrics"]["synthetic_added"] for r in callback.history]
+    synthetic = SyntheticSource(str(tmp_path / "syn.jsonl")).load()
+    assert added == [2, 2] and len(synthetic) == 4 and len({r.problem for r in synthetic}) == 4
+    assert {r.skills for r in synthetic} == {(SKILLWORLD_SKILLS[0],), (SKILLWORLD_SKILLS[1],)}
+    assert all(r.answer == str(2 * int(re.search(r"double (\d+)", r.problem).group(1))) for r in synthetic)
+    assert [r.id for r in data.source_records[-1]] == [r.id for r in synthetic]
