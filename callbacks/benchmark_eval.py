@@ -8,7 +8,8 @@ sits next to the loss. In ``trainer.test`` it evaluates every question and logs
 ``bench/<benchmark>/<metric>``. Generation, grading and metrics are those of ``python -m stat_pl
 evaluate`` (:mod:`stat_pl.evaluation.scoring`), so the numbers mean the same thing.
 
-Under DDP each rank answers its own share of the questions and the metrics sum across ranks.
+Under DDP each rank answers its own share of the questions and the logged metrics are averaged
+across ranks (``sync_dist``; shares differ in size by at most one question).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class BenchmarkEvaluator(Callback):
                 for metric, value in score(self._answer(engine, shard, setting), metrics).items():
                     values[f"{prefix}/{spec.name}/{metric}"] = value
         for name, value in values.items():
-            pl_module.log(name, value, on_epoch=True, batch_size=1)
+            pl_module.log(name, value, on_epoch=True, batch_size=1, sync_dist=True)
         self.last_metrics = values
         return values
 
@@ -98,8 +99,11 @@ class BenchmarkEvaluator(Callback):
         from stat_pl.engines.hf import HFEngine
         from stat_pl.models import load_tokenizer
 
-        model = getattr(pl_module, "model", None)
-        model = model if isinstance(model, torch.nn.Module) else pl_module
+        if hasattr(pl_module, "generation_model"):  # e.g. a float copy of a 4-bit model on CPU
+            model = pl_module.generation_model()
+        else:
+            model = getattr(pl_module, "model", None)
+            model = model if isinstance(model, torch.nn.Module) else pl_module
         if self._tokenizer is None:
             name = (self.tokenizer_name or getattr(trainer.datamodule, "tokenizer_name", None)
                     or pl_module.hparams.get("model"))
