@@ -188,8 +188,10 @@ class SkillReprofiler(Callback):
         run_dir = Path(trainer.default_root_dir)
         epoch = round_["epoch"]
         profile.to_json(run_dir / f"profile-epoch{epoch}.json")
+        when = "before training" if epoch == 0 else f"after epoch {epoch}"
         plot_skill_bars({f"epoch {epoch}": profile.histogram}, run_dir / f"profile-epoch{epoch}.png",
-                        f"Missing-Skill-Profile after epoch {epoch}", "count (difficult questions)")
+                        f"Missing-Skill-Profile {when}", "count (difficult questions, EMA over rounds)"
+                        if self.combine == "ema" else "count (difficult questions)")
         rounds = [*self.history, round_]
         plot_skill_bars({f"epoch {r['epoch']}": r["skill_accuracy"] for r in rounds},
                         run_dir / "skill-accuracy.png", "Per-skill accuracy on the validation subset", "accuracy")
