@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -52,12 +54,17 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); 1 avoids spinning threads on a shared CPU")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not MATH_TEST.is_file():
         sys.exit(f"{MATH_TEST} is absent; this bench reads the real MATH test questions from ../shared/data")
     rows = [measure(b, args.questions, args.max_new_tokens) for b in args.batch_sizes]
     anchor = rows[0]["questions_per_s"]
-    print(f"\nevaluate on {MODEL}, {args.questions} MATH questions, max_new_tokens={args.max_new_tokens}, CPU\n")
+    print(f"\nevaluate on {MODEL}, {args.questions} MATH questions, max_new_tokens={args.max_new_tokens}, "
+          f"CPU, {torch.get_num_threads()} torch threads\n")
     print("| batch | questions | wall s | generation s | grading s | questions/s | vs batch "
           f"{rows[0]['batch']} | grading share | pass@1 |")
     print("|---|---|---|---|---|---|---|---|---|")
