@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from tqdm.auto import tqdm
 
@@ -70,6 +71,7 @@ def evaluate(
     seed: int = 0,
     grading_timeout_s: float = 5.0,
     progress: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a base model and its adapters on benchmarks; write results, a table and plots.
 
@@ -89,17 +91,25 @@ def evaluate(
         seed: the sampling seed.
         grading_timeout_s: math-verify's time limit per answer.
         progress: show progress bars.
+        threads: torch CPU threads; None keeps torch's default (one per core). On a CPU shared with other
+            jobs, 1 avoids threads spinning against them and can generate several times faster (bench/README.md).
     """
+    if threads is not None:
+        torch.set_num_threads(threads)
     settings = EvalSettings(temperature, sample_temperature, top_p, max_new_tokens, batch_size, system_prompt,
                             seed, grading_timeout_s, progress)
+    if base_label in (adapters or {}):
+        raise ValueError(f"adapters: {base_label!r} is the base model's row (base_label); "
+                         "give the adapter another label")
     entries = [ModelEntry(base_label, model)]
     entries += [ModelEntry(label, model, path) for label, path in (adapters or {}).items()]
     factory = engine_factory(engine, batch_size, with_adapters=bool(adapters))
+    skeleton = model_skeleton(model) if adapters else None
     for entry in entries[1:]:
-        check_adapter(entry.adapter, model, model_skeleton(model))
+        check_adapter(entry.adapter, model, skeleton)
     config = {"model": model, "adapters": adapters or {}, "base_label": base_label, "output_dir": output_dir,
               "engine": engine, "benchmarks": [dataclasses.asdict(b) for b in benchmarks],
-              **dataclasses.asdict(settings)}
+              **dataclasses.asdict(settings), "threads": threads}
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     (output / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -151,6 +161,8 @@ def run_evaluation(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkS
     whose results are all stored loads no model.
     """
     names = [b.name for b in benchmarks]
+    if not names:
+        raise ValueError("benchmarks: the list is empty; name at least one, e.g. [{name: gsm8k}]")
     if len(set(names)) != len(names):
         raise ValueError(f"benchmarks: each name may appear once, got {names}")
     questions = {b.name: load_benchmark(b) for b in benchmarks}
