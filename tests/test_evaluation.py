@@ -13,9 +13,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from stat_pl.callbacks.benchmark_eval import BenchmarkEvaluator
 from torch.utils.data import DataLoader, TensorDataset
 
+from stat_pl.callbacks.benchmark_eval import BenchmarkEvaluator
 from stat_pl.engines.base import Completion, SamplingParams
 from stat_pl.evaluation.adapters import AdapterMismatchError, ModelEntry
 from stat_pl.evaluation.benchmarks import BENCHMARKS, BenchmarkSpec, load_benchmark, split_math_test
@@ -263,6 +263,16 @@ def test_an_adapter_of_another_base_model_is_an_error(tiny_model_dir: Path, tmp_
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": str(tiny_model_dir)}))
     with pytest.raises(AdapterMismatchError, match="lora_A.weight has shape \\[2, 128\\] but layer .* is 64 -> 32"):
         evaluate(str(tiny_model_dir), **run)
+
+
+def test_config_mistakes_are_errors_before_any_model_loads(tiny_model_dir: Path, scripted_benchmark: BenchmarkSpec,
+                                                           tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'base' is the base model's row"):
+        evaluate("no-such-model", [scripted_benchmark], adapters={"base": "x"}, output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="benchmarks: each name may appear once"):
+        evaluate("no-such-model", [scripted_benchmark, scripted_benchmark], output_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="adapter_config.json does not exist"):
+        evaluate(str(tiny_model_dir), [scripted_benchmark], adapters={"sft": str(tmp_path)}, output_dir=str(tmp_path))
 
 
 def test_vllm_without_vllm_is_a_clear_error(tiny_model_dir: Path, scripted_benchmark: BenchmarkSpec,
