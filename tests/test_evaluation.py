@@ -21,9 +21,10 @@ from stat_pl.evaluation.adapters import AdapterMismatchError, ModelEntry
 from stat_pl.evaluation.benchmarks import BENCHMARKS, BenchmarkSpec, load_benchmark, split_math_test
 from stat_pl.evaluation.evaluate import EvalSettings, evaluate, run_evaluation
 from stat_pl.evaluation.metrics import AvgAtK, GroupedAccuracy, MetricName, PassAtK, pass_at_k
+from stat_pl.evaluation.scoring import QuestionResult, breakdowns
 from stat_pl.evaluation.store import ResultStore
 from stat_pl.models import LoRAConfig, load_causal_lm
-from stat_pl.records import RecordError
+from stat_pl.records import ProblemRecord, RecordError
 
 # ---- pass@k ---------------------------------------------------------------------------------------
 
@@ -74,6 +75,18 @@ def test_grouped_accuracy_counts_a_question_in_each_of_its_skills() -> None:
     assert metric.as_table() == {"a": {"accuracy": 0.75, "questions": 2}, "b": {"accuracy": 0.25, "questions": 2}}
     with pytest.raises(KeyError, match="'z'"):
         metric.update([["z"]], [1.0])
+
+
+def test_breakdowns_by_level_count_only_questions_with_a_level() -> None:
+    levels = [1, 1, 5, None]
+    records = [ProblemRecord(f"q{i}", "p", "1", subject="algebra", level=level) for i, level in enumerate(levels)]
+    results = [QuestionResult(r.id, ["r"] * 2, ["1"] * 2, correct, [1, 1], ["stop"] * 2)
+               for r, correct in zip(records, [[True, True], [False, True], [False, False], [True, True]], strict=True)]
+    tables = breakdowns(records, results)
+    assert tables["level"] == {"level 1": {"accuracy": 0.75, "questions": 2},
+                               "level 5": {"accuracy": 0.0, "questions": 1}}
+    assert tables["subject"] == {"algebra": {"accuracy": 0.625, "questions": 4}}
+    assert "skill" not in tables
 
 
 # ---- benchmarks -----------------------------------------------------------------------------------

@@ -113,7 +113,8 @@ class GroupedAccuracy(Metric):
     ``groups`` is the fixed list of group names (fixed so the states are tensors that DDP can sum).
     ``update(memberships, scores)`` takes each question's groups and its score in [0, 1] (its share of
     correct samples); a question with several skills counts once in each. ``compute`` returns
-    ``{"accuracy": [G], "questions": [G]}``; :meth:`as_table` turns that into ``{group: {...}}``.
+    ``{"accuracy": [G], "questions": [G]}`` (0-d tensors when G = 1: torchmetrics squeezes them);
+    :meth:`as_table` turns that into ``{group: {...}}``.
     """
 
     higher_is_better = True
@@ -145,8 +146,10 @@ class GroupedAccuracy(Metric):
     def as_table(self, computed: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, float]]:
         """``{group: {"accuracy": a, "questions": n}}`` for the groups that have at least one question."""
         computed = computed if computed is not None else self.compute()
+        # torchmetrics squeezes one-element results to 0-d tensors, so a single group needs the reshape
+        accuracy, questions = computed["accuracy"].reshape(-1).tolist(), computed["questions"].reshape(-1).tolist()
         return {
-            group: {"accuracy": float(computed["accuracy"][i]), "questions": int(computed["questions"][i])}
+            group: {"accuracy": accuracy[i], "questions": int(questions[i])}
             for i, group in enumerate(self.groups)
-            if int(computed["questions"][i]) > 0
+            if questions[i] > 0
         }
