@@ -95,8 +95,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arms", nargs="+", default=["uniform", "static", "online"])
     parser.add_argument("--out", type=Path, default=Path("runs/bench_skillworld_effect"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     test = SkillWorldSource("test", args.test_questions, seed=args.seed, **WORLD).load()
     base = SFTModule(MODEL, quantization="nf4", lora=LoRAConfig())
     base.configure_model()
