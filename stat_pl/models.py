@@ -128,8 +128,9 @@ def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
 
     The NF4 weights are dequantised once (so the copy computes what the trained QLoRA model computes)
     and the LoRA adapter is copied over; :func:`sync_lora` refreshes the adapter later. On CPU,
-    bitsandbytes dequantises every 4-bit layer at every decoding step, which made generation 3.3x
-    slower than this copy (SmolLM2-135M, batch 32, 32 new tokens: 84 s vs 25 s).
+    bitsandbytes dequantises every 4-bit layer at every decoding step: with 2 torch threads that made
+    generation 3.3x slower than this copy (SmolLM2-135M, batch 32, 32 new tokens: 84 s vs 25 s); with
+    1 thread the copy was 0.9x (both on a shared, loaded 2-core CPU).
     """
     import bitsandbytes as bnb
     from peft import get_peft_model

@@ -108,3 +108,20 @@ def test_mix_ratios_set_each_sources_share(tiny_model_dir):
     indices = [i for batch in dm.train_dataloader().batch_sampler for i in batch]
     second = sum(dm.records[dm.train_examples[i]["record"]].source == "skillworld/validation" for i in indices)
     assert second / len(indices) == pytest.approx(0.3, abs=0.02)
+
+
+def test_examples_whose_prompt_fills_max_length_are_skipped_with_a_warning(tiny_model_dir):
+    from stat_pl.records import ProblemRecord
+
+    long = ProblemRecord("long", "compute the sum " * 60, "1", ("Answer: \\boxed{1}",))
+    short = ProblemRecord("short", "what is 2+3", "5", ("Answer: \\boxed{5}",))
+
+    class Rows(SkillWorldSource):
+        def load(self):
+            return [long, short]
+
+    dm = SFTDataModule(str(tiny_model_dir), train=[Rows()], max_length=48)
+    with pytest.warns(UserWarning, match=r"skipped 1 example.*'long'"):
+        dm.setup("fit")
+    assert [dm.records[e["record"]].id for e in dm.train_examples] == ["short"]
+    assert dm.example_weights() == [0.5]  # the skipped record's share is dropped; the sampler renormalises

@@ -7,14 +7,16 @@ rows made during the run reach it through :meth:`add_synthetic`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from stat_pl.data.formatting import collate, encode_example
+from stat_pl.data.formatting import IGNORE_INDEX, collate, encode_example
 from stat_pl.data.sampler import LengthGroupedBatchSampler, SkillWeightedSampler
 from stat_pl.data.synthetic_source import SyntheticSource, synthetic_records
 from stat_pl.models import load_tokenizer
@@ -104,14 +106,28 @@ class SFTDataModule(L.LightningDataModule):
             self._keep_synthetic(self._synthetic_at_checkpoint)
 
     def _encode(self, records: Sequence[ProblemRecord]) -> list[dict]:
-        examples = []
+        """One example per solution; a prompt that fills ``max_length`` leaves nothing to learn and is skipped.
+
+        Such an example has no answer token, and a micro-batch made only of them (length grouping puts
+        them together) has a NaN loss that poisons the adapter; they are counted and named in a warning.
+        """
+        examples, too_long = [], []
         for i, record in enumerate(records):
             if not record.solutions:
                 raise ValueError(f"record {record.id!r} (source {record.source!r}) has no solution to train on")
             for solution in record.solutions:
                 example = encode_example(self.tokenizer, record.problem, solution, self.max_length,
                                          self.system_prompt)
+                if all(label == IGNORE_INDEX for label in example["labels"]):
+                    too_long.append(record.id)
+                    continue
                 examples.append({**example, "record": i, "index": len(examples)})
+        if too_long:
+            rank_zero_warn(f"SFTDataModule: skipped {len(too_long)} example(s) whose prompt fills max_length="
+                           f"{self.max_length} (no answer token to learn), e.g. {too_long[:3]}; raise max_length "
+                           "to keep them")
+        if records and not examples:
+            raise ValueError(f"SFTDataModule: every example's prompt fills max_length={self.max_length}")
         return examples
 
     # ---- weights ---------------------------------------------------------------------------------
@@ -125,8 +141,8 @@ class SFTDataModule(L.LightningDataModule):
             within = (self.profile.to_weights(records, self.skill_map, floor=self.weight_floor)
                       if self.profile else [1.0 / len(records)] * len(records))
             record_weights.extend(ratio / sum(ratios) * w for w in within)
-        solutions = [len(r.solutions) for r in self.records]
-        return [record_weights[e["record"]] / solutions[e["record"]] for e in self.train_examples]
+        examples_of = Counter(e["record"] for e in self.train_examples)
+        return [record_weights[e["record"]] / examples_of[e["record"]] for e in self.train_examples]
 
     def set_profile(self, profile: MissingSkillProfile) -> None:
         """Sample the next epochs by ``profile`` (STAT-Sel weights); the epoch in progress is unaffected."""

@@ -74,7 +74,9 @@ class SFTModule(L.LightningModule):
         """The model engines generate with: the live model, or on CPU with 4-bit weights a float copy.
 
         The copy (:func:`~stat_pl.models.dequantized_copy`) is made once and gets the current adapter
-        weights at every call, so it generates exactly what the live model would, about 3x faster.
+        weights at every call: the same effective weights, computed in float32 where the 4-bit path
+        computes in bf16, so greedy outputs can differ slightly. Measured on the shared 2-core dev CPU:
+        3.3x faster with 2 torch threads, 0.9x with 1 thread (bench/README.md).
         """
         if self.hparams.quantization != "nf4" or self.device.type != "cpu":
             return self.model
