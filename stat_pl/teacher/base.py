@@ -84,6 +84,16 @@ class Teacher(Protocol):
         ...
 
 
+def complete_one(teacher: Teacher, messages: Sequence[Message], n: int, temperature: float,
+                 max_tokens: int) -> list[str]:
+    """``Teacher.complete`` for teachers that batch: one request through ``complete_many``, failures raised."""
+    request = TeacherRequest(tuple(messages), n=n, temperature=temperature, max_tokens=max_tokens)
+    (answer,) = teacher.complete_many([request])
+    if isinstance(answer, TeacherFailure):
+        raise TeacherError(f"{teacher!r}: request failed after {answer.attempts} call(s): {answer.reason}")
+    return answer
+
+
 def answer_through_cache(
     requests: Sequence[TeacherRequest],
     model: str,

@@ -45,6 +45,7 @@ from stat_pl.teacher.base import (
     TeacherFailure,
     TeacherRequest,
     answer_through_cache,
+    complete_one,
 )
 from stat_pl.teacher.cache import TeacherCache, default_cache_dir
 
@@ -125,11 +126,7 @@ class OpenAICompatibleTeacher:
     def complete(self, messages: Sequence[Message], n: int = 1, temperature: float = 0.0,
                  max_tokens: int = DEFAULT_MAX_TOKENS) -> list[str]:
         """``n`` texts for ``messages``; raises :class:`TeacherError` with the reason if it fails."""
-        request = TeacherRequest(tuple(messages), n=n, temperature=temperature, max_tokens=max_tokens)
-        (answer,) = self.complete_many([request])
-        if isinstance(answer, TeacherFailure):
-            raise TeacherError(f"{self!r}: request failed after {answer.attempts} call(s): {answer.reason}")
-        return answer
+        return complete_one(self, messages, n, temperature, max_tokens)
 
     def complete_many(self, requests: Sequence[TeacherRequest]) -> list[TeacherAnswer]:
         """Every request answered (cache first, then ``concurrency`` at a time) or failed with its reason."""
