@@ -123,8 +123,8 @@ def _disable_cpu_inference_packing(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """An unquantised float32 copy of a 4-bit PEFT model with the same effective weights.
+def dequantized_copy(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """An unquantised copy (in ``dtype``) of a 4-bit PEFT model with the same effective weights.
 
     The NF4 weights are dequantised once (so the copy computes what the trained QLoRA model computes)
     and the LoRA adapter is copied over; :func:`sync_lora` refreshes the adapter later. On CPU,
@@ -138,7 +138,7 @@ def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
     base = model.get_base_model()
     config = base.config.to_dict()
     config.pop("quantization_config", None)
-    twin = AutoModelForCausalLM.from_config(type(base.config).from_dict(config), dtype=torch.float32)
+    twin = AutoModelForCausalLM.from_config(type(base.config).from_dict(config), dtype=dtype)
     state = {}
     for name, module in base.named_modules():
         if isinstance(module, bnb.nn.Linear4bit):
@@ -152,7 +152,7 @@ def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
     missing = set(twin.state_dict()) - set(state) - {"lm_head.weight"}
     if missing:
         raise RuntimeError(f"dequantized_copy: no weights for {sorted(missing)[:5]}")
-    twin.load_state_dict({k: v.detach().float() for k, v in state.items()}, strict=False)
+    twin.load_state_dict({k: v.detach().to(dtype) for k, v in state.items()}, strict=False)
     twin.tie_weights()
     twin = get_peft_model(twin, model.peft_config[model.active_adapter])
     sync_lora(model, twin)
