@@ -5,11 +5,10 @@ import logging
 import pytest
 import torch
 import yaml
+from test_sft_cli import ROOT, run_cli, tiny_config
 
 from stat_pl import hardware
 from stat_pl.hardware import compute_dtype_for, configure_threads, resolve_precision
-
-from test_sft_cli import ROOT, run_cli, tiny_config
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ def tiny_config(tmp_path: Path, model_dir: Path, **trainer) -> Path:
                     "enable_progress_bar": False, "enable_model_summary": False,
                     "default_root_dir": str(tmp_path / "run"), "limit_val_batches": 0, **trainer},
         "model": {"class_path": "stat_pl.modules.sft.SFTModule",
-                  "init_args": {"model": str(model_dir), "quantization": "none", "lr": 1e-3,
+                  "init_args": {"model": str(model_dir), "quantization": "none",
+                                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
                                 "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}},
         "data": {"class_path": "stat_pl.data.sft_datamodule.SFTDataModule",
                  "init_args": {"train": [{"class_path": "stat_pl.data.skillworld.SkillWorldSource",
@@ -96,7 +97,7 @@ def test_fit_writes_a_peft_adapter_and_the_config(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("model.init_args.optimizer=sgd", "unknown optimizer 'sgd'"),
+    ("model.init_args.optimizer=torch.optim.NoSuchOptimizer", "torch.optim.NoSuchOptimizer"),
     ("data.init_args.train=[{class_path: stat_pl.records.RecordSource, init_args: {path: missing.jsonl}}]",
      "missing.jsonl does not exist"),
 ])

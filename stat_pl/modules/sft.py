@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from transformers import get_cosine_schedule_with_warmup
 
 from stat_pl.hardware import compute_dtype_for, resolve_precision
 from stat_pl.models import LoRAConfig, Quantization, dequantized_copy, load_causal_lm, sync_lora, torch_dtype
+
+
+def paper_adamw(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW with the paper's SFT settings (lr 2e-4, weight decay 0.1): the default ``optimizer``."""
+    return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.1)
 
 
 class SFTModule(L.LightningModule):
@@ -29,9 +36,13 @@ class SFTModule(L.LightningModule):
             trainer's precision (``bf16-mixed`` -> bfloat16, the paper's; ``32-true`` -> float32), which
             ``precision: auto`` picks from the hardware (:mod:`stat_pl.hardware`).
         lora: adapter settings; the defaults are the paper's.
-        optimizer: ``"adamw"`` (torch) or ``"paged_adamw_8bit"`` (bitsandbytes, CUDA; the paper's).
-        lr, weight_decay, betas: optimizer settings (paper: weight decay 0.1).
-        warmup_ratio: the share of optimizer steps of linear warm-up before the cosine decay (paper: 0.03).
+        optimizer: builds the optimizer from the trainable parameters (LightningCLI's ``OptimizerCallable``:
+            in YAML a ``class_path`` such as ``torch.optim.AdamW`` or the paper's
+            ``bitsandbytes.optim.PagedAdamW8bit`` (CUDA) with ``init_args``); default AdamW with the paper's
+            lr 2e-4 and weight decay 0.1.
+        scheduler: an ``LRSchedulerCallable`` stepped every optimizer step; default (None) the paper's
+            cosine decay after ``warmup_ratio`` of linear warm-up (transformers' ``get_cosine_schedule_with_warmup``).
+        warmup_ratio: the share of optimizer steps of warm-up of the default schedule (paper: 0.03).
         gradient_checkpointing: trade compute for memory on long sequences.
         adapter_dir: where :meth:`on_fit_end` saves the adapter; default ``<default_root_dir>/adapter``.
     """
@@ -42,18 +53,16 @@ class SFTModule(L.LightningModule):
         quantization: Quantization = "nf4",
         compute_dtype: str = "auto",
         lora: LoRAConfig | None = None,
-        optimizer: str = "adamw",
-        lr: float = 2e-4,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.999),
+        optimizer: OptimizerCallable = paper_adamw,
+        scheduler: LRSchedulerCallable | None = None,
         warmup_ratio: float = 0.03,
         gradient_checkpointing: bool = False,
         adapter_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if optimizer not in ("adamw", "paged_adamw_8bit"):
-            raise ValueError(f"model.optimizer: unknown optimizer {optimizer!r}; use 'adamw' or 'paged_adamw_8bit'")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.optimizer = optimizer
+        self.scheduler = scheduler
         self.model_name = model
         self.lora = lora or LoRAConfig()
         self.model: torch.nn.Module | None = None
@@ -119,7 +128,6 @@ class SFTModule(L.LightningModule):
         elapsed = time.perf_counter() - self._step_started
         tokens = int(batch["attention_mask"].sum())
         self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), prog_bar=True, batch_size=1)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.masked_lm_loss(batch)
@@ -128,18 +136,16 @@ class SFTModule(L.LightningModule):
 
     # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        kwargs = {"lr": self.hparams.lr, "weight_decay": self.hparams.weight_decay, "betas": self.hparams.betas}
-        if self.hparams.optimizer == "paged_adamw_8bit":
-            if not torch.cuda.is_available():
-                raise RuntimeError("model.optimizer: paged_adamw_8bit needs CUDA; use 'adamw' on CPU")
-            import bitsandbytes as bnb
-
-            optimizer = bnb.optim.PagedAdamW8bit(params, **kwargs)
+        optimizer = self.optimizer([p for p in self.model.parameters() if p.requires_grad])
+        if type(optimizer).__name__.startswith("Paged") and self.device.type != "cuda":
+            raise RuntimeError(f"model.optimizer: {type(optimizer).__name__} pages optimizer state through CUDA "
+                               "unified memory; on CPU use torch.optim.AdamW")
+        if self.scheduler is not None:
+            scheduler = self.scheduler(optimizer)
         else:
-            optimizer = torch.optim.AdamW(params, **kwargs)
-        scheduler = LambdaLR(optimizer, cosine_with_warmup(self.trainer.estimated_stepping_batches,
-                                                           self.hparams.warmup_ratio))
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            warmup = math.ceil(self.hparams.warmup_ratio * total)
+            scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- checkpoints and export ------------------------------------------------------------------
@@ -170,16 +176,3 @@ class SFTModule(L.LightningModule):
         self.model.save_pretrained(str(path))
         return Path(path)
 
-
-def cosine_with_warmup(total_steps: int, warmup_ratio: float):
-    """LR multiplier: linear warm-up for ``warmup_ratio`` of the steps, then cosine decay to 0."""
-    total = max(1, int(total_steps))
-    warmup = int(math.ceil(warmup_ratio * total))
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return multiplier
