@@ -26,10 +26,12 @@ from stat_pl.building import (
     StatSyn,
 )
 from stat_pl.building.run import build
-from stat_pl.building.selection import allocate
+from stat_pl.building.selection import allocate, draw_per_missing_skill
+from stat_pl.building.stat_syn import stat_syn_tasks
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord, RecordError, RecordSource
 from stat_pl.teacher import OpenAICompatibleTeacher
+from stat_pl.teacher.templates import PromptTemplates
 
 KEY_ENV = "STAT_PL_TEST_BUILD_KEY"
 
@@ -123,6 +125,38 @@ def test_allocation_sums_to_the_target_and_respects_availability():
     assert sorted(quotas.values()) == [33, 33, 34]
     assert allocate({"x": 9.0, "y": 1.0}, {"x": 3, "y": 50}, 20) == {"x": 3, "y": 17}
     assert allocate({"x": 1.0, "y": 1.0}, {"x": 3, "y": 4}, 20) == {"x": 3, "y": 4}
+
+
+def test_algorithm1_draws_k_linked_questions_per_pair_independently_of_other_pairs():
+    inputs = inputs_for(pool_records({"a": 8, "b": 8, "c": 2}), hand_profile())
+
+    draws, unlinked = draw_per_missing_skill(hand_profile(), inputs.skill_map, k=5, seed=0)
+
+    assert [(d.question_id, d.skill) for d in draws] == [(q, s) for q in sorted(hand_profile().questions)
+                                                        for s in hand_profile().questions[q]]
+    for d in draws:
+        assert len(set(d.drawn_ids)) == min(5, len(inputs.skill_map.problems_with(d.skill)))
+        assert all(d.skill in inputs.pool_by_id[p].skills for p in d.drawn_ids)
+    assert not unlinked
+    alone = MissingSkillProfile.from_questions({"test/3": ["a", "b"]})
+    again, _ = draw_per_missing_skill(alone, inputs.skill_map, k=5, seed=0)
+    assert again == [d for d in draws if d.question_id == "test/3"]  # a pair's draw ignores the other pairs
+    assert draw_per_missing_skill(hand_profile(), inputs.skill_map, k=5, seed=1)[0] != draws
+
+
+def test_stat_sel_and_stat_syn_use_the_one_algorithm1_draw():
+    inputs = inputs_for(pool_records({"a": 9, "b": 9, "c": 9}), hand_profile())
+    sel_draws, _ = draw_per_missing_skill(hand_profile(), inputs.skill_map, k=5, seed=3)
+    syn_draws, _ = draw_per_missing_skill(hand_profile(), inputs.skill_map, k=3, seed=3)
+
+    picks, _ = StatSel(questions_per_skill=5, seed=3).picks(hand_profile(), inputs)
+    tasks, _ = stat_syn_tasks(hand_profile(), inputs, PromptTemplates(), examples_per_prompt=3,
+                              questions_per_pair=2, seed=3)
+
+    picked = Counter((p.provenance["difficult_question"], p.group, p.record.id) for p in picks)
+    assert picked == Counter((d.question_id, d.skill, pid) for d in sel_draws for pid in d.drawn_ids)
+    assert [(t.provenance["difficult_question"], t.provenance["target_skill"], tuple(t.provenance["example_ids"]))
+            for t in tasks] == [(d.question_id, d.skill, d.drawn_ids) for d in syn_draws]
 
 
 def solve_script(body: Body) -> list[str]:

@@ -23,7 +23,9 @@ from typing import Any
 from stat_pl.building.base import BuiltRow
 from stat_pl.building.checks import distinct_ids
 from stat_pl.grading import grade
+from stat_pl.profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord
+from stat_pl.skills import SkillMap
 from stat_pl.teacher.base import Teacher, TeacherFailure, TeacherRequest
 from stat_pl.teacher.templates import PromptTemplates
 
@@ -37,6 +39,45 @@ class Pick:
     record: ProblemRecord
     group: str
     provenance: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SkillDraw:
+    """The training questions drawn for one (difficult question, missing skill) pair of a profile."""
+
+    question_id: str
+    skill: str
+    drawn_ids: tuple[str, ...]
+
+
+def draw_per_missing_skill(profile: MissingSkillProfile, skill_map: SkillMap, k: int,
+                           seed: int) -> tuple[list[SkillDraw], Counter[str]]:
+    """The paper's Algorithm 1 (STAT-Sel) draw: for each difficult question q of ``profile`` and each
+    skill s it is missing, ``k`` training questions linked to s in ``skill_map``, without replacement
+    within the pair (all of them when fewer than ``k`` are linked).
+
+    Pairs are independent: pair (q, s) draws with a generator seeded by ``(seed, q, s)``, so a rerun
+    draws the same questions and one pair's draw does not depend on the others. A question linked to a
+    frequent missing skill can be drawn by several pairs; that repetition is what makes a skill's share
+    of the data follow its count in the profile. STAT-Sel keeps the drawn questions (paper: k = 5 for
+    data building, Algorithm 1 writes 3); STAT-Syn shows them to the teacher as examples (paper: 3).
+
+    Returns the draws in (question id, profile skill order) order, and skill -> number of pairs whose
+    skill labels no question of ``skill_map`` (those pairs draw nothing and are left out).
+    """
+    if k < 1:
+        raise ValueError(f"k (questions drawn per missing skill) must be >= 1, got {k}")
+    draws: list[SkillDraw] = []
+    unlinked: Counter[str] = Counter()
+    for qid in sorted(profile.questions):
+        for skill in profile.questions[qid]:
+            linked = skill_map.problems_with(skill)
+            if not linked:
+                unlinked[skill] += 1
+                continue
+            rng = random.Random(f"{seed}/{qid}/{skill}")
+            draws.append(SkillDraw(qid, skill, tuple(rng.sample(linked, min(k, len(linked))))))
+    return draws, unlinked
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any
 from stat_pl.building.base import BuildInputs, BuiltDataset, BuiltRow
 from stat_pl.building.checks import check_linked, check_pool, check_positive, check_profile
 from stat_pl.building.contamination import ContaminationGuard
+from stat_pl.building.selection import draw_per_missing_skill
 from stat_pl.building.synthesis import ProposalTask, SynthesisSettings, synthesize
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord
@@ -76,29 +77,25 @@ def stat_syn_tasks(profile: MissingSkillProfile, inputs: BuildInputs, templates:
                    round_index: int = 0) -> tuple[list[ProposalTask], dict[str, Any]]:
     """One question-writing task per (difficult question, missing skill) linked to the pool.
 
-    The examples of a pair are drawn with a generator seeded by ``(seed, question, skill)``, so a rerun
+    The examples of a pair are STAT-Sel's draw (:func:`~stat_pl.building.selection.draw_per_missing_skill`,
+    Algorithm 1, with k = ``examples_per_prompt``), seeded by ``(seed, question, skill)``, so a rerun
     sends the same prompts (and is answered from the cache); live round ``r`` sends them with request
     seeds from ``r * ROUND_SEED_STRIDE``, so every round asks for new samples.
     """
     tasks = []
-    unlinked: Counter[str] = Counter()
-    for qid in sorted(profile.questions):
-        for skill in profile.questions[qid]:
-            linked = inputs.skill_map.problems_with(skill)
-            if not linked:
-                unlinked[skill] += 1
-                continue
-            rng = random.Random(f"{seed}/{qid}/{skill}")
-            examples = [inputs.pool_by_id[p] for p in rng.sample(linked, min(examples_per_prompt, len(linked)))]
-            subject = Counter(e.subject for e in examples).most_common(1)[0][0]
-            messages = tuple(templates.render(
-                "propose_question", skill=skill.replace("_", " "), subject=subject.replace("_", " "),
-                examples=format_examples([f"{e.problem.strip()}\n\nSolution:\n{e.solutions[0].strip()}"
-                                          for e in examples])))
-            provenance = {"difficult_question": qid, "target_skill": skill,
-                          "example_ids": [e.id for e in examples]}
-            tasks.append(ProposalTask(messages, questions_per_pair, subject, (skill,), provenance,
-                                      seed=round_index * ROUND_SEED_STRIDE))
+    draws, unlinked = draw_per_missing_skill(profile, inputs.skill_map, examples_per_prompt, seed)
+    for draw in draws:
+        skill = draw.skill
+        examples = [inputs.pool_by_id[p] for p in draw.drawn_ids]
+        subject = Counter(e.subject for e in examples).most_common(1)[0][0]
+        messages = tuple(templates.render(
+            "propose_question", skill=skill.replace("_", " "), subject=subject.replace("_", " "),
+            examples=format_examples([f"{e.problem.strip()}\n\nSolution:\n{e.solutions[0].strip()}"
+                                      for e in examples])))
+        provenance = {"difficult_question": draw.question_id, "target_skill": skill,
+                      "example_ids": [e.id for e in examples]}
+        tasks.append(ProposalTask(messages, questions_per_pair, subject, (skill,), provenance,
+                                  seed=round_index * ROUND_SEED_STRIDE))
     if unlinked:
         log.warning("STAT-Syn: %d missing skill(s) label no pool question and get no prompt: %s", len(unlinked),
                     sorted(unlinked))
