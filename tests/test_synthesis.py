@@ -14,9 +14,8 @@ import pytest
 from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
 
 from stat_pl.building import BuildInputs, ContaminationGuard, StatSyn, synthesize_for_profile
-from stat_pl.building.contamination import tokens
 from stat_pl.profile import MissingSkillProfile
-from stat_pl.records import ProblemRecord
+from stat_pl.records import ProblemRecord, problem_tokens
 from stat_pl.teacher import OpenAICompatibleTeacher
 
 KEY_ENV = "STAT_PL_TEST_SYN_KEY"
@@ -151,4 +150,4 @@ def test_the_guard_catches_near_copies_but_not_new_questions_on_the_same_topic()
     padded = TEST_QUESTION.problem + " Then also find f(2) and f(3), and explain which of the two is larger."
     assert guard.check(padded).reference_id == "test/planted"  # a copy with a sentence added
     assert guard.check("Let $g(x) = 2x + 1$. Find $g(g(4))$.") is None  # same topic, new question
-    assert tokens("$\\left( x \\right)$") == ("(", "x", ")")
+    assert problem_tokens("$\\left( x \\right)$") == ("(", "x", ")")
