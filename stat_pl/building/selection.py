@@ -196,3 +196,22 @@ def subsample(candidates: Mapping[str, Sequence[BuiltRow]], shares: Mapping[str,
             log.warning("%s: only %d candidate rows for a target of %d: %d short", builder, total, target,
                         stats["shortfall"])
     return rows, stats
+
+
+def cut_synthetic(rows: Sequence[BuiltRow], group_of: str, shares: Mapping[str, float] | None, target: int | None,
+                  seed: int, builder: str) -> tuple[list[BuiltRow], dict[str, Any]]:
+    """Accepted synthetic questions as QA pairs cut to ``target`` (paper: STAT-Syn and Embed-Syn at 9.5k).
+
+    A synthetic row holds every agreeing solution of its question; here each solution becomes its own
+    row (one QA pair, as STAT-Sel counts them), grouped by ``provenance[group_of]`` (the target skill,
+    the difficult question) and subsampled with the groups' ``shares`` (None: equal shares). With
+    ``target`` None the rows are returned as they are.
+    """
+    if target is None:
+        return list(rows), {"target_size": None, "rows": len(rows), "shortfall": 0}
+    groups: dict[str, list[BuiltRow]] = {}
+    for row in rows:
+        for solution in row.record.solutions:
+            pair = BuiltRow(replace(row.record, solutions=(solution,)), {**row.provenance, "origin_id": row.record.id})
+            groups.setdefault(str(row.provenance[group_of]), []).append(pair)
+    return subsample(groups, shares if shares is not None else {g: 1.0 for g in groups}, target, seed, builder)

@@ -4,7 +4,9 @@ For each (difficult question, missing skill) pair of the profile, the teacher se
 ``examples_per_prompt`` training questions linked to the skill, with their solutions (paper: 3), and
 writes ``questions_per_pair`` new questions that emphasise the skill (paper: 2). The questions then
 go through :func:`stat_pl.building.synthesis.synthesize`: contamination guard, three teacher
-solutions, majority vote with at least two agreeing, only the agreeing solutions kept.
+solutions, majority vote with at least two agreeing, only the agreeing solutions kept. The QA pairs
+(one per kept solution) are cut to ``target_size`` (paper: 9.5k, as STAT-Sel) with each skill's share
+equal to its share of the profile.
 
 :func:`synthesize_for_profile` is the same method for the live loop: the SkillReprofiler callback
 calls it after a profiling round and hands the rows to ``SFTDataModule.add_synthetic``.
@@ -23,7 +25,7 @@ from typing import Any
 from stat_pl.building.base import BuildInputs, BuiltDataset, BuiltRow
 from stat_pl.building.checks import check_linked, check_pool, check_positive, check_profile
 from stat_pl.building.contamination import ContaminationGuard
-from stat_pl.building.selection import draw_per_missing_skill
+from stat_pl.building.selection import cut_synthetic, draw_per_missing_skill
 from stat_pl.building.synthesis import ProposalTask, SynthesisSettings, synthesize
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord
@@ -44,7 +46,8 @@ class StatSyn:
         name: the dataset's name: its folder, and each row's ``source`` and id prefix.
         questions_per_pair: new questions asked for per (difficult question, missing skill).
         examples_per_prompt: training questions (with solutions) shown in each prompt.
-        seed: seeds the choice of examples.
+        seed: seeds the choice of examples and the cut.
+        target_size: QA pairs kept (paper: 9500; None: every accepted solution, one row per question).
         synthesis: sampling and the consistency filter (solutions per question, votes).
         templates: the teacher's prompt files (``propose_question`` and ``solve`` are used).
     """
@@ -53,13 +56,14 @@ class StatSyn:
     questions_per_pair: int = 2
     examples_per_prompt: int = 3
     seed: int = 0
+    target_size: int | None = 9500
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
     templates: PromptTemplates = field(default_factory=PromptTemplates)
 
     def build(self, inputs: BuildInputs) -> BuiltDataset:
         """The accepted new questions for every pair of ``inputs.profile``."""
         check_positive(self.name, questions_per_pair=self.questions_per_pair,
-                       examples_per_prompt=self.examples_per_prompt)
+                       examples_per_prompt=self.examples_per_prompt, target_size=self.target_size)
         profile = inputs.require_profile(self.name)
         check_profile(profile, inputs.profile_path, self.name)
         check_pool(inputs, self.name, need_skills=True)
@@ -67,8 +71,11 @@ class StatSyn:
         teacher = inputs.require_teacher(self.name, "it writes and solves the new questions")
         tasks, stats = stat_syn_tasks(profile, inputs, self.templates, self.examples_per_prompt,
                                       self.questions_per_pair, self.seed)
-        rows, synthesis_stats = synthesize(tasks, teacher, inputs.guard, self.synthesis, self.templates, self.name)
-        stats.update(synthesis_stats)
+        accepted, synthesis_stats = synthesize(tasks, teacher, inputs.guard, self.synthesis, self.templates,
+                                               self.name)
+        rows, cut_stats = cut_synthetic(accepted, "target_skill", profile.histogram, self.target_size, self.seed,
+                                        self.name)
+        stats.update(synthesis_stats, **cut_stats)
         return BuiltDataset(self.name, rows, stats)
 
 
