@@ -361,3 +361,13 @@ def test_contamination_covers_every_registry_benchmark_whole_and_matches_by_text
     assert guard.check("  " + gsm.problem.replace("$", " $ ") + "\n").reference_id == gsm.id
     with pytest.raises(ValueError, match=r"unknown name\(s\) \['mmlu'\]"):
         contamination_sources(["mmlu"])
+
+
+def test_a_held_out_validation_part_is_never_evaluated(shared_data: Path) -> None:
+    """The continual setting profiles on a new set's validation part and evaluates on the rest."""
+    path = str(shared_data / "eval" / "gsm8k.jsonl")
+    whole = load_benchmark(BenchmarkSpec("gsm8k", path=path))
+    rest = load_benchmark(BenchmarkSpec("gsm8k", path=path, validation_size=100, split_seed=2))
+    profiled = split_math_test(whole, seed=2, validation_size=100)[0]
+    assert len(rest) == len(whole) - 100
+    assert not {problem_key(r.problem) for r in rest} & {problem_key(r.problem) for r in profiled}

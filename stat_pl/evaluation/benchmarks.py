@@ -105,6 +105,10 @@ class BenchmarkSpec:
         difficult: MATH-D only: a ``profile.json`` from a difficulty run over the MATH evaluation split
             (its ``questions`` are the difficult ones), a JSON list of ids, or a text file of ids.
         split_seed: the seed of :func:`split_math_test` (MATH and MATH-D).
+        validation_size: hold out the first ``validation_size`` questions of :func:`split_math_test`
+            (``split_seed``) and evaluate on the rest: the continual setting (STAT-ConSel / ConSyn)
+            profiles on that validation part of a new benchmark (``profile --split=validation`` with the
+            same size and seed). Default: MATH's 1,000 for MATH and MATH-D, no hold-out otherwise.
     """
 
     name: str
@@ -115,6 +119,7 @@ class BenchmarkSpec:
     limit: int | None = None
     difficult: str | None = None
     split_seed: int = 0
+    validation_size: int | None = None
 
     def __post_init__(self) -> None:
         where = f"benchmark {self.name!r}"
@@ -161,8 +166,9 @@ def load_benchmark(spec: BenchmarkSpec) -> list[ProblemRecord]:
     if not records:
         raise RecordError(f"benchmark {spec.name!r}: {source.path} has no rows")
     selection = registered.selection if registered else "all"
-    if selection != "all":
-        records = split_math_test(records, seed=spec.split_seed)[1]
+    if selection != "all" or spec.validation_size is not None:
+        records = split_math_test(records, seed=spec.split_seed,
+                                  validation_size=spec.validation_size or MATH_VALIDATION_SIZE)[1]
     if selection == "math_difficult":
         records = _difficult_subset(records, spec.difficult)
     return records[: spec.limit] if spec.limit else records
