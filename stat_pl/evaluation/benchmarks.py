@@ -10,11 +10,21 @@ and ``answer`` (or a ``solution`` with a ``\\boxed{}`` answer).
 
 Hub names, as of writing (``verified`` in :data:`BENCHMARKS`): the dataset and its columns were checked
 against the dataset card for MATH (``DigitalLearningGmbH/MATH-lighteval``, the 5,000-question test
-split), MATH-500, GSM8K, AIME 2024, AIME 2025 and AMC23. **Not verified offline:** MATH^2
-(``veds12/math-squared`` exists as one CSV; its column names are a guess) and MATH-Perturb
-(``kaixuanhuang/MATH-Perturb`` and its ``simple`` / ``hard`` splits are a guess; the authors' GitHub
-repository Kaffaljidhmah2/MATH-Perturb ships ``math_perturb/math_perturb_{simple,hard}.jsonl`` with
-``problem`` and ``answer``, which load as they are through ``path``). Override either with ``source``.
+split), MATH-500, GSM8K, AIME 2024, AIME 2025 and AMC23. **Not verified** (no Hub access where stat-pl
+is developed and tested), and exactly what is assumed:
+
+* MATH^2 (``math2``): the Hub dataset ``veds12/math-squared``, split ``train``, one row per question
+  with the question in column ``question``, a worked solution in ``solution`` and the final answer in
+  ``answer`` (or, failing that, a ``\boxed{}`` answer inside ``solution``).
+* MATH-Perturb (``math_perturb_simple`` / ``math_perturb_hard``): the Hub dataset
+  ``kaixuanhuang/MATH-Perturb`` with splits ``simple`` and ``hard`` and columns ``problem`` and
+  ``answer``. The authors' GitHub repository (Kaffaljidhmah2/MATH-Perturb) ships
+  ``math_perturb/math_perturb_{simple,hard}.jsonl``, assumed to have the same two fields; such a file
+  loads as it is through ``path``. The continual configs (``configs/paper/continual_*.yaml``) also
+  assume a ``subject`` field (MATH's subjects) per row, which the teacher needs for the skill list.
+
+If a guess is wrong, the loader fails with the file, row and missing field named; give ``path`` or a
+full ``source`` with the right ``fields`` mapping.
 
 MATH's split: the paper takes 1,000 of the 5,000 MATH test questions as the validation set that the
 Missing-Skill-Profile is built on and evaluates on the other 4,000. :func:`split_math_test` makes that
