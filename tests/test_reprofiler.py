@@ -150,3 +150,14 @@ def test_rounds_synthesise_new_questions_into_the_synthetic_source(tiny_model_di
     assert {r.skills for r in synthetic} == {(SKILLWORLD_SKILLS[0],), (SKILLWORLD_SKILLS[1],)}
     assert all(r.answer == str(2 * int(re.search(r"double (\d+)", r.problem).group(1))) for r in synthetic)
     assert [r.id for r in data.source_records[-1]] == [r.id for r in synthetic]
+
+
+def test_the_reprofiler_refuses_a_permutation_sampler_before_any_round(tiny_model_dir, tmp_path):
+    """Re-weighting needs weighted drawing; a fixed set iterated once per epoch would silently ignore it."""
+    trainer, module, _, callback, _ = make_run(tiny_model_dir, tmp_path)
+    data = SFTDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=20, levels=(1,))], batch_size=2,
+                         max_length=96)
+    assert data.sampling == "permutation"
+    with pytest.raises(ValueError, match="set data.sampling: weighted"):
+        trainer.fit(module, datamodule=data)
+    assert callback.history == []

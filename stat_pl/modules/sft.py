@@ -45,6 +45,8 @@ class SFTModule(L.LightningModule):
         warmup_ratio: the share of optimizer steps of warm-up of the default schedule (paper: 0.03).
         gradient_checkpointing: trade compute for memory on long sequences.
         adapter_dir: where :meth:`on_fit_end` saves the adapter; default ``<default_root_dir>/adapter``.
+        init_adapter: a saved PEFT adapter folder to continue training from (continual STAT-ConSel / ConSyn);
+            default: a new adapter with ``lora``.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class SFTModule(L.LightningModule):
         warmup_ratio: float = 0.03,
         gradient_checkpointing: bool = False,
         adapter_dir: str | None = None,
+        init_adapter: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -77,9 +80,10 @@ class SFTModule(L.LightningModule):
             self.model_name,
             quantization=self.hparams.quantization,
             compute_dtype=self.compute_dtype(),
-            lora=self.lora,
+            lora=self.lora if self.hparams.init_adapter is None else self.hparams.lora,  # an adapter has its own
             gradient_checkpointing=self.hparams.gradient_checkpointing,
             device=device,
+            init_adapter=self.hparams.init_adapter,
         )
 
     def compute_dtype(self) -> str:

@@ -213,6 +213,33 @@ class ProcessRewardDetector(RewardModelScorer):
                 for per_response in self.step_scores(attempts)]
 
 
+class PRMLastStepDetector(ProcessRewardDetector):
+    """The paper's outcome-reward ablation: the PRM's last-step score r_t read as the outcome score.
+
+    Difficult when r_t <= ``threshold`` (paper: 0.9). The paper reuses its PRM this way rather than a
+    separately trained ORM; :class:`OutcomeRewardDetector` (a separate ORM, one turn) stays as an
+    option. A response without steps counts as bad, and with ``samples_per_question > 1`` a question is
+    difficult unless more than half of its responses are fine, as for the PRM rule.
+
+    Args:
+        model: the PRM (paper: ``RLHFlow/Llama3.1-8B-PRM-Mistral-Data``).
+        threshold: a response whose last step scores at most this is bad.
+        samples_per_question, quantization, ...: as for :class:`ProcessRewardDetector`.
+    """
+
+    def __init__(self, model: str = PAPER_PRM, threshold: float = 0.9, samples_per_question: int = 1,
+                 quantization: Quantization = "none", compute_dtype: str = "bfloat16", device: str | None = None,
+                 batch_size: int = 8, good_token: str = "+", bad_token: str = "-", progress: bool = True) -> None:
+        super().__init__(model, samples_per_question=samples_per_question, quantization=quantization,
+                         compute_dtype=compute_dtype, device=device, batch_size=batch_size, good_token=good_token,
+                         bad_token=bad_token, progress=progress)
+        self.threshold = threshold
+
+    def detect(self, attempts: Sequence[Attempt]) -> list[bool]:
+        return [not _mostly_fine([bool(s) and s[-1] > self.threshold for s in per_response])
+                for per_response in self.step_scores(attempts)]
+
+
 class OutcomeRewardDetector(RewardModelScorer):
     """Difficult when the ORM's score of the whole response is at most ``threshold`` (paper: 0.9).
 
