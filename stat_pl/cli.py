@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 import lightning as L
+from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.cli import LightningCLI
 
 LIGHTNING_SUBCOMMANDS = {
@@ -38,8 +39,9 @@ class StatCLI(LightningCLI):
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
 
 
-def run_lightning(argv: list[str]) -> None:
-    StatCLI(
+def run_lightning(argv: list[str], run: bool = True) -> StatCLI:
+    """LightningCLI on ``argv``; ``run=False`` parses and instantiates without a subcommand (config tests)."""
+    return StatCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
@@ -48,6 +50,7 @@ def run_lightning(argv: list[str]) -> None:
         trainer_defaults={"use_distributed_sampler": False},
         save_config_kwargs={"overwrite": True},
         args=None if argv == sys.argv[1:] else argv,  # from the shell LightningCLI reads sys.argv itself
+        run=run,
     )
 
 
@@ -58,11 +61,22 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-def run_stage(name: str, argv: list[str]) -> None:
-    from jsonargparse import auto_cli
+def stage_parser(name: str) -> ArgumentParser:
+    """The parser of an offline stage: ``--config`` plus its function's typed arguments."""
+    function = _load(OFFLINE_STAGES[name][0])
+    parser = ArgumentParser(prog=f"python -m stat_pl {name}", description=OFFLINE_STAGES[name][1])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these arguments")
+    parser.add_function_arguments(function, as_group=False, as_positional=False, sub_configs=True)
+    return parser
 
+
+def run_stage(name: str, argv: list[str]) -> None:
+    parser = stage_parser(name)
+    config = parser.parse_args(argv)
     try:
-        auto_cli(_load(OFFLINE_STAGES[name][0]), args=argv, as_positional=False)
+        arguments = parser.instantiate(config)
+        arguments.pop("config", None)
+        _load(OFFLINE_STAGES[name][0])(**arguments)
     except (ValueError, FileNotFoundError, KeyError) as e:  # bad input: the message names file, row or field
         sys.exit(f"stat_pl {name}: error: {e}")
 
