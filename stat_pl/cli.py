@@ -3,16 +3,17 @@
 ``fit | validate | test`` are LightningCLI: the YAML names a LightningModule and a LightningDataModule
 by ``class_path`` / ``init_args``. The offline stages of the pipeline (``profile``, ``build``,
 ``evaluate``, ...) are plain typed functions registered in :data:`OFFLINE_STAGES`; jsonargparse builds
-their arguments from the same kind of YAML.
+their arguments from the same kind of YAML and saves the parsed config to ``<output_dir>/config.yaml``.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningCLI
 
 LIGHTNING_SUBCOMMANDS = {
@@ -70,9 +71,22 @@ def stage_parser(name: str) -> ArgumentParser:
     return parser
 
 
+def save_stage_config(parser: ArgumentParser, config: Namespace) -> Path:
+    """``<output_dir>/config.yaml``: the parsed config with every default, as LightningCLI saves ``fit``'s.
+
+    ``--config`` on this file reruns the stage. It holds no secret: teachers take ``api_key_env``, the
+    *name* of the variable that holds the key.
+    """
+    path = Path(config.output_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parser.save(config, path, skip_unset=False, overwrite=True, multifile=False)
+    return path
+
+
 def run_stage(name: str, argv: list[str]) -> None:
     parser = stage_parser(name)
     config = parser.parse_args(argv)
+    save_stage_config(parser, config)
     try:
         arguments = parser.instantiate(config)
         arguments.pop("config", None)

@@ -184,7 +184,7 @@ def scripted_benchmark(tmp_path: Path) -> BenchmarkSpec:
 
 def _run(spec: BenchmarkSpec, out: Path, engine: ScriptedEngine) -> dict:
     entries = [ModelEntry("base", "fake-model")]
-    return run_evaluation(entries, [spec], out, EvalSettings(batch_size=4, progress=False), lambda _: engine, {})
+    return run_evaluation(entries, [spec], out, EvalSettings(batch_size=4, progress=False), lambda _: engine)
 
 
 def test_scripted_run_tables_match_hand_counts_and_a_rerun_generates_nothing(
@@ -256,7 +256,7 @@ def test_evaluate_on_the_tiny_model_with_an_adapter(tiny_model_dir: Path, script
                        output_dir=str(tmp_path / "out"), max_new_tokens=3, batch_size=8, progress=False)
     assert list(results["summary"]) == ["base", "sft"]
     assert results["generation"]["completions_generated"] == 2 * (5 + 10)
-    assert (tmp_path / "out" / "config.yaml").read_text().startswith(f"model: {tiny_model_dir}")
+    assert results["settings"]["max_new_tokens"] == 3 and results["benchmarks"][0]["name"] == scripted_benchmark.name
     rows = [q for q in results["questions"] if q["model"] == "sft"]
     assert len(rows) == 10 and all(len(q["responses"]) == q["setting"]["n"] for q in rows)
 

@@ -11,7 +11,7 @@ STAT-Sel). For each model and benchmark it generates the samples each metric nee
   completions this run generated;
 * ``table.md``: rows = models, columns = benchmark x metric, like Table 3;
 * ``plots/<benchmark>_<subject|level|skill>.png``: one bar series per model;
-* ``config.yaml``: the arguments of this run.
+* ``config.yaml``: from the command line, the parsed config that reruns the stage (:mod:`stat_pl.cli`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from stat_pl.engines.base import Engine
@@ -107,13 +106,9 @@ def evaluate(
     skeleton = model_skeleton(model) if adapters else None
     for entry in entries[1:]:
         check_adapter(entry.adapter, model, skeleton)
-    config = {"model": model, "adapters": adapters or {}, "base_label": base_label, "output_dir": output_dir,
-              "engine": engine, "benchmarks": [dataclasses.asdict(b) for b in benchmarks],
-              **dataclasses.asdict(settings), "threads": threads}
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    results = run_evaluation(entries, benchmarks, output, settings, factory, config)
+    results = run_evaluation(entries, benchmarks, output, settings, factory)
     print(results["table"])
     return results
 
@@ -154,7 +149,7 @@ def _vllm_factory(with_adapters: bool) -> EngineFactory:
 
 
 def run_evaluation(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec], output_dir: Path,
-                   settings: EvalSettings, make_engine: EngineFactory, config: dict[str, Any]) -> dict[str, Any]:
+                   settings: EvalSettings, make_engine: EngineFactory) -> dict[str, Any]:
     """Generate what ``output_dir/generations.jsonl`` lacks, then write results.json, table.md and plots.
 
     ``make_engine`` builds a model's engine only when some of its questions are missing, so a run
@@ -170,7 +165,7 @@ def run_evaluation(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkS
     timing = Timing()
     for entry in models:
         _generate_missing(entry, benchmarks, questions, store, settings, make_engine, timing)
-    return _write_outputs(models, benchmarks, questions, store, settings, timing, output_dir, config)
+    return _write_outputs(models, benchmarks, questions, store, settings, timing, output_dir)
 
 
 def _plan(benchmarks: Sequence[BenchmarkSpec],
@@ -240,14 +235,15 @@ def _question_row(entry: ModelEntry, spec: BenchmarkSpec, setting: SampleSetting
 
 def _write_outputs(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec],
                    questions: dict[str, list[ProblemRecord]], store: ResultStore, settings: EvalSettings,
-                   timing: Timing, output_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+                   timing: Timing, output_dir: Path) -> dict[str, Any]:
     summary, groups, rows = _collect(models, benchmarks, questions, store, settings)
     titles = {b.name: b.title for b in benchmarks}
     table = markdown_table(summary, titles, {name: len(records) for name, records in questions.items()})
     (output_dir / "table.md").write_text(table)
     plots = _write_plots(groups, titles, output_dir / "plots")
     results = {
-        "config": config,
+        "settings": dataclasses.asdict(settings),
+        "benchmarks": [dataclasses.asdict(b) for b in benchmarks],
         "models": [dataclasses.asdict(m) for m in models],
         "summary": summary,
         "breakdowns": groups,

@@ -11,9 +11,10 @@ Written to ``output_dir``:
 
 * ``profile.json``: the :class:`MissingSkillProfile`. Its ``questions`` are *all* difficult questions
   (an unlabelled one with no skills), so a MATH-D benchmark can read them; ``meta`` holds the counts,
-  the detector and profiler (with its teacher), and every question's difficulty and diagnosis status;
+  the detector's and profiler's classes, and every question's difficulty and diagnosis status;
 * ``responses.jsonl``: per question the responses, the verdict and the skills named;
-* ``profile.png``: the top skills; ``summary.md`` / ``summary.json``: the counts; ``config.yaml``.
+* ``profile.png``: the top skills; ``summary.md`` / ``summary.json``: the counts;
+* ``config.yaml``: from the command line, the parsed config that reruns the stage (:mod:`stat_pl.cli`).
 
 Reruns pay nothing twice: responses are kept in ``responses.jsonl`` as each batch finishes (keyed by
 the student, its adapter's weights and the sampling), so an interrupted or repeated run generates only
@@ -43,7 +44,7 @@ from stat_pl.plots import plot_skill_bars
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.profiling.base import Attempt, Diagnosis, DifficultyDetector, Profiler
 from stat_pl.profiling.detectors import GroundTruthDetector
-from stat_pl.profiling.run_files import describe, write_config, write_summary
+from stat_pl.profiling.run_files import write_summary
 from stat_pl.profiling.teacher_profiler import TeacherProfiler
 from stat_pl.records import ProblemRecord, RecordSource, load_records
 from stat_pl.teacher.base import Teacher
@@ -95,7 +96,6 @@ def profile(
         output_dir: where everything is written; a rerun reuses its responses.
         top_k: skills in the bar chart.
     """
-    arguments = dict(locals())
     detector = detector or GroundTruthDetector()
     if detector.samples_per_question > 1 and temperature <= 0:
         raise ValueError(f"profile: the detector {type(detector).__name__} votes over "
@@ -104,7 +104,6 @@ def profile(
     profiler = _profiler(profiler, teacher, catalog, benchmark)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    write_config(output, arguments)
     records = select_questions(questions, split, split_seed, validation_size, num_questions)
     sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                               n=detector.samples_per_question, seed=seed)
@@ -119,7 +118,7 @@ def profile(
     counts = _counts(attempts, verdicts, diagnoses, stats, generated)
     result = MissingSkillProfile.from_questions(
         {d.question_id: d.skills for d in diagnoses}, student=student, adapter=adapter, split=split,
-        split_seed=split_seed, counts=counts, detector=describe(detector), profiler=describe(profiler),
+        split_seed=split_seed, counts=counts, detector=_class_path(detector), profiler=_class_path(profiler),
         difficulty={a.record.id: hard for a, hard in zip(attempts, verdicts, strict=True)},
         statuses={d.question_id: d.status for d in diagnoses})
     result.to_json(output / "profile.json")
@@ -144,6 +143,11 @@ def select_questions(questions: RecordSource, split: Split, split_seed: int, val
     if num_questions is not None and num_questions < 1:
         raise ValueError(f"num_questions must be >= 1 (or null for all), got {num_questions}")
     return records[:num_questions] if num_questions else records
+
+
+def _class_path(value: object) -> str:
+    """How a config names ``value``'s class; its arguments are in the run's ``config.yaml``."""
+    return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 def _profiler(profiler: Profiler | None, teacher: Teacher | None, catalog: str, benchmark: str) -> Profiler:
