@@ -332,3 +332,18 @@ def test_benchmark_evaluator_logs_subset_in_fit_and_full_set_in_test(tiny_model_
     trainer.test(module, dataloaders=data, verbose=False)
     assert {f"bench/scripted/{m}" for m in ("pass@1", "pass@2", "avg@2")} <= set(trainer.callback_metrics)
     assert 0.0 <= float(trainer.callback_metrics["bench/scripted/pass@1"]) <= 1.0
+
+
+def test_evaluate_and_the_callback_take_their_defaults_from_eval_settings() -> None:
+    import dataclasses
+    import inspect
+
+    from stat_pl.callbacks.benchmark_eval import BenchmarkEvaluator
+    from stat_pl.evaluation.scoring import EvalSettings
+
+    defaults = dataclasses.asdict(EvalSettings())
+    stage = inspect.signature(evaluate).parameters
+    assert {name: stage[name].default for name in defaults} == defaults
+    callback = inspect.signature(BenchmarkEvaluator).parameters
+    shared = ("temperature", "sample_temperature", "top_p", "system_prompt", "seed")
+    assert {name: callback[name].default for name in shared} == {name: defaults[name] for name in shared}

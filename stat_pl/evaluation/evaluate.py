@@ -20,7 +20,6 @@ import dataclasses
 import gc
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,26 +31,18 @@ from stat_pl.evaluation.adapters import ModelEntry, check_adapter, load_for_eval
 from stat_pl.evaluation.benchmarks import BenchmarkSpec, load_benchmark
 from stat_pl.evaluation.metrics import MetricName
 from stat_pl.evaluation.report import markdown_table, plot_groups
-from stat_pl.evaluation.scoring import SampleSetting, Timing, breakdowns, generate_and_grade, sample_settings, score
+from stat_pl.evaluation.scoring import (
+    EvalSettings,
+    SampleSetting,
+    Timing,
+    breakdowns,
+    generate_and_grade,
+    score,
+)
 from stat_pl.evaluation.store import ResultStore, result_key
 from stat_pl.records import ProblemRecord
 
 EngineFactory = Callable[[ModelEntry], Engine]
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """The sampling and bookkeeping settings shared by every model and benchmark of a run."""
-
-    temperature: float = 0.1
-    sample_temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
-    batch_size: int = 32
-    system_prompt: str | None = None
-    seed: int = 0
-    grading_timeout_s: float = 5.0
-    progress: bool = True
 
 
 def evaluate(
@@ -61,15 +52,15 @@ def evaluate(
     base_label: str = "base",
     output_dir: str = "runs/eval",
     engine: Literal["hf", "vllm"] = "hf",
-    temperature: float = 0.1,
-    sample_temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 1024,
-    batch_size: int = 32,
-    system_prompt: str | None = None,
-    seed: int = 0,
-    grading_timeout_s: float = 5.0,
-    progress: bool = True,
+    temperature: float = EvalSettings.temperature,
+    sample_temperature: float = EvalSettings.sample_temperature,
+    top_p: float = EvalSettings.top_p,
+    max_new_tokens: int = EvalSettings.max_new_tokens,
+    batch_size: int = EvalSettings.batch_size,
+    system_prompt: str | None = EvalSettings.system_prompt,
+    seed: int = EvalSettings.seed,
+    grading_timeout_s: float = EvalSettings.grading_timeout_s,
+    progress: bool = EvalSettings.progress,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a base model and its adapters on benchmarks; write results, a table and plots.
@@ -173,9 +164,7 @@ def _plan(benchmarks: Sequence[BenchmarkSpec],
     """Every (benchmark, sample setting, metrics read from it) of the run, in config order."""
     plan = []
     for spec in benchmarks:
-        for setting, metrics in sample_settings(spec, settings.temperature, settings.sample_temperature,
-                                                settings.max_new_tokens, settings.top_p, settings.seed,
-                                                settings.system_prompt).items():
+        for setting, metrics in settings.sample_settings(spec).items():
             plan.append((spec, setting, metrics))
     return plan
 
