@@ -218,8 +218,11 @@ callback:
     questions: {{class_path: stat_pl.records.RecordSource, init_args: {{path: {catalog}}}}}
     detector:
       class_path: stat_pl.profiling.reward_models.ProcessRewardDetector
-      init_args: {{model: RLHFlow/Llama3.1-8B-PRM-Mistral-Data, tau1: 0.8, tau2: 0.6, quantization: nf4,
-                  samples_per_question: 2}}
+      init_args:
+        scorer: {{model: RLHFlow/Llama3.1-8B-PRM-Mistral-Data, quantization: nf4}}
+        tau1: 0.8
+        tau2: 0.6
+        samples_per_question: 2
     profiler:
       class_path: stat_pl.profiling.teacher_profiler.TeacherProfiler
       init_args:
@@ -232,8 +235,8 @@ callback:
     callback = parser.instantiate(parser.parse_string(config)).callback
 
     detector, profiler = callback.detector, callback.profiler
-    assert isinstance(detector, ProcessRewardDetector) and detector._module is None  # loaded when first used
-    assert (detector.tau1, detector.tau2, detector.quantization) == (0.8, 0.6, "nf4")
+    assert isinstance(detector, ProcessRewardDetector) and detector.scorer._module is None  # loaded when first used
+    assert (detector.tau1, detector.tau2, detector.scorer.quantization) == (0.8, 0.6, "nf4")
     assert callback.sampling.n == 2  # the callback samples what the detector needs
     assert isinstance(profiler, TeacherProfiler) and profiler.asking.max_skills == 2
     assert profiler.teacher.api_key_env == "MY_KEY"
