@@ -38,6 +38,7 @@ class StatCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
+        parser.link_arguments("seed_everything", "data.init_args.seed", lambda s: 0 if isinstance(s, bool) else s)
 
 
 def run_lightning(argv: list[str], run: bool = True) -> StatCLI:

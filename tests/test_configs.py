@@ -82,3 +82,9 @@ def test_config_parses_and_builds(config: str, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(sys, "argv", ["stat_pl"])  # LightningCLI warns when pytest's own arguments are there
     cli = run_lightning(args, run=False)
     assert cli.model is not None and cli.datamodule is not None and cli.trainer is not None
+
+
+def test_seed_everything_is_the_samplers_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["stat_pl"])
+    assert run_lightning(["--config", "configs/demo.yaml", "--seed_everything=7"], run=False).datamodule.seed == 7
