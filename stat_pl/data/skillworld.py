@@ -262,7 +262,7 @@ def skillworld_catalog() -> SkillCatalog:
     return SkillCatalog({"skillworld": SKILLWORLD_SKILLS}, source="stat_pl.data.skillworld")
 
 
-@dataclass
+@dataclass(kw_only=True)  # keyword-only, so SkillWorldSource keeps (split, n) as its positional arguments
 class SkillWorld:
     """A seeded source of skill-world problems: same arguments, same problems, in the same order.
 
