@@ -149,7 +149,7 @@ class SkillReprofiler(Callback):
 
     def _synthesize(self, trainer: L.Trainer, profile: MissingSkillProfile) -> list:
         """STAT-Syn for this round's profile, from the real training pool, guarded against copies."""
-        from stat_pl.building import ContaminationGuard, synthesize_for_profile
+        from stat_pl.building import ContaminationGuard, StatSyn
 
         data = trainer.datamodule
         pool = [r for records in data.source_records[:-1] for r in records]
@@ -157,8 +157,8 @@ class SkillReprofiler(Callback):
             references = [*pool, *self.questions.load(), *(r for s in self.contamination for r in s.load())]
             self._guard = ContaminationGuard.from_records(references)
             self._guard.add_records(data.source_records[-1], synthetic=True)
-        return synthesize_for_profile(profile, self.teacher, pool, max_new=self.synthesize_per_round,
-                                      guard=self._guard, round_index=len(self.history), seed=self.seed)
+        return StatSyn(seed=self.seed).synthesize_for_profile(profile, self.teacher, pool, self.synthesize_per_round,
+                                                              self._guard, round_index=len(self.history))
 
     def _validation_subset(self) -> list[ProblemRecord]:
         if self._subset is None:

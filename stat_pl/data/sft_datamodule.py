@@ -154,7 +154,7 @@ class SFTDataModule(L.LightningDataModule):
 
     # ---- live synthetic data ---------------------------------------------------------------------
     def add_synthetic(self, rows: Sequence[ProblemRecord | BuiltRow]) -> list[ProblemRecord]:
-        """Train on ``rows`` (e.g. from :func:`stat_pl.building.synthesize_for_profile`) from the next epoch on.
+        """Train on ``rows`` (e.g. from :meth:`stat_pl.building.StatSyn.synthesize_for_profile`) from the next epoch on.
 
         Needs a :class:`SyntheticSource` as the last ``train`` source. The rows are appended to its file
         (by global rank 0; every rank calls this with the same rows), encoded, and given sampling
