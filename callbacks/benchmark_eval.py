@@ -15,7 +15,6 @@ across ranks (``sync_dist``; shares differ in size by at most one question).
 from __future__ import annotations
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 
 from stat_pl.evaluation.benchmarks import BenchmarkSpec, load_benchmark
@@ -91,18 +90,14 @@ class BenchmarkEvaluator(Callback):
         return results
 
     def _engine(self, trainer: L.Trainer, pl_module: L.LightningModule):
-        from stat_pl.engines.hf import HFEngine
+        from stat_pl.engines.live import live_engine
         from stat_pl.models import load_tokenizer
 
-        if hasattr(pl_module, "generation_model"):  # e.g. a float copy of a 4-bit model on CPU
-            model = pl_module.generation_model()
-        else:
-            model = getattr(pl_module, "model", None)
-            model = model if isinstance(model, torch.nn.Module) else pl_module
         if self._tokenizer is None:
             name = (self.tokenizer_name or getattr(trainer.datamodule, "tokenizer_name", None)
                     or pl_module.hparams.get("model"))
             if name is None:
                 raise ValueError("BenchmarkEvaluator: no tokenizer; pass `tokenizer:` (the model's name or path)")
             self._tokenizer = load_tokenizer(name)
-        return HFEngine(model, tokenizer=self._tokenizer, batch_size=self.settings.batch_size, progress=False)
+        return live_engine(pl_module, self._tokenizer, self.settings.batch_size, progress=False,
+                           caller="BenchmarkEvaluator")

@@ -82,7 +82,7 @@ def test_breakdowns_by_level_count_only_questions_with_a_level() -> None:
     records = [ProblemRecord(f"q{i}", "p", "1", subject="algebra", level=level) for i, level in enumerate(levels)]
     results = [QuestionResult(r.id, ["r"] * 2, ["1"] * 2, correct, [1, 1], ["stop"] * 2)
                for r, correct in zip(records, [[True, True], [False, True], [False, False], [True, True]], strict=True)]
-    tables = breakdowns(records, results)
+    tables = breakdowns(records, [r.score for r in results])
     assert tables["level"] == {"level 1": {"accuracy": 0.75, "questions": 2},
                                "level 5": {"accuracy": 0.0, "questions": 1}}
     assert tables["subject"] == {"algebra": {"accuracy": 0.625, "questions": 4}}
@@ -302,12 +302,15 @@ def test_vllm_without_vllm_is_a_clear_error(tiny_model_dir: Path, scripted_bench
 
 
 class TinyLM(L.LightningModule):
-    """The tiny Llama as a LightningModule with SFTModule's shape: ``self.model`` and a ``model`` hparam."""
+    """The tiny Llama as a LightningModule with SFTModule's shape: ``generation_model()`` and a ``model`` hparam."""
 
     def __init__(self, model: str) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = load_causal_lm(model).train()
+
+    def generation_model(self) -> torch.nn.Module:
+        return self.model
 
     def training_step(self, batch, batch_idx):
         return self.model(input_ids=batch[0], labels=batch[0]).loss

@@ -178,6 +178,17 @@ class SFTDataModule(L.LightningDataModule):
             self._batch_sampler.sampler.set_weights(self.example_weights(), resize=True)
         return records
 
+    def real_records(self) -> list[ProblemRecord]:
+        """The training pool without the synthetic rows: what live STAT-Syn draws its example questions from."""
+        real = self.source_records[:-1] if self.sources and isinstance(self.sources[-1], SyntheticSource) else (
+            self.source_records)
+        return [r for records in real for r in records]
+
+    def synthetic_rows(self) -> list[ProblemRecord]:
+        """The synthetic rows trained on so far; needs a :class:`SyntheticSource` as the last ``train`` source."""
+        self._synthetic_source()
+        return list(self.source_records[-1])
+
     def _synthetic_source(self) -> SyntheticSource:
         if not self.sources or not isinstance(self.sources[-1], SyntheticSource):
             raise ValueError("add_synthetic needs a stat_pl.data.synthetic_source.SyntheticSource as the last "

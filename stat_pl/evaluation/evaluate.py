@@ -210,7 +210,7 @@ def _collect(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec],
             results = [store.get(result_key(model_id, spec.name, r, setting)) for r in records]
             summary[entry.label].setdefault(spec.name, {}).update(score(results, metrics))
             if spec.name not in groups[entry.label]:  # per group: the benchmark's first metric's samples
-                groups[entry.label][spec.name] = breakdowns(records, results)
+                groups[entry.label][spec.name] = breakdowns(records, [r.score for r in results])
             rows += [_question_row(entry, spec, setting, r, res) for r, res in zip(records, results, strict=True)]
     return summary, groups, rows
 

@@ -167,9 +167,11 @@ def score(results: Sequence[QuestionResult], metrics: Sequence[MetricName]) -> d
 
 
 def breakdowns(records: Sequence[ProblemRecord],
-               results: Sequence[QuestionResult]) -> dict[str, dict[str, dict[str, float]]]:
+               scores: Sequence[float]) -> dict[str, dict[str, dict[str, float]]]:
     """Accuracy per subject, per level and per skill (paper Figures 4 and 7), for the groupings the data
-    has: ``{"subject": {"algebra": {"accuracy": .., "questions": ..}}, "skill": {...}}``."""
+    has: ``{"subject": {"algebra": {"accuracy": .., "questions": ..}}, "skill": {...}}``. ``scores`` are
+    the questions' accuracies in [0, 1] (a :class:`QuestionResult`'s ``score``: its share of correct samples).
+    The ``SkillReprofiler`` reads its per-skill accuracy from here too."""
     memberships = {
         "subject": [[r.subject] if r.subject else [] for r in records],
         "level": [[f"level {r.level}"] if r.level is not None else [] for r in records],
@@ -181,6 +183,6 @@ def breakdowns(records: Sequence[ProblemRecord],
         if not names:
             continue
         metric = GroupedAccuracy(names)
-        metric.update(groups, [r.score for r in results])
+        metric.update(groups, list(scores))
         tables[grouping] = metric.as_table()
     return tables

@@ -44,6 +44,7 @@ from stat_pl.plots import plot_skill_bars
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.profiling.base import Attempt, Diagnosis, DifficultyDetector, Profiler
 from stat_pl.profiling.detectors import GroundTruthDetector
+from stat_pl.profiling.round import judge
 from stat_pl.profiling.run_files import write_summary
 from stat_pl.profiling.teacher_profiler import TeacherProfiler
 from stat_pl.records import ProblemRecord, RecordSource, load_records
@@ -112,8 +113,9 @@ def profile(
     generated = store.generate_missing(records, lambda: _student_engine(student, adapter, batch_size),
                                        sampling, batch_size, system_prompt)
     attempts = [Attempt(r, tuple(store.responses[r.id])) for r in records]
-    verdicts = detector.detect(attempts)
-    diagnoses = profiler.diagnose([a for a, hard in zip(attempts, verdicts, strict=True) if hard])
+    difficult, diagnoses = judge(attempts, detector, profiler)
+    hard = {attempt.record.id for attempt in difficult}
+    verdicts = [attempt.record.id in hard for attempt in attempts]
     stats = dict(getattr(profiler, "stats", None) or {})
     counts = _counts(attempts, verdicts, diagnoses, stats, generated)
     result = MissingSkillProfile.from_questions(
