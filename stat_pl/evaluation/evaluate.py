@@ -17,6 +17,7 @@ STAT-Sel). For each model and benchmark it generates the samples each metric nee
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import json
 from collections.abc import Callable, Sequence
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from stat_pl.engines.base import Engine
 from stat_pl.evaluation.adapters import ModelEntry, check_adapter, load_for_evaluation, model_skeleton
@@ -36,7 +36,6 @@ from stat_pl.evaluation.scoring import (
     SampleSetting,
     Timing,
     breakdowns,
-    generate_and_grade,
     score,
 )
 from stat_pl.evaluation.store import ResultStore, result_key
@@ -172,26 +171,12 @@ def _plan(benchmarks: Sequence[BenchmarkSpec],
 def _generate_missing(entry: ModelEntry, benchmarks: Sequence[BenchmarkSpec],
                       questions: dict[str, list[ProblemRecord]], store: ResultStore, settings: EvalSettings,
                       make_engine: EngineFactory, timing: Timing) -> None:
-    model_id = entry.fingerprint()
-    engine = None
+    engine = functools.cache(lambda: make_engine(entry))  # built on first need, shared by the benchmarks
     for spec, setting, _ in _plan(benchmarks, settings):
-        missing = [r for r in questions[spec.name] if store.get(result_key(model_id, spec.name, r, setting)) is None]
-        if not missing:
-            continue
-        engine = engine or make_engine(entry)
-        bar = tqdm(total=len(missing), desc=f"{entry.label} {spec.title} ({setting.label()})",
-                   disable=not settings.progress, unit="q")
-
-        def save(chunk: list[ProblemRecord], results: list, spec=spec, setting=setting, bar=bar) -> None:
-            for record, result in zip(chunk, results, strict=True):
-                store.add(result_key(model_id, spec.name, record, setting), result,
-                          model=entry.label, benchmark=spec.name, setting=dataclasses.asdict(setting))
-            bar.update(len(chunk))
-
-        generate_and_grade(engine, missing, setting, settings.batch_size // setting.n, save, timing,
-                           settings.grading_timeout_s)
-        bar.close()
-    del engine
+        store.generate_missing(entry.fingerprint(), spec.name, questions[spec.name], setting, engine,
+                               settings.batch_size // setting.n, timing, settings.grading_timeout_s,
+                               settings.progress, model=entry.label)
+    engine.cache_clear()
     gc.collect()
 
 
