@@ -16,6 +16,8 @@ import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningCLI
 
+from stat_pl.skills import CatalogKeyError
+
 LIGHTNING_SUBCOMMANDS = {
     "fit": "train a model (SFT or GRPO) from a config",
     "validate": "run the validation loop of a config",
@@ -92,7 +94,7 @@ def run_stage(name: str, argv: list[str]) -> None:
         arguments = parser.instantiate(config)
         arguments.pop("config", None)
         _load(OFFLINE_STAGES[name][0])(**arguments)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # bad input: the message names file, row or field
+    except (ValueError, FileNotFoundError, CatalogKeyError) as e:  # bad input: the message names file, row, field
         sys.exit(f"stat_pl {name}: error: {e}")
 
 

@@ -49,3 +49,11 @@ def test_a_profile_reruns_from_its_saved_config(tiny_model_dir: Path, shared_dat
     rows = [[yaml.safe_load(line) for line in (tmp_path / run / "responses.jsonl").read_text().splitlines()]
             for run in ("a", "b")]
     assert rows[0] == rows[1] and all(len(row["responses"]) == 3 for row in rows[0])
+
+
+def test_a_catalog_without_the_benchmark_is_a_one_line_error(shared_data: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exited:
+        main(["build", "--config", "configs/build_stat_sel.yaml", "--benchmark=MATH9", f"--output_dir={tmp_path}"])
+    assert str(exited.value).startswith("stat_pl build: error: ") and "no benchmark 'MATH9'" in str(exited.value)

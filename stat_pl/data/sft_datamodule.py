@@ -43,7 +43,7 @@ class SFTDataModule(L.LightningDataModule):
         samples_per_epoch: examples drawn per epoch across all devices; default: the pool size.
         group_by_length: batch examples of similar length (the paper's group-by-length).
         seed: seeds the draws and the batch order; `python -m stat_pl fit` sets it to `seed_everything`.
-        weight_floor: the uniform share mixed into profile weights so no example is never drawn.
+        weight_floor: the uniform share mixed into profile weights, so that every example can still be drawn.
         initial_profile: a ``profile.json`` to sample by from the first epoch (static STAT-Sel).
         catalog: a skill catalog JSON; when set, every profile's skills must be in it.
         system_prompt: an optional system turn before the problem.
