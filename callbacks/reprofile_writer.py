@@ -15,7 +15,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import Logger
 
-from stat_pl.plots import plot_skill_bars
+from stat_pl.plots import plot_bars
 from stat_pl.profile import MissingSkillProfile
 
 
@@ -32,10 +32,10 @@ class ReprofileWriter:
         epoch = round_["epoch"]
         profile.to_json(run_dir / f"profile-epoch{epoch}.json")
         when = "before training" if epoch == 0 else f"after epoch {epoch}"
-        plot_skill_bars({f"epoch {epoch}": profile.histogram}, run_dir / f"profile-epoch{epoch}.png",
+        plot_bars({f"epoch {epoch}": profile.histogram}, run_dir / f"profile-epoch{epoch}.png",
                         f"Missing-Skill-Profile {when}", "count (difficult questions, EMA over rounds)"
                         if self.ema else "count (difficult questions)")
-        plot_skill_bars({f"epoch {r['epoch']}": r["skill_accuracy"] for r in rounds},
+        plot_bars({f"epoch {r['epoch']}": r["skill_accuracy"] for r in rounds},
                         run_dir / "skill-accuracy.png", "Per-skill accuracy on the validation subset", "accuracy")
         (run_dir / "reprofile-history.json").write_text(json.dumps(list(rounds), indent=1))
         metrics = {f"reprofile/{k}": float(v) for k, v in round_["metrics"].items()}

@@ -37,7 +37,7 @@ from stat_pl.evaluation.adapters import ModelEntry
 from stat_pl.evaluation.benchmarks import _canonical_subject, split_math_test
 from stat_pl.evaluation.scoring import QuestionResult, SampleSetting, Timing
 from stat_pl.evaluation.store import ResultStore, result_key
-from stat_pl.plots import plot_skill_bars
+from stat_pl.plots import plot_bars
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.profiling.base import Attempt, Diagnosis, DifficultyDetector, Profiler
 from stat_pl.profiling.detectors import GroundTruthDetector
@@ -126,7 +126,7 @@ def profile(
         statuses={d.question_id: d.status for d in diagnoses})
     result.to_json(output / "profile.json")
     _write_responses(output / "responses.jsonl", attempts, verdicts, diagnoses)
-    plot_skill_bars({"missing skills": result.histogram}, output / "profile.png",
+    plot_bars({"missing skills": result.histogram}, output / "profile.png",
                     f"Missing-Skill-Profile of {student} ({counts['difficult']} difficult questions)",
                     "difficult questions", top_k=top_k)
     table = write_summary(output, f"profile of {student}", counts,
