@@ -25,7 +25,7 @@ from stat_pl.records import DataSource, ProblemRecord
 from stat_pl.skills import SkillCatalog, SkillMap
 
 if TYPE_CHECKING:
-    from stat_pl.building.base import BuiltRow
+    from stat_pl.records import BuiltRow
 
 
 class SFTDataModule(L.LightningDataModule):

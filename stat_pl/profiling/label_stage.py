@@ -23,10 +23,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from stat_pl.evaluation.benchmarks import _canonical_subject
 from stat_pl.profiling.run_files import write_summary
 from stat_pl.profiling.teacher_profiler import label_skills
-from stat_pl.records import RecordSource, load_records
+from stat_pl.records import RecordSource, canonical_subject, load_records
 from stat_pl.skills import SkillMap
 from stat_pl.teacher.base import Teacher
 from stat_pl.teacher.templates import PromptTemplates
@@ -57,7 +56,7 @@ def build_skill_map(
     """
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    loaded = [_canonical_subject(r) for r in load_records(records)]
+    loaded = [canonical_subject(r) for r in load_records(records)]
     labelled, stats = label_skills(loaded, teacher, catalog, benchmark=benchmark, templates=templates,
                                    max_skills=max_skills, max_attempts=max_attempts, relabel=relabel)
     with (output / "records.jsonl").open("w", encoding="utf-8") as f:

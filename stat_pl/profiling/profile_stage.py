@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from stat_pl.engines.base import Engine
 from stat_pl.evaluation.adapters import ModelEntry
-from stat_pl.evaluation.benchmarks import _canonical_subject, split_math_test
+from stat_pl.evaluation.benchmarks import split_math_test
 from stat_pl.evaluation.scoring import QuestionResult, SampleSetting, Timing
 from stat_pl.evaluation.store import ResultStore, result_key
 from stat_pl.plots import plot_bars
@@ -44,7 +44,7 @@ from stat_pl.profiling.detectors import GroundTruthDetector
 from stat_pl.profiling.round import judge
 from stat_pl.profiling.run_files import write_summary
 from stat_pl.profiling.teacher_profiler import TeacherProfiler
-from stat_pl.records import ProblemRecord, RecordSource, load_records
+from stat_pl.records import ProblemRecord, RecordSource, canonical_subject, load_records
 from stat_pl.teacher.base import Teacher
 
 Split = Literal["validation", "evaluation", "all"]
@@ -139,7 +139,7 @@ def profile(
 def select_questions(questions: RecordSource, split: Split, split_seed: int, validation_size: int,
                      num_questions: int | None) -> list[ProblemRecord]:
     """The questions to profile: the split's part (subjects spelled as the catalog does), the first N."""
-    records = [_canonical_subject(r) for r in load_records(questions)]
+    records = [canonical_subject(r) for r in load_records(questions)]
     if split != "all":
         validation, evaluation = split_math_test(records, seed=split_seed, validation_size=validation_size)
         records = validation if split == "validation" else evaluation
