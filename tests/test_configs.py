@@ -88,3 +88,17 @@ def test_seed_everything_is_the_samplers_seed(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["stat_pl"])
     assert run_lightning(["--config", "configs/demo.yaml", "--seed_everything=7"], run=False).datamodule.seed == 7
+
+
+def test_configs_can_name_classes_by_their_package(tmp_path: Path) -> None:
+    from stat_pl.profiling import ConsistencyDetector, SkillMapProxy
+
+    config = tmp_path / "profile.yaml"
+    config.write_text(yaml.safe_dump({
+        "questions": {"path": "questions.jsonl"},
+        "detector": {"class_path": "stat_pl.profiling.ConsistencyDetector", "init_args": {"k": 3}},
+        "profiler": {"class_path": "stat_pl.profiling.SkillMapProxy"}}))
+    parser = stage_parser("profile")
+    built = parser.instantiate(parser.parse_args(["--config", str(config)]))
+    assert isinstance(built.detector, ConsistencyDetector) and built.detector.k == 3
+    assert isinstance(built.profiler, SkillMapProxy)
