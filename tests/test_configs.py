@@ -100,5 +100,5 @@ def test_configs_can_name_classes_by_their_package(tmp_path: Path) -> None:
         "profiler": {"class_path": "stat_pl.profiling.SkillMapProxy"}}))
     parser = stage_parser("profile")
     built = parser.instantiate(parser.parse_args(["--config", str(config)]))
-    assert isinstance(built.detector, ConsistencyDetector) and built.detector.k == 3
+    assert isinstance(built.detector, ConsistencyDetector) and built.detector.samples_per_question == 3
     assert isinstance(built.profiler, SkillMapProxy)
