@@ -170,7 +170,7 @@ def run_stat_pl(args: argparse.Namespace, quantization: str) -> dict:
     with tempfile.TemporaryDirectory() as out:
         data = SFTDataModule(MODEL, train=[RecordSource(str(MATH_TRAIN), limit=args.rows)],
                              max_length=args.max_length, batch_size=args.micro_batch, group_by_length=True, seed=0)
-        module = SFTModule(MODEL, quantization=quantization, lora=LoRAConfig(), lr=2e-4, adapter_dir=out)
+        module = SFTModule(MODEL, quantization=quantization, lora=LoRAConfig(), adapter_dir=out)
         data.setup("fit")
         module.configure_model()
         check = bf16_loss_check(module, next(iter(data.train_dataloader())), args.loss_tolerance) \

@@ -10,6 +10,7 @@ before and after. Prints a table and the mean over the 3 skills that were weakes
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from collections import defaultdict
@@ -25,11 +26,13 @@ from stat_pl.data.skillworld import SkillWorldSource
 from stat_pl.engines.base import SamplingParams
 from stat_pl.engines.hf import HFEngine
 from stat_pl.grading import grade
+from stat_pl.hardware import configure_threads
 from stat_pl.models import LoRAConfig
 from stat_pl.modules.sft import SFTModule
 from stat_pl.profiling.detectors import GroundTruthDetector
 from stat_pl.profiling.oracle import SkillWorldOracle
 from stat_pl.records import ProblemRecord
+from stat_pl.trainer import StatTrainer
 
 MODEL = "offline:smollm2-135m-instruct"
 WORLD = {"levels": (1, 2), "max_skills": 2}
@@ -47,7 +50,8 @@ def per_skill_accuracy(model: torch.nn.Module, tokenizer, test: list[ProblemReco
 
 def train_arm(arm: str, args: argparse.Namespace, out: Path) -> SFTModule:
     L.seed_everything(args.seed)
-    module = SFTModule(MODEL, quantization="nf4", lora=LoRAConfig(), lr=args.lr)
+    module = SFTModule(MODEL, quantization="nf4", lora=LoRAConfig(),
+                       optimizer=functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.1))
     data = SFTDataModule(MODEL, train=[SkillWorldSource("train", 2000, seed=args.seed, **WORLD)], batch_size=8,
                          samples_per_epoch=args.samples_per_epoch, max_length=192, weight_floor=0.2, seed=args.seed)
     callbacks = []
@@ -56,7 +60,7 @@ def train_arm(arm: str, args: argparse.Namespace, out: Path) -> SFTModule:
             SkillWorldSource("validation", 500, seed=args.seed, **WORLD), GroundTruthDetector(), SkillWorldOracle(),
             num_questions=args.validation_questions, one_shot=arm == "static", combine="ema", ema_alpha=0.7,
             max_new_tokens=args.max_new_tokens, batch_size=48, seed=args.seed))
-    trainer = L.Trainer(accelerator="cpu", max_epochs=args.epochs, precision="bf16-mixed", accumulate_grad_batches=2,
+    trainer = StatTrainer(accelerator="cpu", max_epochs=args.epochs, precision="auto", accumulate_grad_batches=2,
                         gradient_clip_val=0.3, default_root_dir=out / arm, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
     trainer.fit(module, data)
@@ -95,10 +99,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arms", nargs="+", default=["uniform", "static", "online"])
     parser.add_argument("--out", type=Path, default=Path("runs/bench_skillworld_effect"))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: $STAT_PL_THREADS, else torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    else:
+        configure_threads()
     test = SkillWorldSource("test", args.test_questions, seed=args.seed, **WORLD).load()
     base = SFTModule(MODEL, quantization="nf4", lora=LoRAConfig())
     base.configure_model()

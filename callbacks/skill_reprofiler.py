@@ -112,6 +112,9 @@ class SkillReprofiler(Callback):
 
     # ---- hooks -----------------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if getattr(trainer.datamodule, "sampling", "weighted") == "permutation":
+            raise ValueError("SkillReprofiler re-weights the training data, but data.sampling is to 'permutation' "
+                             "(every row once per epoch, no weights); set data.sampling: weighted")
         if self.at_fit_start and not self.history:
             self.run_round(trainer, pl_module, epoch=0)
 

@@ -16,7 +16,9 @@ import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningCLI
 
+from stat_pl.hardware import configure_threads
 from stat_pl.skills import CatalogKeyError
+from stat_pl.trainer import StatTrainer
 
 LIGHTNING_SUBCOMMANDS = {
     "fit": "train a model (SFT or GRPO) from a config",
@@ -48,6 +50,7 @@ def run_lightning(argv: list[str], run: bool = True) -> StatCLI:
     return StatCLI(
         L.LightningModule,
         L.LightningDataModule,
+        trainer_class=StatTrainer,
         subclass_mode_model=True,
         subclass_mode_data=True,
         # The SkillWeightedSampler shards itself across ranks; Lightning must not swap in a DistributedSampler.
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     command, rest = argv[0], argv[1:]
+    configure_threads()
     if command in LIGHTNING_SUBCOMMANDS:
         run_lightning([command, *rest])
     elif command in OFFLINE_STAGES:

@@ -6,6 +6,7 @@ Hub (see :mod:`stat_pl.offline_models`); every other string is a Hub name or a l
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from stat_pl.offline_models import resolve_model_path
 
+logger = logging.getLogger(__name__)
 Quantization = Literal["none", "nf4", "int8"]
 #: The paper's LoRA targets (DESIGN.md section 4): every attention and MLP projection.
 PAPER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -80,12 +82,18 @@ def load_causal_lm(
     lora: LoRAConfig | None = None,
     gradient_checkpointing: bool = False,
     device: str | torch.device | None = None,
+    init_adapter: str | None = None,
 ) -> torch.nn.Module:
     """Load a causal LM, optionally quantised with bitsandbytes (QLoRA: ``nf4`` + ``lora``) and wrapped in LoRA.
 
     Unquantised weights load in ``compute_dtype`` on CUDA and in float32 on CPU (CPU training uses
     bf16 autocast instead, which keeps fp32 master weights). Quantised weights are placed on
     ``device`` (default: the current CUDA device, else CPU) because bitsandbytes quantises on load.
+
+    ``init_adapter``, a folder written by PEFT's ``save_pretrained`` for this base model, starts
+    training from that adapter instead of a new one (the paper's continual setting, STAT-ConSel /
+    ConSyn: training goes on from the STAT model). It is loaded trainable, with the LoRA settings saved
+    beside it (rank, alpha, targets); a ``lora`` that differs from them is ignored with a warning.
     """
     source, extra = _pretrained_args(name_or_path)
     dtype = torch_dtype(compute_dtype)
@@ -104,9 +112,27 @@ def load_causal_lm(
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if init_adapter is not None:
+        return load_trainable_adapter(model, init_adapter, lora)
     if lora is not None:
         model = add_lora(model, lora)
     return model
+
+
+def load_trainable_adapter(model: torch.nn.Module, adapter_dir: str, lora: LoRAConfig | None) -> torch.nn.Module:
+    """``model`` wrapped in the saved PEFT adapter at ``adapter_dir``, its weights trainable."""
+    from peft import PeftConfig, PeftModel
+
+    path = Path(adapter_dir).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"init_adapter: {path} has no adapter_config.json; give the folder a PEFT "
+                                "save_pretrained wrote (e.g. <run>/adapter of `python -m stat_pl fit`)")
+    saved = PeftConfig.from_pretrained(str(path))
+    if lora is not None and (lora.r, lora.alpha, sorted(lora.target_modules)) != (
+            saved.r, saved.lora_alpha, sorted(saved.target_modules)):
+        logger.warning("init_adapter %s has r=%s, alpha=%s, targets=%s; those are used, not the configured lora %s",
+                       path, saved.r, saved.lora_alpha, sorted(saved.target_modules), lora)
+    return PeftModel.from_pretrained(model, str(path), is_trainable=True)
 
 
 def _disable_cpu_inference_packing(model: torch.nn.Module) -> None:
@@ -123,8 +149,8 @@ def _disable_cpu_inference_packing(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """An unquantised float32 copy of a 4-bit PEFT model with the same effective weights.
+def dequantized_copy(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """An unquantised copy (in ``dtype``) of a 4-bit PEFT model with the same effective weights.
 
     The NF4 weights are dequantised once (so the copy computes what the trained QLoRA model computes)
     and the LoRA adapter is copied over; :func:`sync_lora` refreshes the adapter later. On CPU,
@@ -138,7 +164,7 @@ def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
     base = model.get_base_model()
     config = base.config.to_dict()
     config.pop("quantization_config", None)
-    twin = AutoModelForCausalLM.from_config(type(base.config).from_dict(config), dtype=torch.float32)
+    twin = AutoModelForCausalLM.from_config(type(base.config).from_dict(config), dtype=dtype)
     state = {}
     for name, module in base.named_modules():
         if isinstance(module, bnb.nn.Linear4bit):
@@ -152,7 +178,7 @@ def dequantized_copy(model: torch.nn.Module) -> torch.nn.Module:
     missing = set(twin.state_dict()) - set(state) - {"lm_head.weight"}
     if missing:
         raise RuntimeError(f"dequantized_copy: no weights for {sorted(missing)[:5]}")
-    twin.load_state_dict({k: v.detach().float() for k, v in state.items()}, strict=False)
+    twin.load_state_dict({k: v.detach().to(dtype) for k, v in state.items()}, strict=False)
     twin.tie_weights()
     twin = get_peft_model(twin, model.peft_config[model.active_adapter])
     sync_lora(model, twin)

@@ -20,6 +20,24 @@ from stat_pl.skills import normalize_skill
 
 RECORD_FIELDS = ("id", "problem", "answer", "solutions", "subject", "level", "skills", "source")
 _FILE_SUFFIXES = {".jsonl", ".json", ".parquet"}
+_DROPPED = re.compile(r"\$|\\left(?![a-z])|\\right(?![a-z])|\\[,;:! ]")
+_TOKEN = re.compile(r"\\[a-z]+|[a-z]+|\d+|[^\sa-z\d]")
+
+
+def problem_tokens(text: str) -> tuple[str, ...]:
+    """A question's normalised token sequence: lower case; ``$``, ``\\left``/``\\right`` and LaTeX spacing
+    dropped; words, numbers, LaTeX commands and single symbols as tokens.
+
+    Two copies of a question (a local file and the Hub, a teacher reproducing it) differ in ids and in
+    spacing, ``$`` and ``\\left(`` more often than in content, so this, not the record id, is what
+    identifies a question: the MATH split and the contamination guard are keyed on it.
+    """
+    return tuple(_TOKEN.findall(_DROPPED.sub(" ", text.lower())))
+
+
+def problem_key(text: str) -> str:
+    """The normalised text of a question (:func:`problem_tokens` joined by spaces): equal for copies."""
+    return " ".join(problem_tokens(text))
 
 
 #: Provenance keys a row may carry besides the record's own fields (written flat into the JSONL row).

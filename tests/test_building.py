@@ -26,10 +26,12 @@ from stat_pl.building import (
     StatSyn,
 )
 from stat_pl.building.run import build
-from stat_pl.building.selection import allocate
+from stat_pl.building.selection import allocate, draw_per_missing_skill
+from stat_pl.building.stat_syn import stat_syn_tasks
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord, RecordError, RecordSource
 from stat_pl.teacher import OpenAICompatibleTeacher
+from stat_pl.teacher.templates import PromptTemplates
 
 KEY_ENV = "STAT_PL_TEST_BUILD_KEY"
 
@@ -125,6 +127,38 @@ def test_allocation_sums_to_the_target_and_respects_availability():
     assert allocate({"x": 1.0, "y": 1.0}, {"x": 3, "y": 4}, 20) == {"x": 3, "y": 4}
 
 
+def test_algorithm1_draws_k_linked_questions_per_pair_independently_of_other_pairs():
+    inputs = inputs_for(pool_records({"a": 8, "b": 8, "c": 2}), hand_profile())
+
+    draws, unlinked = draw_per_missing_skill(hand_profile(), inputs.skill_map, k=5, seed=0)
+
+    assert [(d.question_id, d.skill) for d in draws] == [(q, s) for q in sorted(hand_profile().questions)
+                                                        for s in hand_profile().questions[q]]
+    for d in draws:
+        assert len(set(d.drawn_ids)) == min(5, len(inputs.skill_map.problems_with(d.skill)))
+        assert all(d.skill in inputs.pool_by_id[p].skills for p in d.drawn_ids)
+    assert not unlinked
+    alone = MissingSkillProfile.from_questions({"test/3": ["a", "b"]})
+    again, _ = draw_per_missing_skill(alone, inputs.skill_map, k=5, seed=0)
+    assert again == [d for d in draws if d.question_id == "test/3"]  # a pair's draw ignores the other pairs
+    assert draw_per_missing_skill(hand_profile(), inputs.skill_map, k=5, seed=1)[0] != draws
+
+
+def test_stat_sel_and_stat_syn_use_the_one_algorithm1_draw():
+    inputs = inputs_for(pool_records({"a": 9, "b": 9, "c": 9}), hand_profile())
+    sel_draws, _ = draw_per_missing_skill(hand_profile(), inputs.skill_map, k=5, seed=3)
+    syn_draws, _ = draw_per_missing_skill(hand_profile(), inputs.skill_map, k=3, seed=3)
+
+    picks, _ = StatSel(questions_per_skill=5, seed=3).picks(hand_profile(), inputs)
+    tasks, _ = stat_syn_tasks(hand_profile(), inputs, PromptTemplates(), examples_per_prompt=3,
+                              questions_per_pair=2, seed=3)
+
+    picked = Counter((p.provenance["difficult_question"], p.group, p.record.id) for p in picks)
+    assert picked == Counter((d.question_id, d.skill, pid) for d in sel_draws for pid in d.drawn_ids)
+    assert [(t.provenance["difficult_question"], t.provenance["target_skill"], tuple(t.provenance["example_ids"]))
+            for t in tasks] == [(d.question_id, d.skill, d.drawn_ids) for d in syn_draws]
+
+
 def solve_script(body: Body) -> list[str]:
     """Solve requests: the first sample right, the second wrong (gold is the number after 'what is')."""
     text = prompt_text(body)
@@ -211,3 +245,49 @@ def test_the_build_stage_names_the_file_and_field_of_a_malformed_profile_or_pool
     with pytest.raises(RecordError, match=rf"{pool}:4: field 'problem' \(column 'problem'\) is missing"):
         build([StatSel()], RecordSource(str(pool)), str(tmp_path / "out"), profile=str(good_profile))
     assert not Path(tmp_path / "out").exists()
+
+
+def rewrite_script(body: Body) -> list[str]:
+    """Solve requests: ``n`` different right solutions (gold is the number after 'what is')."""
+    number = int(prompt_text(body).split("what is ")[1].split(" + 1")[0]) + 1
+    return [f"Way {k}: so it is \\boxed{{{number}}}" for k in range(int(body.get("n") or 1))]
+
+
+def loopback_teacher(server: LoopbackTeacherServer, tmp_path: Path) -> OpenAICompatibleTeacher:
+    return OpenAICompatibleTeacher(model="loop", base_url=server.base_url, api_key_env=KEY_ENV,
+                                   cache_dir=str(tmp_path), concurrency=4, max_retries=0)
+
+
+def test_baselines_default_to_the_papers_comparable_sizes():
+    assert (MathHard().levels, MathHard().answers_per_question, MathHard().target_size) == ([4, 5], 3, 9500)
+    assert (MathAugment().rewrites_per_solution, MathAugment().include_original, MathAugment().target_size) == (
+        3, False, 9500)
+    assert (EmbedSel().neighbours, EmbedSel().answers_per_question, EmbedSel().target_size) == (5, 3, 9500)
+    embed_syn = EmbedSyn()
+    assert (embed_syn.neighbours, embed_syn.questions_per_question, embed_syn.examples_per_prompt,
+            embed_syn.target_size) == (5, 5, 3, 9500)
+
+
+def test_math_hard_gives_hard_questions_three_verified_answers_cut_to_the_target(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-test")
+    pool = pool_records({"a": 20})  # levels 1..5 in turn: 8 of the 20 are level 4 or 5
+    with LoopbackTeacherServer(rewrite_script) as server:
+        dataset = MathHard(target_size=20).build(inputs_for(pool, teacher=loopback_teacher(server, tmp_path)))
+
+    assert len(dataset.rows) == 20 and dataset.stats["hard_questions"] == 8  # of 8 x 3 = 24 candidates
+    assert all(r.record.level in (4, 5) for r in dataset.rows)
+    assert Counter(r.provenance["origin"] for r in dataset.rows).keys() == {"pool", "teacher_answer"}
+    assert max(Counter(r.provenance["origin_id"] for r in dataset.rows).values()) == 3
+
+
+def test_math_augment_is_made_of_the_three_teacher_rewrites(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-test")
+    pool = pool_records({"a": 4})
+    with LoopbackTeacherServer(rewrite_script) as server:
+        teacher = loopback_teacher(server, tmp_path)
+        dataset = MathAugment(target_size=None).build(inputs_for(pool, teacher=teacher))
+        with_original = MathAugment(target_size=None, include_original=True).build(inputs_for(pool, teacher=teacher))
+
+    assert len(dataset.rows) == 4 * 3 and {r.provenance["origin"] for r in dataset.rows} == {"teacher_answer"}
+    assert all(Counter(r.provenance["origin_id"] for r in dataset.rows)[p.id] == 3 for p in pool)
+    assert len(with_original.rows) == 4 * 4

@@ -6,12 +6,16 @@ same thing, and the pool is embedded once (the second build reads the embedding 
 
 from __future__ import annotations
 
-import pytest
+from collections import Counter
 
-from stat_pl.building import BuildInputs, EmbeddingModel, EmbedSel
+import pytest
+from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
+
+from stat_pl.building import BuildInputs, EmbeddingModel, EmbedSel, EmbedSyn
 from stat_pl.building.embedding import OFFLINE_MINILM, resolve_embedding_model
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord
+from stat_pl.teacher import OpenAICompatibleTeacher
 
 try:
     resolve_embedding_model(OFFLINE_MINILM)
@@ -73,3 +77,31 @@ def test_the_pool_is_embedded_once(model, monkeypatch):
 
     dataset = EmbedSel(neighbours=1, answers_per_question=1, target_size=None, embedding_model=model).build(inputs())
     assert len(dataset.rows) == len(DIFFICULT)
+
+
+def embed_syn_script(body: Body) -> list[str]:
+    text = prompt_text(body)
+    if text.startswith("Solve the following"):
+        return ["So \\boxed{1}", "Again \\boxed{1}", "Then \\boxed{2}"]
+    return [f"<question>A new question {abs(hash(text))} about it.</question>"]
+
+
+def test_embed_syn_writes_five_new_questions_from_groups_of_three_of_five_neighbours(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("STAT_PL_TEST_EMBED_SYN_KEY", "sk-test")
+    with LoopbackTeacherServer(embed_syn_script) as server:
+        teacher = OpenAICompatibleTeacher(model="loop", base_url=server.base_url, cache_dir=str(tmp_path),
+                                          api_key_env="STAT_PL_TEST_EMBED_SYN_KEY", max_retries=0)
+        built = inputs()
+        built.teacher = teacher
+        uncut = EmbedSyn(target_size=None, embedding_model=model).build(built)
+        dataset = EmbedSyn(target_size=10, embedding_model=model).build(built)
+        proposals = [prompt_text(r.body) for r in server.received if "Example 1" in prompt_text(r.body)]
+
+    assert len(proposals) == 5 * len(DIFFICULT)  # one new question per prompt, 5 per difficult question
+    assert all(sum(text in p for text in POOL.values()) == 3 for p in proposals)  # groups of 3
+    for question in DIFFICULT:
+        rows = [r for r in uncut.rows if r.provenance["difficult_question"] == question]
+        shown = Counter(pid for r in rows for pid in r.provenance["example_ids"])
+        assert len(rows) == 5 and len(shown) == 5 and set(shown.values()) == {3}  # 5 neighbours, each in 3 groups
+    assert len(dataset.rows) == 10 and dataset.stats["shortfall"] == 0  # 15 questions x 2 agreeing, cut to 10
+    assert all(len(r.record.solutions) == 1 for r in dataset.rows)

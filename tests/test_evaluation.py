@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -15,16 +16,23 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from stat_pl.building.contamination import ContaminationGuard
 from stat_pl.callbacks.benchmark_eval import BenchmarkEvaluator
 from stat_pl.engines.base import Completion, SamplingParams
 from stat_pl.evaluation.adapters import AdapterMismatchError, ModelEntry
-from stat_pl.evaluation.benchmarks import BENCHMARKS, BenchmarkSpec, load_benchmark, split_math_test
+from stat_pl.evaluation.benchmarks import (
+    BENCHMARKS,
+    BenchmarkSpec,
+    contamination_sources,
+    load_benchmark,
+    split_math_test,
+)
 from stat_pl.evaluation.evaluate import EvalSettings, evaluate, run_evaluation
 from stat_pl.evaluation.metrics import AvgAtK, GroupedAccuracy, MetricName, PassAtK, pass_at_k
 from stat_pl.evaluation.scoring import QuestionResult, breakdowns
 from stat_pl.evaluation.store import ResultStore
 from stat_pl.models import LoRAConfig, load_causal_lm
-from stat_pl.records import ProblemRecord, RecordError
+from stat_pl.records import ProblemRecord, RecordError, load_records, problem_key
 
 # ---- pass@k ---------------------------------------------------------------------------------------
 
@@ -101,6 +109,12 @@ def test_math_split_is_seeded_disjoint_and_order_free(shared_data: Path) -> None
     random.Random(1).shuffle(shuffled)
     assert [r.id for r in split_math_test(shuffled, seed=0)[0]] == [r.id for r in validation]
     assert [r.id for r in split_math_test(records, seed=1)[0]] != [r.id for r in validation]
+    hub_like = [dataclasses.replace(r, id=str(n), problem=f"  {r.problem}\n")
+                for n, r in enumerate(shuffled)]  # row-number ids, padding: a Hub copy of the same questions
+    assert ([problem_key(r.problem) for r in split_math_test(hub_like, seed=0)[0]]
+            == [problem_key(r.problem) for r in validation])
+    twice = split_math_test([*records, dataclasses.replace(validation[0], id="copy")], seed=0)
+    assert "copy" in {r.id for r in twice[0]} and len(twice[1]) == 3000  # a repeated question stays on one side
     math_bench = load_benchmark(BenchmarkSpec("math", path=str(shared_data / "math" / "test.jsonl"), limit=5))
     assert [r.id for r in math_bench] == [r.id for r in evaluation[:5]]
     with pytest.raises(ValueError, match="validation_size=4000"):
@@ -350,3 +364,28 @@ def test_evaluate_and_the_callback_take_their_defaults_from_eval_settings() -> N
     callback = inspect.signature(BenchmarkEvaluator).parameters
     shared = ("temperature", "sample_temperature", "top_p", "system_prompt", "seed")
     assert {name: callback[name].default for name in shared} == {name: defaults[name] for name in shared}
+
+
+def test_contamination_covers_every_registry_benchmark_whole_and_matches_by_text(shared_data: Path) -> None:
+    hub = contamination_sources(["all"])
+    hub_names = {s.name for s in hub}
+    assert hub_names | {"math_d"} == set(BENCHMARKS) and "math_d" not in hub_names  # MATH-D is MATH's questions
+    local = {"math": str(shared_data / "math" / "test.jsonl"), "gsm8k": str(shared_data / "eval" / "gsm8k.jsonl"),
+             "amc23": str(shared_data / "eval" / "amc23.jsonl"), "aime24": str(shared_data / "eval" / "aime24.jsonl")}
+    sources = contamination_sources(list(local), local)
+    guard = ContaminationGuard.from_records(r for s in sources for r in load_records(s))
+    assert len(guard) == 4000 + sum(len(load_records(local[n])) for n in ("gsm8k", "amc23", "aime24"))  # MATH whole
+    gsm = load_records(local["gsm8k"])[0]
+    assert guard.check("  " + gsm.problem.replace("$", " $ ") + "\n").reference_id == gsm.id
+    with pytest.raises(ValueError, match=r"unknown name\(s\) \['mmlu'\]"):
+        contamination_sources(["mmlu"])
+
+
+def test_a_held_out_validation_part_is_never_evaluated(shared_data: Path) -> None:
+    """The continual setting profiles on a new set's validation part and evaluates on the rest."""
+    path = str(shared_data / "eval" / "gsm8k.jsonl")
+    whole = load_benchmark(BenchmarkSpec("gsm8k", path=path))
+    rest = load_benchmark(BenchmarkSpec("gsm8k", path=path, validation_size=100, split_seed=2))
+    profiled = split_math_test(whole, seed=2, validation_size=100)[0]
+    assert len(rest) == len(whole) - 100
+    assert not {problem_key(r.problem) for r in rest} & {problem_key(r.problem) for r in profiled}

@@ -193,3 +193,14 @@ def test_a_module_without_generation_model_is_named():
 
     with pytest.raises(TypeError, match="SkillReprofiler generates with .* LightningModule has no generation_model"):
         live_engine(L.LightningModule(), tokenizer=None, batch_size=1, caller="SkillReprofiler")
+
+
+def test_the_reprofiler_refuses_a_permutation_sampler_before_any_round(tiny_model_dir, tmp_path):
+    """Re-weighting needs weighted drawing; a fixed set iterated once per epoch would silently ignore it."""
+    trainer, module, _, callback, _ = make_run(tiny_model_dir, tmp_path)
+    data = SFTDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=20, levels=(1,))], batch_size=2,
+                         max_length=96)
+    assert data.sampling == "permutation"
+    with pytest.raises(ValueError, match="set data.sampling: weighted"):
+        trainer.fit(module, datamodule=data)
+    assert callback.history == []

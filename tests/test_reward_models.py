@@ -11,6 +11,7 @@ from stat_pl.models import load_causal_lm, load_tokenizer
 from stat_pl.profiling.base import Attempt
 from stat_pl.profiling.reward_models import (
     OutcomeRewardDetector,
+    PRMLastStepDetector,
     ProcessRewardDetector,
     RewardModelScorer,
     prm_is_difficult,
@@ -130,6 +131,14 @@ def test_orm_threshold_is_inclusive_and_reads_question_and_response_as_one_turn(
     assert [len(s) for s in scores] == [2, 2] and scores[0][0] == pytest.approx(scores[0][1])
     assert scores[0][0] == pytest.approx(one_step_prm[0][0][0], abs=1e-5)  # a one-step response: ORM == PRM
     assert real.detect(attempts([RESPONSES[1] * 2])) == [scores[0][0] <= 0.9]
+
+
+def test_the_orm_ablation_reads_the_prms_last_step_score_at_the_papers_threshold():
+    detector = scripted(PRMLastStepDetector(RewardModelScorer("unused")), [[0.1, 0.9], [0.1, 0.90625], [1.0, 1.0, 0.5]])
+    assert detector.threshold == 0.9 and detector.scorer.model == "unused"
+    # only r_t counts (an early 0.1 does not, unlike the PRM rule); r_t = 0.9 is bad (inclusive); no steps: bad
+    assert detector.detect(attempts([("a\n\nb",), ("c\n\nd",), ("e\n\nf\n\ng",), ("",)])) == [
+        True, False, True, True]
 
 
 def test_prm_reads_real_smollm2(smollm2_dir):

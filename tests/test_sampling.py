@@ -1,11 +1,16 @@
-"""SFT formatting and the SkillWeightedSampler: masks, skill shares, seeds, ranks, weight replacement."""
+"""SFT formatting and the epoch samplers: masks, skill shares, seeds, ranks, weight replacement, permutations."""
 
 from collections import Counter
 
 import pytest
 
 from stat_pl.data.formatting import IGNORE_INDEX, collate, encode_example, encode_prompt
-from stat_pl.data.sampler import LengthGroupedBatchSampler, SkillWeightedSampler
+from stat_pl.data.sampler import (
+    EpochPermutationSampler,
+    LengthGroupedBatchSampler,
+    SkillWeightedSampler,
+    resolve_sampling,
+)
 from stat_pl.data.sft_datamodule import SFTDataModule
 from stat_pl.data.skillworld import SkillWorldSource
 from stat_pl.models import load_tokenizer
@@ -125,3 +130,85 @@ def test_examples_whose_prompt_fills_max_length_are_skipped_with_a_warning(tiny_
         dm.setup("fit")
     assert [dm.records[e["record"]].id for e in dm.train_examples] == ["short"]
     assert dm.example_weights() == [0.5]  # the skipped record's share is dropped; the sampler renormalises
+
+
+# ---- epochs without replacement (the paper's training on a built set) ----------------------------------
+
+
+def test_permutation_sees_every_row_exactly_once_per_epoch_in_a_new_seeded_order():
+    sampler = EpochPermutationSampler(101, seed=5)
+    epochs = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        epochs.append(list(sampler))
+        assert sorted(epochs[-1]) == list(range(101)) and len(sampler) == 101
+    assert epochs[0] != epochs[1] != epochs[2]
+    again = EpochPermutationSampler(101, seed=5)
+    again.set_epoch(1)
+    assert list(again) == epochs[1]  # the same seed replays an epoch
+    assert list(EpochPermutationSampler(101, seed=6)) != epochs[0]
+
+
+def test_permutation_resumes_mid_epoch_from_its_state_with_the_same_batches():
+    lengths = [i % 30 + 1 for i in range(90)]
+    sampler = EpochPermutationSampler(90, seed=2)
+    grouped = LengthGroupedBatchSampler(sampler, lengths, batch_size=4, group_batches=5)
+    grouped.resume_at(epoch=1, batches_done=0)
+    epoch1 = list(grouped)
+    assert sorted(i for b in epoch1 for i in b) == list(range(90))
+
+    restored = EpochPermutationSampler(1, seed=0)
+    restored.load_state_dict(sampler.state_dict())
+    resumed = LengthGroupedBatchSampler(restored, lengths, batch_size=4, group_batches=5)
+    resumed.resume_at(epoch=1, batches_done=7)
+    assert list(resumed) == epoch1[7:]
+    with pytest.raises(ValueError, match="checkpoint's sampler is 'weighted'.*data.sampling: weighted"):
+        restored.load_state_dict(SkillWeightedSampler([1.0] * 3, num_samples=3).state_dict())
+
+
+@pytest.mark.parametrize("rows", [100, 101])
+def test_two_rank_permutation_shards_are_disjoint_and_cover_every_row(rows):
+    ranks = [EpochPermutationSampler(rows, seed=3, num_replicas=2, rank=r) for r in range(2)]
+    for epoch in range(2):
+        for r in ranks:
+            r.set_epoch(epoch)
+        shards = [list(r) for r in ranks]
+        assert len(shards[0]) == len(shards[1]) == len(ranks[0]) == -(-rows // 2)  # equal steps on every rank
+        assert set(shards[0]) | set(shards[1]) == set(range(rows))
+        overlap = Counter(shards[0] + shards[1])
+        assert sum(c - 1 for c in overlap.values()) == rows % 2  # disjoint; an odd pool pads with one row
+        single = EpochPermutationSampler(rows, seed=3)
+        single.set_epoch(epoch)
+        assert [i for pair in zip(*shards, strict=True) for i in pair][:rows] == list(single)  # one permutation
+
+
+def test_permutation_follows_a_grown_pool_but_refuses_weights():
+    sampler = EpochPermutationSampler(10)
+    sampler.set_weights([1.0] * 12, resize=True)
+    assert sorted(sampler) == list(range(12))
+    with pytest.raises(ValueError, match="takes no sampling weights; set data.sampling: weighted"):
+        sampler.set_weights([1.0] * 12)
+
+
+def test_a_built_set_defaults_to_permutation_and_the_weighted_cases_to_weighted():
+    plain = dict(initial_profile=False, mix_ratios=False, samples_per_epoch=False, online_source=False)
+    assert resolve_sampling("auto", **plain) == "permutation"  # the paper: 3 epochs over the built set
+    for asks in ["initial_profile", "mix_ratios", "samples_per_epoch", "online_source"]:
+        assert resolve_sampling("auto", **{**plain, asks: True}) == "weighted"
+    assert resolve_sampling("weighted", **plain) == "weighted"
+    with pytest.raises(ValueError, match="cannot use initial_profile; drop them or set data.sampling: weighted"):
+        resolve_sampling("permutation", **{**plain, "initial_profile": True})
+    with pytest.raises(ValueError, match="'auto', 'permutation' or 'weighted'"):
+        resolve_sampling("shuffled", **plain)
+
+
+def test_the_datamodule_goes_through_a_fixed_set_once_per_epoch_by_default(tiny_model_dir):
+    dm = SFTDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=30, levels=(1,))], batch_size=4)
+    dm.setup("fit")
+    assert dm.sampling == "permutation"
+    indices = [i for batch in dm.train_dataloader().batch_sampler for i in batch]
+    assert sorted(indices) == list(range(len(dm.train_examples)))
+    with pytest.raises(ValueError, match="set data.sampling: weighted"):
+        dm.set_profile(MissingSkillProfile(histogram={"powers": 1.0}))
+    weighted = SFTDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=30, levels=(1,))], sampling="weighted")
+    assert weighted.sampling == "weighted"

@@ -20,7 +20,8 @@ def tiny_config(tmp_path: Path, model_dir: Path, **trainer) -> Path:
                     "enable_progress_bar": False, "enable_model_summary": False,
                     "default_root_dir": str(tmp_path / "run"), "limit_val_batches": 0, **trainer},
         "model": {"class_path": "stat_pl.modules.sft.SFTModule",
-                  "init_args": {"model": str(model_dir), "quantization": "none", "lr": 1e-3,
+                  "init_args": {"model": str(model_dir), "quantization": "none",
+                                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
                                 "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}},
         "data": {"class_path": "stat_pl.data.sft_datamodule.SFTDataModule",
                  "init_args": {"train": [{"class_path": "stat_pl.data.skillworld.SkillWorldSource",
@@ -59,9 +60,16 @@ def test_typo_in_a_config_key_is_a_clear_error(tmp_path, tiny_model_dir):
     assert out.returncode != 0 and "samples_per_epoc" in out.stderr
 
 
-def test_fit_resumes_mid_epoch_with_the_same_batches(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("sampling", ["weighted", pytest.param("permutation", marks=pytest.mark.slow)])
+def test_fit_resumes_mid_epoch_with_the_same_batches(tmp_path, tiny_model_dir, sampling):
     """Uninterrupted 8 steps vs 3 steps + resume in a new process: batches after step 3 are identical."""
     config = tiny_config(tmp_path, tiny_model_dir)
+    if sampling == "permutation":  # a fixed set of 10 rows, each once per 5-batch epoch
+        settings = yaml.safe_load(config.read_text())
+        data = settings["data"]["init_args"]
+        del data["samples_per_epoch"]
+        data["train"][0]["init_args"]["n"] = 10
+        config.write_text(yaml.safe_dump(settings))
     full, resumed = tmp_path / "full.jsonl", tmp_path / "resumed.jsonl"
     out = run_cli("fit", "--config", str(config), f"--trainer.callbacks={recorder(full)}")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -74,6 +82,9 @@ def test_fit_resumes_mid_epoch_with_the_same_batches(tmp_path, tiny_model_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     after = [row for row in recorded(full) if row["step"] >= 3]
     assert len(after) == 5 and recorded(resumed) == after  # crosses the epoch boundary at step 5 too
+    if sampling == "permutation":
+        seen = [sorted(i for row in recorded(full) if row["epoch"] == epoch for i in row["index"]) for epoch in (0, 1)]
+        assert seen[0] == list(range(10)) and len(set(seen[1])) == 6  # 8 steps: epoch 1 stops after 3 batches
 
     state = torch.load(ckpt, weights_only=False)
     assert all("lora_" in key for key in state["state_dict"])  # adapter only, never the frozen base
@@ -96,7 +107,7 @@ def test_fit_writes_a_peft_adapter_and_the_config(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("model.init_args.optimizer=sgd", "unknown optimizer 'sgd'"),
+    ("model.init_args.optimizer=torch.optim.NoSuchOptimizer", "torch.optim.NoSuchOptimizer"),
     ("data.init_args.train=[{class_path: stat_pl.records.RecordSource, init_args: {path: missing.jsonl}}]",
      "missing.jsonl does not exist"),
 ])

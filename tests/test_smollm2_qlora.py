@@ -1,5 +1,7 @@
 """The real model: QLoRA (NF4) fit of SmolLM2-135M-Instruct on real MATH rows, on CPU."""
 
+import functools
+
 import lightning as L
 import pytest
 import torch
@@ -23,7 +25,8 @@ def test_qlora_overfits_real_math_rows_and_the_adapter_reloads_with_plain_peft(s
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    module = SFTModule(str(smollm2_dir), quantization="nf4", lr=2e-3, warmup_ratio=0.0)
+    module = SFTModule(str(smollm2_dir), quantization="nf4", warmup_ratio=0.0,
+                       optimizer=functools.partial(torch.optim.AdamW, lr=2e-3, weight_decay=0.1))
     data = SFTDataModule(str(smollm2_dir), train=[RecordSource(str(shared_data / "math/train.jsonl"), limit=2)],
                          batch_size=2, samples_per_epoch=2, max_length=256)
     history = LossHistory()

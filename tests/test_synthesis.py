@@ -9,14 +9,14 @@ loop's rounds ask for new samples and never add the same question twice.
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import pytest
 from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
 
 from stat_pl.building import BuildInputs, ContaminationGuard, StatSyn
-from stat_pl.building.contamination import tokens
 from stat_pl.profile import MissingSkillProfile
-from stat_pl.records import ProblemRecord
+from stat_pl.records import ProblemRecord, problem_tokens
 from stat_pl.teacher import OpenAICompatibleTeacher
 
 KEY_ENV = "STAT_PL_TEST_SYN_KEY"
@@ -76,12 +76,13 @@ def teacher(server, tmp_path, monkeypatch):
                                    cache_dir=str(tmp_path / "cache"), concurrency=8, max_retries=0)
 
 
-def build_syn(teacher) -> tuple:
+def build_syn(teacher, target_size: int | None = None) -> tuple:
+    """STAT-Syn on PROFILE; ``target_size`` None keeps one row per accepted question with all its solutions."""
     records = pool()
     guard = ContaminationGuard.from_records([*records, TEST_QUESTION])
     inputs = BuildInputs(pool=records, pool_path="pool.jsonl", profile=PROFILE, profile_path="profile.json",
                          teacher=teacher, guard=guard)
-    return StatSyn().build(inputs), guard
+    return StatSyn(target_size=target_size).build(inputs), guard
 
 
 def test_exactly_the_consistent_questions_survive_with_exactly_the_agreeing_solutions(teacher):
@@ -100,6 +101,18 @@ def test_exactly_the_consistent_questions_survive_with_exactly_the_agreeing_solu
     assert len(alpha.provenance["example_ids"]) == 3
     assert dataset.stats["rejected"] == {"contaminated": 1, "inconsistent": 2}
     assert dataset.stats["proposed"] == 6 and dataset.stats["accepted"] == 3
+
+
+def test_stat_syn_is_cut_to_its_target_in_qa_pairs_with_the_profiles_skill_shares(teacher):
+    assert StatSyn().target_size == 9500  # the paper's size, as STAT-Sel
+    dataset, _ = build_syn(teacher, target_size=6)
+
+    # accepted: alpha 3 + 2 agreeing solutions, gamma 3, beta none; shares 1/3 each, beta's spread over the others
+    assert len(dataset.rows) == 6 and dataset.stats["shortfall"] == 0
+    assert Counter(r.provenance["target_skill"] for r in dataset.rows) == {"alpha": 3, "gamma": 3}
+    for row in dataset.rows:
+        (solution,) = row.record.solutions
+        assert solution.split("Answer: ")[1] in CONSISTENT[row.record.problem]
 
 
 def test_a_planted_copy_of_a_test_question_is_rejected_as_contamination(teacher):
@@ -151,4 +164,4 @@ def test_the_guard_catches_near_copies_but_not_new_questions_on_the_same_topic()
     padded = TEST_QUESTION.problem + " Then also find f(2) and f(3), and explain which of the two is larger."
     assert guard.check(padded).reference_id == "test/planted"  # a copy with a sentence added
     assert guard.check("Let $g(x) = 2x + 1$. Find $g(g(4))$.") is None  # same topic, new question
-    assert tokens("$\\left( x \\right)$") == ("(", "x", ")")
+    assert problem_tokens("$\\left( x \\right)$") == ("(", "x", ")")

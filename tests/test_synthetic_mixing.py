@@ -8,11 +8,13 @@ the checkpoint says how many of them it knew).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from batch_recorder import BatchRecorder
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -83,7 +85,8 @@ class AddSyntheticAfterFirstEpoch(Callback):
 def fit(tmp_path: Path, tokenizer: Path, record: Path, ckpt_path: str | None = None) -> SFTDataModule:
     dm = datamodule(tokenizer, tmp_path / "run" / "synthetic.jsonl", samples_per_epoch=16, batch_size=2,
                     mix_ratios=[0.5, 0.5])
-    module = SFTModule(str(tokenizer), quantization="none", lora=LoRAConfig(r=4, alpha=8, dropout=0.0), lr=1e-3)
+    module = SFTModule(str(tokenizer), quantization="none", lora=LoRAConfig(r=4, alpha=8, dropout=0.0),
+                       optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, use_distributed_sampler=False,

@@ -306,6 +306,27 @@ def test_label_skills_labels_each_question_of_its_subject(server, api_key, tmp_p
     assert "Skills of \"algebra\"" in prompt_text(server.received[0].body)
 
 
+def test_stage2_shows_the_teacher_no_gold_answer_unless_asked(server, api_key, tmp_path):
+    """The paper's Stage-2 prompt has question, response and skills only; the reference answer is opt-in."""
+    gold = "GOLD-ANSWER-17"
+    record = ProblemRecord(id="g1", problem="Solve x + 17 = 0. [behaviour:clean]", answer=gold, subject="algebra")
+    attempt = Attempt(record, responses=("x = 17",))
+
+    default = TeacherProfiler(make_teacher(server, tmp_path), CATALOG)
+    assert not default.show_reference_answer
+    default.diagnose([attempt])
+    paper_prompt = prompt_text(server.received[-1].body)
+    assert "Solve x + 17 = 0." in paper_prompt and "x = 17" in paper_prompt and "solving_equations" in paper_prompt
+    assert gold not in paper_prompt and "Reference answer" not in paper_prompt
+
+    TeacherProfiler(make_teacher(server, tmp_path), CATALOG, show_reference_answer=True).diagnose([attempt])
+    assert f"Reference answer: {gold}" in prompt_text(server.received[-1].body)
+    with pytest.raises(ValueError, match="g2 has no answer.*show_reference_answer"):
+        TeacherProfiler(make_teacher(server, tmp_path), CATALOG, show_reference_answer=True).diagnose(
+            [Attempt(ProblemRecord(id="g2", problem="[behaviour:clean]", answer="", subject="algebra"),
+                     responses=("x",))])
+
+
 def test_template_overrides_are_checked_by_name(tmp_path):
     broken = tmp_path / "missing.txt"
     broken.write_text("Review this: $response with skills $skills and $studnet")

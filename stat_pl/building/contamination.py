@@ -2,8 +2,8 @@
 
 A teacher shown three training questions may copy one, or reproduce a benchmark question it has
 memorised; either would leak the test set into training or waste a row. A new question is rejected
-when, after normalisation (lower case; ``$``, ``\\left``/``\\right`` and spacing dropped; words,
-numbers, LaTeX commands and symbols as tokens):
+when, after normalisation (:func:`stat_pl.records.problem_tokens`: lower case; ``$``,
+``\\left``/``\\right`` and spacing dropped; words, numbers, LaTeX commands and symbols as tokens):
 
 * its token sequence equals a reference question's, or
 * the share of word ``ngram``-grams it has in common with one reference question, over the smaller
@@ -17,20 +17,11 @@ question (within one build, and across live re-synthesis rounds when the guard i
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from stat_pl.records import ProblemRecord
-
-_DROPPED = re.compile(r"\$|\\left(?![a-z])|\\right(?![a-z])|\\[,;:! ]")
-_TOKEN = re.compile(r"\\[a-z]+|[a-z]+|\d+|[^\sa-z\d]")
-
-
-def tokens(text: str) -> tuple[str, ...]:
-    """The normalised token sequence of a question (see the module docstring)."""
-    return tuple(_TOKEN.findall(_DROPPED.sub(" ", text.lower())))
+from stat_pl.records import ProblemRecord, problem_tokens
 
 
 @dataclass(frozen=True)
@@ -80,7 +71,7 @@ class ContaminationGuard:
 
     def add(self, reference_id: str, text: str, synthetic: bool = False) -> None:
         """Index one question: a reference (training, test) or an accepted ``synthetic`` one."""
-        toks = tokens(text)
+        toks = problem_tokens(text)
         index = len(self._ids)
         self._exact.setdefault(toks, index)
         grams = self._grams(toks)
@@ -92,7 +83,7 @@ class ContaminationGuard:
 
     def check(self, text: str) -> Match | None:
         """The reference that ``text`` nearly copies, or None when it is new."""
-        toks = tokens(text)
+        toks = problem_tokens(text)
         if toks in self._exact:
             index = self._exact[toks]
             return Match(self._ids[index], 1.0, self._synthetic[index])

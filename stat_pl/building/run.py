@@ -16,6 +16,7 @@ from pathlib import Path
 from stat_pl.building.base import BuildInputs, DataBuilder
 from stat_pl.building.contamination import ContaminationGuard
 from stat_pl.building.output import write_dataset
+from stat_pl.evaluation.benchmarks import contamination_sources
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.records import RecordSource, load_records
 from stat_pl.skills import SkillCatalog
@@ -27,7 +28,8 @@ _TEACHER_COUNTERS = ("requests", "retries", "failures", "cache_hits", "cache_mis
 
 def build(builders: list[DataBuilder], pool: RecordSource, output_dir: str = "runs/build",
           profile: str | None = None, questions: RecordSource | None = None,
-          contamination: list[RecordSource] | None = None, teacher: Teacher | None = None,
+          contamination: list[RecordSource] | None = None, contamination_benchmarks: list[str] | None = None,
+          benchmark_paths: dict[str, str] | None = None, teacher: Teacher | None = None,
           catalog: str | None = None, benchmark: str = "MATH", contamination_ngram: int = 8,
           contamination_max_overlap: float = 0.5, save_datasets: bool = False, plot: bool = True) -> list[Path]:
     """Build training data for a Missing-Skill-Profile (STAT-Sel, STAT-Syn) and the paper's baselines.
@@ -40,6 +42,9 @@ def build(builders: list[DataBuilder], pool: RecordSource, output_dir: str = "ru
         profile: the ``profile.json`` of Stage 2 (MATH-Train / -Augment / -Hard do not need one).
         questions: the file the difficult questions come from (Embed-Sel and Embed-Syn need their text).
         contamination: test sets that synthetic questions must not copy (the pool is always checked).
+        contamination_benchmarks: registry benchmarks (``stat_pl.evaluation.benchmarks.BENCHMARKS``) they
+            must not copy either, read whole; ``[all]`` for every one (the paper's configs).
+        benchmark_paths: registry name -> a local file read instead of that benchmark's Hub dataset.
         teacher: the teacher for answers and synthesis (class_path / init_args), e.g.
             ``stat_pl.teacher.OpenAICompatibleTeacher``; override its URL with ``--teacher.base_url``.
         catalog: a skill catalog JSON; when set, every skill of the profile must be in it.
@@ -53,7 +58,8 @@ def build(builders: list[DataBuilder], pool: RecordSource, output_dir: str = "ru
     logging.getLogger("stat_pl").setLevel(logging.INFO)  # our progress, not every HTTP request
     inputs = _inputs(pool, profile, questions, teacher, catalog, benchmark)
     inputs.guard = ContaminationGuard.from_records(inputs.pool, contamination_ngram, contamination_max_overlap)
-    for source in contamination or []:
+    benchmarks = contamination_sources(contamination_benchmarks, benchmark_paths) if contamination_benchmarks else []
+    for source in [*(contamination or []), *benchmarks]:
         inputs.guard.add_records(load_records(source))
     written = []
     for builder in builders:

@@ -23,7 +23,9 @@ from typing import Any
 from stat_pl.building.base import BuiltRow
 from stat_pl.building.checks import distinct_ids
 from stat_pl.grading import grade
+from stat_pl.profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord
+from stat_pl.skills import SkillMap
 from stat_pl.teacher.base import Teacher, TeacherFailure, TeacherRequest
 from stat_pl.teacher.templates import PromptTemplates
 
@@ -37,6 +39,45 @@ class Pick:
     record: ProblemRecord
     group: str
     provenance: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SkillDraw:
+    """The training questions drawn for one (difficult question, missing skill) pair of a profile."""
+
+    question_id: str
+    skill: str
+    drawn_ids: tuple[str, ...]
+
+
+def draw_per_missing_skill(profile: MissingSkillProfile, skill_map: SkillMap, k: int,
+                           seed: int) -> tuple[list[SkillDraw], Counter[str]]:
+    """The paper's Algorithm 1 (STAT-Sel) draw: for each difficult question q of ``profile`` and each
+    skill s it is missing, ``k`` training questions linked to s in ``skill_map``, without replacement
+    within the pair (all of them when fewer than ``k`` are linked).
+
+    Pairs are independent: pair (q, s) draws with a generator seeded by ``(seed, q, s)``, so a rerun
+    draws the same questions and one pair's draw does not depend on the others. A question linked to a
+    frequent missing skill can be drawn by several pairs; that repetition is what makes a skill's share
+    of the data follow its count in the profile. STAT-Sel keeps the drawn questions (paper: k = 5 for
+    data building, Algorithm 1 writes 3); STAT-Syn shows them to the teacher as examples (paper: 3).
+
+    Returns the draws in (question id, profile skill order) order, and skill -> number of pairs whose
+    skill labels no question of ``skill_map`` (those pairs draw nothing and are left out).
+    """
+    if k < 1:
+        raise ValueError(f"k (questions drawn per missing skill) must be >= 1, got {k}")
+    draws: list[SkillDraw] = []
+    unlinked: Counter[str] = Counter()
+    for qid in sorted(profile.questions):
+        for skill in profile.questions[qid]:
+            linked = skill_map.problems_with(skill)
+            if not linked:
+                unlinked[skill] += 1
+                continue
+            rng = random.Random(f"{seed}/{qid}/{skill}")
+            draws.append(SkillDraw(qid, skill, tuple(rng.sample(linked, min(k, len(linked))))))
+    return draws, unlinked
 
 
 @dataclass(frozen=True)
@@ -155,3 +196,22 @@ def subsample(candidates: Mapping[str, Sequence[BuiltRow]], shares: Mapping[str,
             log.warning("%s: only %d candidate rows for a target of %d: %d short", builder, total, target,
                         stats["shortfall"])
     return rows, stats
+
+
+def cut_synthetic(rows: Sequence[BuiltRow], group_of: str, shares: Mapping[str, float] | None, target: int | None,
+                  seed: int, builder: str) -> tuple[list[BuiltRow], dict[str, Any]]:
+    """Accepted synthetic questions as QA pairs cut to ``target`` (paper: STAT-Syn and Embed-Syn at 9.5k).
+
+    A synthetic row holds every agreeing solution of its question; here each solution becomes its own
+    row (one QA pair, as STAT-Sel counts them), grouped by ``provenance[group_of]`` (the target skill,
+    the difficult question) and subsampled with the groups' ``shares`` (None: equal shares). With
+    ``target`` None the rows are returned as they are.
+    """
+    if target is None:
+        return list(rows), {"target_size": None, "rows": len(rows), "shortfall": 0}
+    groups: dict[str, list[BuiltRow]] = {}
+    for row in rows:
+        for solution in row.record.solutions:
+            pair = BuiltRow(replace(row.record, solutions=(solution,)), {**row.provenance, "origin_id": row.record.id})
+            groups.setdefault(str(row.provenance[group_of]), []).append(pair)
+    return subsample(groups, shares if shares is not None else {g: 1.0 for g in groups}, target, seed, builder)

@@ -6,22 +6,20 @@ each gets up to ``answers_per_question`` answers (the pool's solution plus verif
 solutions when a teacher is given; paper: 3), and the QA pairs are subsampled to ``target_size``
 (paper: 9.5k) with each skill's share equal to its share of the profile's histogram.
 
-Draws are independent per (difficult question, skill) pair, seeded by ``(seed, question, skill)``, so
-a pool question linked to a frequent missing skill may be drawn by several pairs: that repetition is
-what makes a skill's share of the data follow its count in the profile.
+The draw is :func:`stat_pl.building.selection.draw_per_missing_skill` (Algorithm 1), the same one
+STAT-Syn uses to pick its example questions.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from stat_pl.building.base import BuildInputs, BuiltDataset
 from stat_pl.building.checks import check_linked, check_pool, check_positive, check_profile
-from stat_pl.building.selection import AnswerSettings, Pick, expand, subsample, teacher_answers
+from stat_pl.building.selection import AnswerSettings, Pick, draw_per_missing_skill, expand, subsample, teacher_answers
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.teacher.templates import PromptTemplates
 
@@ -69,21 +67,10 @@ class StatSel:
 
     def picks(self, profile: MissingSkillProfile, inputs: BuildInputs) -> tuple[list[Pick], dict[str, Any]]:
         """The drawn pool questions, one :class:`Pick` per (pair, question), and the draw counters."""
-        picks: list[Pick] = []
-        unlinked: Counter[str] = Counter()
-        few_questions: dict[str, int] = {}
-        for qid in sorted(profile.questions):
-            for skill in profile.questions[qid]:
-                linked = inputs.skill_map.problems_with(skill)
-                if not linked:
-                    unlinked[skill] += 1
-                    continue
-                if len(linked) < self.questions_per_skill:
-                    few_questions[skill] = len(linked)
-                rng = random.Random(f"{self.seed}/{qid}/{skill}")
-                for pid in rng.sample(linked, min(self.questions_per_skill, len(linked))):
-                    provenance = {"difficult_question": qid, "target_skill": skill}
-                    picks.append(Pick(inputs.pool_by_id[pid], skill, provenance))
+        draws, unlinked = draw_per_missing_skill(profile, inputs.skill_map, self.questions_per_skill, self.seed)
+        picks = [Pick(inputs.pool_by_id[pid], d.skill, {"difficult_question": d.question_id, "target_skill": d.skill})
+                 for d in draws for pid in d.drawn_ids]
+        few_questions = {d.skill: len(d.drawn_ids) for d in draws if len(d.drawn_ids) < self.questions_per_skill}
         if unlinked:
             log.warning("%s: %d missing skill(s) label no pool question and get no data: %s", self.name,
                         len(unlinked), sorted(unlinked))

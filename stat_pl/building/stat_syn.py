@@ -4,7 +4,9 @@ For each (difficult question, missing skill) pair of the profile, the teacher se
 ``examples_per_prompt`` training questions linked to the skill, with their solutions (paper: 3), and
 writes ``questions_per_pair`` new questions that emphasise the skill (paper: 2). The questions then
 go through :func:`stat_pl.building.synthesis.synthesize`: contamination guard, three teacher
-solutions, majority vote with at least two agreeing, only the agreeing solutions kept.
+solutions, majority vote with at least two agreeing, only the agreeing solutions kept. The QA pairs
+(one per kept solution) are cut to ``target_size`` (paper: 9.5k, as STAT-Sel) with each skill's share
+equal to its share of the profile.
 
 :meth:`StatSyn.synthesize_for_profile` is the same method, with the same settings, for the live loop:
 the SkillReprofiler callback calls it after a profiling round and hands the rows to
@@ -24,6 +26,7 @@ from typing import Any
 from stat_pl.building.base import BuildInputs, BuiltDataset, BuiltRow
 from stat_pl.building.checks import check_linked, check_pool, check_positive, check_profile
 from stat_pl.building.contamination import ContaminationGuard
+from stat_pl.building.selection import cut_synthetic, draw_per_missing_skill
 from stat_pl.building.synthesis import ProposalTask, SynthesisSettings, synthesize
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord
@@ -44,7 +47,8 @@ class StatSyn:
         name: the dataset's name: its folder, and each row's ``source`` and id prefix.
         questions_per_pair: new questions asked for per (difficult question, missing skill).
         examples_per_prompt: training questions (with solutions) shown in each prompt.
-        seed: seeds the choice of examples.
+        seed: seeds the choice of examples and the cut.
+        target_size: QA pairs kept (paper: 9500; None: every accepted solution, one row per question).
         synthesis: sampling and the consistency filter (solutions per question, votes).
         templates: the teacher's prompt files (``propose_question`` and ``solve`` are used).
     """
@@ -53,13 +57,14 @@ class StatSyn:
     questions_per_pair: int = 2
     examples_per_prompt: int = 3
     seed: int = 0
+    target_size: int | None = 9500
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
     templates: PromptTemplates = field(default_factory=PromptTemplates)
 
     def build(self, inputs: BuildInputs) -> BuiltDataset:
         """The accepted new questions for every pair of ``inputs.profile``."""
         check_positive(self.name, questions_per_pair=self.questions_per_pair,
-                       examples_per_prompt=self.examples_per_prompt)
+                       examples_per_prompt=self.examples_per_prompt, target_size=self.target_size)
         profile = inputs.require_profile(self.name)
         check_profile(profile, inputs.profile_path, self.name)
         check_pool(inputs, self.name, need_skills=True)
@@ -67,8 +72,11 @@ class StatSyn:
         teacher = inputs.require_teacher(self.name, "it writes and solves the new questions")
         tasks, stats = stat_syn_tasks(profile, inputs, self.templates, self.examples_per_prompt,
                                       self.questions_per_pair, self.seed)
-        rows, synthesis_stats = synthesize(tasks, teacher, inputs.guard, self.synthesis, self.templates, self.name)
-        stats.update(synthesis_stats)
+        accepted, synthesis_stats = synthesize(tasks, teacher, inputs.guard, self.synthesis, self.templates,
+                                               self.name)
+        rows, cut_stats = cut_synthetic(accepted, "target_skill", profile.histogram, self.target_size, self.seed,
+                                        self.name)
+        stats.update(synthesis_stats, **cut_stats)
         return BuiltDataset(self.name, rows, stats)
 
     def synthesize_for_profile(self, profile: MissingSkillProfile, teacher: Teacher, pool: Sequence[ProblemRecord],
@@ -104,29 +112,25 @@ def stat_syn_tasks(profile: MissingSkillProfile, inputs: BuildInputs, templates:
                    round_index: int = 0) -> tuple[list[ProposalTask], dict[str, Any]]:
     """One question-writing task per (difficult question, missing skill) linked to the pool.
 
-    The examples of a pair are drawn with a generator seeded by ``(seed, question, skill)``, so a rerun
+    The examples of a pair are STAT-Sel's draw (:func:`~stat_pl.building.selection.draw_per_missing_skill`,
+    Algorithm 1, with k = ``examples_per_prompt``), seeded by ``(seed, question, skill)``, so a rerun
     sends the same prompts (and is answered from the cache); live round ``r`` sends them with request
     seeds from ``r * ROUND_SEED_STRIDE``, so every round asks for new samples.
     """
     tasks = []
-    unlinked: Counter[str] = Counter()
-    for qid in sorted(profile.questions):
-        for skill in profile.questions[qid]:
-            linked = inputs.skill_map.problems_with(skill)
-            if not linked:
-                unlinked[skill] += 1
-                continue
-            rng = random.Random(f"{seed}/{qid}/{skill}")
-            examples = [inputs.pool_by_id[p] for p in rng.sample(linked, min(examples_per_prompt, len(linked)))]
-            subject = Counter(e.subject for e in examples).most_common(1)[0][0]
-            messages = tuple(templates.render(
-                "propose_question", skill=skill.replace("_", " "), subject=subject.replace("_", " "),
-                examples=format_examples([f"{e.problem.strip()}\n\nSolution:\n{e.solutions[0].strip()}"
-                                          for e in examples])))
-            provenance = {"difficult_question": qid, "target_skill": skill,
-                          "example_ids": [e.id for e in examples]}
-            tasks.append(ProposalTask(messages, questions_per_pair, subject, (skill,), provenance,
-                                      seed=round_index * ROUND_SEED_STRIDE))
+    draws, unlinked = draw_per_missing_skill(profile, inputs.skill_map, examples_per_prompt, seed)
+    for draw in draws:
+        skill = draw.skill
+        examples = [inputs.pool_by_id[p] for p in draw.drawn_ids]
+        subject = Counter(e.subject for e in examples).most_common(1)[0][0]
+        messages = tuple(templates.render(
+            "propose_question", skill=skill.replace("_", " "), subject=subject.replace("_", " "),
+            examples=format_examples([f"{e.problem.strip()}\n\nSolution:\n{e.solutions[0].strip()}"
+                                      for e in examples])))
+        provenance = {"difficult_question": draw.question_id, "target_skill": skill,
+                      "example_ids": [e.id for e in examples]}
+        tasks.append(ProposalTask(messages, questions_per_pair, subject, (skill,), provenance,
+                                  seed=round_index * ROUND_SEED_STRIDE))
     if unlinked:
         log.warning("STAT-Syn: %d missing skill(s) label no pool question and get no prompt: %s", len(unlinked),
                     sorted(unlinked))

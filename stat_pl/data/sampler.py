@@ -1,16 +1,29 @@
-"""Skill-weighted sampling (STAT-Sel as a sampler) with length grouping, seeded and resumable.
+"""Epoch samplers, seeded and resumable, and length-grouped batches.
 
-:class:`SkillWeightedSampler` draws each epoch's training indices from per-record weights (made by
-:meth:`MissingSkillProfile.to_weights`); :class:`LengthGroupedBatchSampler` cuts that stream into
-batches of similar length (the paper's group-by-length) so dynamic padding wastes little.
+Two ways to go through the training rows in an epoch, named by what they do:
+
+- :class:`EpochPermutationSampler` ("permutation"): every row exactly once per epoch, in a seeded
+  random order. This is the paper's training (Sec. 4: 3 epochs over the built 9.5k STAT-Sel /
+  STAT-Syn set); a fixed built dataset is trained this way.
+- :class:`SkillWeightedSampler` ("weighted"): ``num_samples`` draws with replacement in proportion to
+  per-row weights (made by :meth:`MissingSkillProfile.to_weights`): STAT-Sel as sampling over the
+  whole training pool, which the online loop (the SkillReprofiler) re-weights between epochs. With
+  replacement, about 1/e (37%) of the rows go unseen in an epoch of as many draws as rows.
+
+:func:`resolve_sampling` says which one ``SFTDataModule(sampling="auto")`` uses, and
+:func:`epoch_sampler` builds it. :class:`LengthGroupedBatchSampler` cuts either stream into batches of
+similar length (the paper's group-by-length) so dynamic padding wastes little.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
 
 import torch
 from torch.utils.data import Sampler
+
+Sampling = Literal["auto", "permutation", "weighted"]
 
 
 class SkillWeightedSampler(Sampler[int]):
@@ -73,12 +86,120 @@ class SkillWeightedSampler(Sampler[int]):
         return self.num_samples
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seed": self.seed, "weights": self.weights.tolist()}
+        return {"kind": "weighted", "epoch": self.epoch, "seed": self.seed, "weights": self.weights.tolist()}
 
     def load_state_dict(self, state: dict) -> None:
+        _check_kind(state, "weighted")
         self.epoch = state["epoch"]
         self.seed = state["seed"]
         self.set_weights(state["weights"])
+
+
+class EpochPermutationSampler(Sampler[int]):
+    """Every one of ``num_rows`` rows exactly once per epoch, in a seeded random order (no replacement).
+
+    Epoch ``e`` is the permutation drawn by a generator seeded with ``(seed, e)``: the same seed gives
+    the same order, and a resumed run redraws exactly the same epoch (the batch sampler then skips the
+    batches already trained on). Distributed-aware like :class:`SkillWeightedSampler`: the epoch's
+    permutation is dealt round-robin, rank ``r`` of ``R`` taking positions ``r, r + R, ...``, so the
+    ranks' shares are disjoint and together cover every row. When ``R`` does not divide the row count,
+    the permutation is padded with its own first ``R - (num_rows mod R)`` rows (as torch's
+    ``DistributedSampler`` does) so every rank runs the same number of steps; those few rows are seen
+    twice that epoch.
+
+    There are no weights: a profile has already shaped a built dataset. :meth:`set_weights` only
+    follows a pool that grew (``resize=True``, synthetic rows added); asked to re-weight, it refuses and
+    names ``data.sampling``.
+    """
+
+    def __init__(self, num_rows: int, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        if num_rows <= 0:
+            raise ValueError(f"num_rows must be positive, got {num_rows}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.num_rows = num_rows
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+
+    def set_weights(self, weights: Sequence[float], resize: bool = False) -> None:
+        """Follow a pool that grew to ``len(weights)`` rows (from the next epoch); never re-weight."""
+        if not resize:
+            raise ValueError("SFTDataModule(sampling='permutation') goes through every row once per epoch and "
+                             "takes no sampling weights; set data.sampling: weighted to sample by a profile "
+                             "(initial_profile, the SkillReprofiler)")
+        if len(weights) == 0:
+            raise ValueError("the training pool is empty")
+        self.num_rows = len(weights)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_indices(self) -> list[int]:
+        """This rank's indices for the current epoch (the padded permutation, dealt round-robin)."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.num_rows, generator=generator).tolist()
+        padded = order + order[: len(self) * self.num_replicas - self.num_rows]
+        return padded[self.rank :: self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_indices())
+
+    def __len__(self) -> int:
+        return -(-self.num_rows // self.num_replicas)
+
+    def state_dict(self) -> dict:
+        return {"kind": "permutation", "epoch": self.epoch, "seed": self.seed, "num_rows": self.num_rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_kind(state, "permutation")
+        self.epoch = state["epoch"]
+        self.seed = state["seed"]
+        self.num_rows = state["num_rows"]
+
+
+def _check_kind(state: dict, kind: str) -> None:
+    saved = state.get("kind", "weighted")  # checkpoints written before the permutation mode were weighted
+    if saved != kind:
+        raise ValueError(f"the checkpoint's sampler is {saved!r} but this run's data.sampling resolves to {kind!r}; "
+                         f"resume with data.sampling: {saved}")
+
+
+def resolve_sampling(sampling: Sampling, *, initial_profile: bool, mix_ratios: bool, samples_per_epoch: bool,
+                     online_source: bool) -> Literal["permutation", "weighted"]:
+    """The sampler ``SFTDataModule(sampling=...)`` uses; ``auto`` is decided from the data module's arguments.
+
+    ``auto`` is ``weighted`` when anything asks for weighted drawing: an ``initial_profile`` to sample
+    by, ``mix_ratios`` between sources, a ``samples_per_epoch`` different from "the whole set", or a
+    :class:`~stat_pl.data.synthetic_source.SyntheticSource` that the online loop fills. Otherwise the
+    training set is a fixed (built) dataset and ``auto`` is ``permutation``: every row once per epoch,
+    as the paper trains. The online loop with none of these (a SkillReprofiler re-weighting a plain
+    pool) must say ``sampling: weighted``; the permutation sampler refuses new weights with that hint.
+    """
+    if sampling not in ("auto", "permutation", "weighted"):
+        raise ValueError(f"data.sampling must be 'auto', 'permutation' or 'weighted', got {sampling!r}")
+    if sampling == "permutation":
+        asked = [name for name, given in [("initial_profile", initial_profile), ("mix_ratios", mix_ratios),
+                                          ("samples_per_epoch", samples_per_epoch)] if given]
+        if asked:
+            raise ValueError(f"data.sampling: permutation goes through every row once per epoch, so it cannot use "
+                             f"{', '.join(asked)}; drop them or set data.sampling: weighted")
+        return "permutation"
+    if sampling == "weighted":
+        return "weighted"
+    return "weighted" if initial_profile or mix_ratios or samples_per_epoch or online_source else "permutation"
+
+
+def epoch_sampler(sampling: Literal["permutation", "weighted"], weights: Callable[[], Sequence[float]],
+                  num_rows: int, samples_per_epoch: int | None, seed: int, num_replicas: int,
+                  rank: int) -> SkillWeightedSampler | EpochPermutationSampler:
+    """This rank's sampler for a resolved ``sampling`` (``weights`` is called only when weighted)."""
+    if sampling == "permutation":
+        return EpochPermutationSampler(num_rows, seed=seed, num_replicas=num_replicas, rank=rank)
+    total = samples_per_epoch or num_rows
+    return SkillWeightedSampler(weights(), num_samples=max(1, total // num_replicas), seed=seed,
+                                num_replicas=num_replicas, rank=rank)
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
@@ -93,7 +214,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     only: a resumed run starts at the checkpoint's epoch and skips the batches it already trained on.
     """
 
-    def __init__(self, sampler: SkillWeightedSampler, lengths: Sequence[int], batch_size: int,
+    def __init__(self, sampler: SkillWeightedSampler | EpochPermutationSampler, lengths: Sequence[int],
+                 batch_size: int,
                  group_by_length: bool = True, group_batches: int = 64,
                  epoch_source: Callable[[], int] | None = None) -> None:
         self.sampler = sampler

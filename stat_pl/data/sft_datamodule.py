@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from stat_pl.data.formatting import IGNORE_INDEX, collate, encode_example
-from stat_pl.data.sampler import LengthGroupedBatchSampler, SkillWeightedSampler
+from stat_pl.data.sampler import LengthGroupedBatchSampler, Sampling, epoch_sampler, resolve_sampling
 from stat_pl.data.synthetic_source import SyntheticSource, synthetic_records
 from stat_pl.models import load_tokenizer
 from stat_pl.profile import MissingSkillProfile
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 class SFTDataModule(L.LightningDataModule):
-    """Supervised fine-tuning data drawn by a :class:`SkillWeightedSampler`.
+    """Supervised fine-tuning data, iterated in seeded permutations or drawn by a :class:`SkillWeightedSampler`.
 
     Args:
         tokenizer: Hub name or local path of the tokenizer (the CLI links it to the model's).
@@ -47,6 +47,10 @@ class SFTDataModule(L.LightningDataModule):
         initial_profile: a ``profile.json`` to sample by from the first epoch (static STAT-Sel).
         catalog: a skill catalog JSON; when set, every profile's skills must be in it.
         system_prompt: an optional system turn before the problem.
+        sampling: ``permutation`` (every row once per epoch, the paper's training on a built set),
+            ``weighted`` (profile-weighted draws with replacement, the online loop) or ``auto``
+            (weighted when ``initial_profile``, ``mix_ratios``, ``samples_per_epoch`` or a
+            ``SyntheticSource`` is given, else permutation; :func:`stat_pl.data.sampler.resolve_sampling`).
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class SFTDataModule(L.LightningDataModule):
         catalog: str | None = None,
         system_prompt: str | None = None,
         num_workers: int = 0,
+        sampling: Sampling = "auto",
     ) -> None:
         super().__init__()
         if mix_ratios is not None and (len(mix_ratios) != len(train) or min(mix_ratios) < 0 or sum(mix_ratios) <= 0):
@@ -84,6 +89,10 @@ class SFTDataModule(L.LightningDataModule):
         self.catalog = SkillCatalog.from_json(catalog) if catalog else None
         self.system_prompt = system_prompt
         self.num_workers = num_workers
+        self.sampling = resolve_sampling(
+            sampling, initial_profile=initial_profile is not None, mix_ratios=mix_ratios is not None,
+            samples_per_epoch=samples_per_epoch is not None,
+            online_source=any(isinstance(s, SyntheticSource) for s in train))
         self.profile: MissingSkillProfile | None = None
         self.records: list[ProblemRecord] = []
         self._batch_sampler: LengthGroupedBatchSampler | None = None
@@ -215,9 +224,8 @@ class SFTDataModule(L.LightningDataModule):
     # ---- loaders ---------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        total = self.samples_per_epoch or len(self.train_examples)
-        sampler = SkillWeightedSampler(self.example_weights(), num_samples=max(1, total // world),
-                                       seed=self.seed, num_replicas=world, rank=rank)
+        sampler = epoch_sampler(self.sampling, self.example_weights, len(self.train_examples), self.samples_per_epoch,
+                                self.seed, world, rank)
         lengths = [len(e["input_ids"]) for e in self.train_examples]
         epoch_source = (lambda: self.trainer.current_epoch) if self.trainer else None
         self._batch_sampler = LengthGroupedBatchSampler(sampler, lengths, self.batch_size, self.group_by_length,

@@ -10,31 +10,42 @@ and ``answer`` (or a ``solution`` with a ``\\boxed{}`` answer).
 
 Hub names, as of writing (``verified`` in :data:`BENCHMARKS`): the dataset and its columns were checked
 against the dataset card for MATH (``DigitalLearningGmbH/MATH-lighteval``, the 5,000-question test
-split), MATH-500, GSM8K, AIME 2024, AIME 2025 and AMC23. **Not verified offline:** MATH^2
-(``veds12/math-squared`` exists as one CSV; its column names are a guess) and MATH-Perturb
-(``kaixuanhuang/MATH-Perturb`` and its ``simple`` / ``hard`` splits are a guess; the authors' GitHub
-repository Kaffaljidhmah2/MATH-Perturb ships ``math_perturb/math_perturb_{simple,hard}.jsonl`` with
-``problem`` and ``answer``, which load as they are through ``path``). Override either with ``source``.
+split), MATH-500, GSM8K, AIME 2024, AIME 2025 and AMC23. **Not verified** (no Hub access where stat-pl
+is developed and tested), and exactly what is assumed:
+
+* MATH^2 (``math2``): the Hub dataset ``veds12/math-squared``, split ``train``, one row per question
+  with the question in column ``question``, a worked solution in ``solution`` and the final answer in
+  ``answer`` (or, failing that, a ``\boxed{}`` answer inside ``solution``).
+* MATH-Perturb (``math_perturb_simple`` / ``math_perturb_hard``): the Hub dataset
+  ``kaixuanhuang/MATH-Perturb`` with splits ``simple`` and ``hard`` and columns ``problem`` and
+  ``answer``. The authors' GitHub repository (Kaffaljidhmah2/MATH-Perturb) ships
+  ``math_perturb/math_perturb_{simple,hard}.jsonl``, assumed to have the same two fields; such a file
+  loads as it is through ``path``. The continual configs (``configs/paper/continual_*.yaml``) also
+  assume a ``subject`` field (MATH's subjects) per row, which the teacher needs for the skill list.
+
+If a guess is wrong, the loader fails with the file, row and missing field named; give ``path`` or a
+full ``source`` with the right ``fields`` mapping.
 
 MATH's split: the paper takes 1,000 of the 5,000 MATH test questions as the validation set that the
 Missing-Skill-Profile is built on and evaluates on the other 4,000. :func:`split_math_test` makes that
-split with a fixed seed, and the profile stage uses the same function, so the two never overlap. The
+split with a fixed seed, keyed on the normalised question text (so a local file and a Hub copy split
+alike), and the profile stage uses the same function, so the two never overlap. The
 local copy ``../shared/data/math/test.jsonl`` holds only 4,000 of the 5,000 questions, so with it the
 split is 1,000 validation and 3,000 evaluation questions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from stat_pl.evaluation.metrics import MetricName
-from stat_pl.records import ProblemRecord, RecordError, RecordSource, canonical_subject, load_records
+from stat_pl.records import ProblemRecord, RecordError, RecordSource, canonical_subject, load_records, problem_key
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +113,10 @@ class BenchmarkSpec:
         difficult: MATH-D only: a ``profile.json`` from a difficulty run over the MATH evaluation split
             (its ``questions`` are the difficult ones), a JSON list of ids, or a text file of ids.
         split_seed: the seed of :func:`split_math_test` (MATH and MATH-D).
+        validation_size: hold out the first ``validation_size`` questions of :func:`split_math_test`
+            (``split_seed``) and evaluate on the rest: the continual setting (STAT-ConSel / ConSyn)
+            profiles on that validation part of a new benchmark (``profile --split=validation`` with the
+            same size and seed). Default: MATH's 1,000 for MATH and MATH-D, no hold-out otherwise.
     """
 
     name: str
@@ -112,6 +127,7 @@ class BenchmarkSpec:
     limit: int | None = None
     difficult: str | None = None
     split_seed: int = 0
+    validation_size: int | None = None
 
     def __post_init__(self) -> None:
         where = f"benchmark {self.name!r}"
@@ -158,8 +174,9 @@ def load_benchmark(spec: BenchmarkSpec) -> list[ProblemRecord]:
     if not records:
         raise RecordError(f"benchmark {spec.name!r}: {source.path} has no rows")
     selection = registered.selection if registered else "all"
-    if selection != "all":
-        records = split_math_test(records, seed=spec.split_seed)[1]
+    if selection != "all" or spec.validation_size is not None:
+        records = split_math_test(records, seed=spec.split_seed,
+                                  validation_size=spec.validation_size or MATH_VALIDATION_SIZE)[1]
     if selection == "math_difficult":
         records = _difficult_subset(records, spec.difficult)
     return records[: spec.limit] if spec.limit else records
@@ -170,20 +187,51 @@ def split_math_test(records: Sequence[ProblemRecord], seed: int = 0,
     """Split MATH test questions into (validation, evaluation) with a fixed seed (paper: 1k / 4k of 5k).
 
     The profile stage builds its Missing-Skill-Profile on ``validation`` and evaluation reads
-    ``evaluation``, both through this function, so they are disjoint for the same seed. Questions are
-    ordered by id before the seeded shuffle, so the split does not depend on file order. Both halves
-    are in shuffled order, so the first N of either is a random sample across subjects.
+    ``evaluation``, both through this function, so they are disjoint for the same seed. The split is
+    keyed on each question's normalised text (:func:`stat_pl.records.problem_key`), never on record
+    ids or file order: the local files (ids ``test/<subject>/<n>``) and a Hub copy (row numbers) of the
+    same questions split the same way. Questions are ranked by a seeded hash of their text and the
+    first ``validation_size`` distinct texts are the validation set; copies of one text (a question
+    listed twice) always fall on the same side, so the validation half can hold a few more records
+    than ``validation_size``. Both halves come in hash order, a random order across subjects, so the
+    first N of either is a random sample.
     """
-    if not 0 < validation_size < len(records):
+    by_text: dict[str, list[ProblemRecord]] = {}
+    for record in records:
+        by_text.setdefault(problem_key(record.problem), []).append(record)
+    if not 0 < validation_size < len(by_text):
         raise ValueError(f"split_math_test: validation_size={validation_size} must be between 1 and "
-                         f"{len(records) - 1} for {len(records)} questions")
-    ids = [r.id for r in records]
-    if len(set(ids)) != len(ids):
-        duplicate = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"split_math_test: question id {duplicate!r} appears more than once")
-    shuffled = sorted(records, key=lambda r: r.id)
-    random.Random(seed).shuffle(shuffled)
-    return shuffled[:validation_size], shuffled[validation_size:]
+                         f"{len(by_text) - 1} for {len(by_text)} distinct questions")
+    ranked = sorted(by_text, key=lambda text: hashlib.sha256(f"{seed}\n{text}".encode()).hexdigest())
+    validation = [r for text in ranked[:validation_size] for r in by_text[text]]
+    evaluation = [r for text in ranked[validation_size:] for r in by_text[text]]
+    return validation, evaluation
+
+
+def contamination_sources(names: Sequence[str] = ("all",),
+                          paths: Mapping[str, str] | None = None) -> list[RecordSource]:
+    """Every question of the named registry benchmarks (``all``: every one), for the contamination guard.
+
+    Synthetic questions must copy no test question of any benchmark a model is evaluated on, not only
+    MATH's; the guard matches on normalised text (:mod:`stat_pl.building.contamination`), so which
+    copy is read (Hub or local, whatever its ids) does not matter. A benchmark is read whole: MATH's
+    validation questions are test questions too. ``paths`` maps a registry name to a local file read
+    instead of its Hub dataset (``math`` serves ``math_d`` as well); benchmarks sharing one source
+    (MATH and MATH-D) are read once.
+    """
+    paths = dict(paths or {})
+    wanted = sorted(BENCHMARKS) if "all" in names else list(names)
+    unknown = sorted({*wanted, *paths} - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(f"contamination benchmarks: unknown name(s) {unknown}; known: {sorted(BENCHMARKS)} or 'all'. "
+                         "Give other test sets as `contamination:` files")
+    if "math_d" in wanted and "math" in paths:
+        paths.setdefault("math_d", paths["math"])
+    sources: dict[tuple, RecordSource] = {}
+    for name in wanted:
+        source = RecordSource(path=paths[name], name=name) if name in paths else BENCHMARKS[name].hub
+        sources.setdefault((source.path, source.split, source.subset), source)
+    return list(sources.values())
 
 
 def read_difficult_ids(path: str | Path) -> list[str]:

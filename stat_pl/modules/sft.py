@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from transformers import get_cosine_schedule_with_warmup
 
-from stat_pl.models import LoRAConfig, Quantization, dequantized_copy, load_causal_lm, sync_lora
+from stat_pl.hardware import compute_dtype_for, resolve_precision
+from stat_pl.models import LoRAConfig, Quantization, dequantized_copy, load_causal_lm, sync_lora, torch_dtype
+
+
+def paper_adamw(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW with the paper's SFT settings (lr 2e-4, weight decay 0.1): the default ``optimizer``."""
+    return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.1)
 
 
 class SFTModule(L.LightningModule):
@@ -24,33 +32,40 @@ class SFTModule(L.LightningModule):
     Args:
         model: Hub name, local folder, GGUF file or ``offline:smollm2-135m-instruct``.
         quantization: ``"nf4"`` for QLoRA (the paper), ``"int8"``, or ``"none"``.
-        compute_dtype: bitsandbytes compute dtype (the paper: bfloat16).
+        compute_dtype: bitsandbytes compute dtype and the generation copy's dtype: ``"auto"`` follows the
+            trainer's precision (``bf16-mixed`` -> bfloat16, the paper's; ``32-true`` -> float32), which
+            ``precision: auto`` picks from the hardware (:mod:`stat_pl.hardware`).
         lora: adapter settings; the defaults are the paper's.
-        optimizer: ``"adamw"`` (torch) or ``"paged_adamw_8bit"`` (bitsandbytes, CUDA; the paper's).
-        lr, weight_decay, betas: optimizer settings (paper: weight decay 0.1).
-        warmup_ratio: the share of optimizer steps of linear warm-up before the cosine decay (paper: 0.03).
+        optimizer: builds the optimizer from the trainable parameters (LightningCLI's ``OptimizerCallable``:
+            in YAML a ``class_path`` such as ``torch.optim.AdamW`` or the paper's
+            ``bitsandbytes.optim.PagedAdamW8bit`` (CUDA) with ``init_args``); default AdamW with the paper's
+            lr 2e-4 and weight decay 0.1.
+        scheduler: an ``LRSchedulerCallable`` stepped every optimizer step; default (None) the paper's
+            cosine decay after ``warmup_ratio`` of linear warm-up (transformers' ``get_cosine_schedule_with_warmup``).
+        warmup_ratio: the share of optimizer steps of warm-up of the default schedule (paper: 0.03).
         gradient_checkpointing: trade compute for memory on long sequences.
         adapter_dir: where :meth:`on_fit_end` saves the adapter; default ``<default_root_dir>/adapter``.
+        init_adapter: a saved PEFT adapter folder to continue training from (continual STAT-ConSel / ConSyn);
+            default: a new adapter with ``lora``.
     """
 
     def __init__(
         self,
         model: str,
         quantization: Quantization = "nf4",
-        compute_dtype: str = "bfloat16",
+        compute_dtype: str = "auto",
         lora: LoRAConfig | None = None,
-        optimizer: str = "adamw",
-        lr: float = 2e-4,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.999),
+        optimizer: OptimizerCallable = paper_adamw,
+        scheduler: LRSchedulerCallable | None = None,
         warmup_ratio: float = 0.03,
         gradient_checkpointing: bool = False,
         adapter_dir: str | None = None,
+        init_adapter: str | None = None,
     ) -> None:
         super().__init__()
-        if optimizer not in ("adamw", "paged_adamw_8bit"):
-            raise ValueError(f"model.optimizer: unknown optimizer {optimizer!r}; use 'adamw' or 'paged_adamw_8bit'")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.optimizer = optimizer
+        self.scheduler = scheduler
         self.model_name = model
         self.lora = lora or LoRAConfig()
         self.model: torch.nn.Module | None = None
@@ -64,24 +79,33 @@ class SFTModule(L.LightningModule):
         self.model = load_causal_lm(
             self.model_name,
             quantization=self.hparams.quantization,
-            compute_dtype=self.hparams.compute_dtype,
-            lora=self.lora,
+            compute_dtype=self.compute_dtype(),
+            lora=self.lora if self.hparams.init_adapter is None else self.hparams.lora,  # an adapter has its own
             gradient_checkpointing=self.hparams.gradient_checkpointing,
             device=device,
+            init_adapter=self.hparams.init_adapter,
         )
+
+    def compute_dtype(self) -> str:
+        """The configured compute dtype, with ``"auto"`` resolved from the trainer's precision (or the hardware)."""
+        if self.hparams.compute_dtype != "auto":
+            return self.hparams.compute_dtype
+        if self._trainer is not None:
+            return compute_dtype_for(self.trainer.precision)
+        return resolve_precision(self.device.type).dtype
 
     def generation_model(self) -> torch.nn.Module:
         """The model engines generate with: the live model, or on CPU with 4-bit weights a float copy.
 
-        The copy (:func:`~stat_pl.models.dequantized_copy`) is made once and gets the current adapter
-        weights at every call: the same effective weights, computed in float32 where the 4-bit path
-        computes in bf16, so greedy outputs can differ slightly. Measured on the shared 2-core dev CPU:
+        The copy (:func:`~stat_pl.models.dequantized_copy`) is made once, in :meth:`compute_dtype`'s dtype, and gets
+        the current adapter weights at every call: the same effective weights, so greedy outputs differ from
+        the 4-bit path's only by rounding. Measured on the shared 2-core dev CPU:
         3.3x faster with 2 torch threads, 0.9x with 1 thread (bench/README.md).
         """
         if self.hparams.quantization != "nf4" or self.device.type != "cpu":
             return self.model
         if not self._generation_copy:
-            self._generation_copy.append(dequantized_copy(self.model))
+            self._generation_copy.append(dequantized_copy(self.model, torch_dtype(self.compute_dtype())))
         sync_lora(self.model, self._generation_copy[0])
         return self._generation_copy[0]
 
@@ -108,7 +132,6 @@ class SFTModule(L.LightningModule):
         elapsed = time.perf_counter() - self._step_started
         tokens = int(batch["attention_mask"].sum())
         self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), prog_bar=True, batch_size=1)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.masked_lm_loss(batch)
@@ -117,18 +140,16 @@ class SFTModule(L.LightningModule):
 
     # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        kwargs = {"lr": self.hparams.lr, "weight_decay": self.hparams.weight_decay, "betas": self.hparams.betas}
-        if self.hparams.optimizer == "paged_adamw_8bit":
-            if not torch.cuda.is_available():
-                raise RuntimeError("model.optimizer: paged_adamw_8bit needs CUDA; use 'adamw' on CPU")
-            import bitsandbytes as bnb
-
-            optimizer = bnb.optim.PagedAdamW8bit(params, **kwargs)
+        optimizer = self.optimizer([p for p in self.model.parameters() if p.requires_grad])
+        if type(optimizer).__name__.startswith("Paged") and self.device.type != "cuda":
+            raise RuntimeError(f"model.optimizer: {type(optimizer).__name__} pages optimizer state through CUDA "
+                               "unified memory; on CPU use torch.optim.AdamW")
+        if self.scheduler is not None:
+            scheduler = self.scheduler(optimizer)
         else:
-            optimizer = torch.optim.AdamW(params, **kwargs)
-        scheduler = LambdaLR(optimizer, cosine_with_warmup(self.trainer.estimated_stepping_batches,
-                                                           self.hparams.warmup_ratio))
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            warmup = math.ceil(self.hparams.warmup_ratio * total)
+            scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- checkpoints and export ------------------------------------------------------------------
@@ -159,16 +180,3 @@ class SFTModule(L.LightningModule):
         self.model.save_pretrained(str(path))
         return Path(path)
 
-
-def cosine_with_warmup(total_steps: int, warmup_ratio: float):
-    """LR multiplier: linear warm-up for ``warmup_ratio`` of the steps, then cosine decay to 0."""
-    total = max(1, int(total_steps))
-    warmup = int(math.ceil(warmup_ratio * total))
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return multiplier

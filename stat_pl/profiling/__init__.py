@@ -8,7 +8,12 @@ from stat_pl.profiling.base import Attempt, Diagnosis, DifficultyDetector, Profi
 from stat_pl.profiling.detectors import ConsistencyDetector, GroundTruthDetector, LengthDetector
 from stat_pl.profiling.oracle import SkillWorldOracle
 from stat_pl.profiling.proxy import SkillMapProxy
-from stat_pl.profiling.reward_models import OutcomeRewardDetector, ProcessRewardDetector, RewardModelScorer
+from stat_pl.profiling.reward_models import (
+    OutcomeRewardDetector,
+    PRMLastStepDetector,
+    ProcessRewardDetector,
+    RewardModelScorer,
+)
 from stat_pl.profiling.round import judge, profile_round
 from stat_pl.profiling.teacher_profiler import TeacherProfiler
 
@@ -20,6 +25,7 @@ __all__ = [
     "GroundTruthDetector",
     "LengthDetector",
     "OutcomeRewardDetector",
+    "PRMLastStepDetector",
     "ProcessRewardDetector",
     "Profiler",
     "RewardModelScorer",

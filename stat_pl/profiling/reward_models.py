@@ -211,6 +211,31 @@ class ProcessRewardDetector:
                 for per_response in self.step_scores(attempts)]
 
 
+class PRMLastStepDetector(ProcessRewardDetector):
+    """The paper's outcome-reward ablation: the PRM's last-step score r_t read as the outcome score.
+
+    Difficult when r_t <= ``threshold`` (paper: 0.9). The paper reuses its PRM this way rather than a
+    separately trained ORM; :class:`OutcomeRewardDetector` (a separate ORM, one turn) stays as an
+    option. A response without steps counts as bad, and with ``samples_per_question > 1`` a question is
+    difficult unless more than half of its responses are fine, as for the PRM rule.
+
+    Args:
+        scorer: the PRM and how it runs (:class:`RewardModelScorer`); default the paper's
+            ``RLHFlow/Llama3.1-8B-PRM-Mistral-Data`` with the scorer's defaults.
+        threshold: a response whose last step scores at most this is bad.
+        samples_per_question: responses judged per question.
+    """
+
+    def __init__(self, scorer: RewardModelScorer | None = None, threshold: float = 0.9,
+                 samples_per_question: int = 1) -> None:
+        super().__init__(scorer, samples_per_question=samples_per_question)
+        self.threshold = threshold
+
+    def detect(self, attempts: Sequence[Attempt]) -> list[bool]:
+        return [not _mostly_fine([bool(s) and s[-1] > self.threshold for s in per_response])
+                for per_response in self.step_scores(attempts)]
+
+
 class OutcomeRewardDetector:
     """Difficult when the ORM's score of the whole response is at most ``threshold`` (paper: 0.9).
 

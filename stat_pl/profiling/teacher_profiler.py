@@ -48,17 +48,26 @@ class _Outcome:
 class TeacherProfiler:
     """Stage 2 (paper Sec. 3.2): the teacher reads question + student response, names missing skills.
 
+    As in the paper, the teacher is not shown the gold answer by default: the paper's point is that a
+    Missing-Skill-Profile needs no ground truth (the teacher judges the response itself).
+    ``show_reference_answer=True`` adds the record's answer to the prompt (template
+    ``missing_skills_with_reference``); this is a departure from the paper, for users whose teacher
+    judges poorly without it, and it requires every diagnosed record to have an answer.
+
     Args:
         teacher: any :class:`~stat_pl.teacher.base.Teacher` (HTTP, local engine).
         catalog: a :class:`SkillCatalog` or the path of its JSON file.
         benchmark: the catalog entry to read from a path (``MATH``, ``GSM8K``).
-        templates: prompt files; the ``missing_skills`` template is used.
+        templates: prompt files; the ``missing_skills`` template is used (``missing_skills_with_reference``
+            with ``show_reference_answer``).
         max_skills: the most skills kept per question (the prompt asks for at most this many).
         max_attempts: tries per question in all, re-asking after answers without a usable tag.
         temperature: sampling temperature of the first try (0: reproducible and cache-friendly).
         retry_temperature: temperature of the re-asks; above 0 so that a re-ask can differ.
         max_tokens: the answer budget per try.
         match_threshold: the difflib ratio above which a misspelt skill name is accepted.
+        show_reference_answer: show the teacher the reference answer (a departure from the paper;
+            default False, the paper's prompt).
 
     A question whose response the teacher judges correct is ``labelled`` with no skills. The counters
     of the last :meth:`diagnose` call are in :attr:`stats`.
@@ -68,11 +77,13 @@ class TeacherProfiler:
                  templates: PromptTemplates | None = None, max_skills: int = 3, max_attempts: int = 3,
                  temperature: float = 0.0, retry_temperature: float = 0.7,
                  max_tokens: int = DEFAULT_MAX_TOKENS,
-                 match_threshold: float = DEFAULT_MATCH_THRESHOLD) -> None:
+                 match_threshold: float = DEFAULT_MATCH_THRESHOLD, show_reference_answer: bool = False) -> None:
         self.teacher = teacher
         self.catalog = _load_catalog(catalog, benchmark)
         self.templates = templates or PromptTemplates()
-        self.templates.load("missing_skills")
+        self.show_reference_answer = show_reference_answer
+        self.template_name = "missing_skills_with_reference" if show_reference_answer else "missing_skills"
+        self.templates.load(self.template_name)
         self.asking = _asking(max_skills, max_attempts, temperature, retry_temperature, max_tokens)
         self.match_threshold = match_threshold
         self.stats: dict[str, Any] = {}
@@ -93,10 +104,15 @@ class TeacherProfiler:
     def _prompt(self, attempt: Attempt, subject: str) -> list[Message]:
         if not attempt.responses:
             raise ValueError(f"question {attempt.record.id}: the attempt has no student response to diagnose")
-        return self.templates.render(
-            "missing_skills", question=attempt.record.problem, response=attempt.responses[0],
-            answer=attempt.record.answer, subject=subject, max_skills=self.asking.max_skills,
-            skills=format_skill_list(self.catalog.skills(subject)))
+        values: dict[str, object] = dict(question=attempt.record.problem, response=attempt.responses[0],
+                                         subject=subject, max_skills=self.asking.max_skills,
+                                         skills=format_skill_list(self.catalog.skills(subject)))
+        if self.show_reference_answer:
+            if not attempt.record.answer:
+                raise ValueError(f"question {attempt.record.id} has no answer, but show_reference_answer=True "
+                                 "asks to show it to the teacher; give the records answers or set it False")
+            values["answer"] = attempt.record.answer
+        return self.templates.render(self.template_name, **values)
 
 
 def label_skills(records: Sequence[ProblemRecord], teacher: Teacher, catalog: SkillCatalog | str,

@@ -6,14 +6,20 @@ such as ``\\boxed{}`` need no escaping. Each template must use its *required* fi
 its *known* ones (table below); a file that breaks this is rejected when loaded, with the file and the
 field named, before any teacher call is paid for.
 
-================  =====================================  =================================
-template          required fields                        optional fields
-================  =====================================  =================================
-label_skills      question, skills                       subject, solution, max_skills
-missing_skills    question, response, skills             subject, answer, max_skills
-propose_question  skill, examples                        subject
-solve             question
-================  =====================================  =================================
+==============================  =====================================  ===========================
+template                        required fields                        optional fields
+==============================  =====================================  ===========================
+label_skills                    question, skills                       subject, solution, max_skills
+missing_skills                  question, response, skills             subject, max_skills
+missing_skills_with_reference   question, response, skills, answer     subject, max_skills
+propose_question                skill, examples                        subject
+solve                           question
+==============================  =====================================  ===========================
+
+``missing_skills`` is the paper's Stage-2 prompt (appendix): the teacher sees the question, the
+student's response and the skill list, and no gold answer, since the paper's point is that
+profiling needs no ground truth. ``missing_skills_with_reference`` also shows the reference answer;
+it is a departure from the paper, used only when ``TeacherProfiler(show_reference_answer=True)``.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ PROMPTS_DIR = Path(__file__).parent / "prompts"
 #: template name -> (required fields, optional fields)
 TEMPLATE_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "label_skills": (frozenset({"question", "skills"}), frozenset({"subject", "solution", "max_skills"})),
-    "missing_skills": (frozenset({"question", "response", "skills"}),
-                       frozenset({"subject", "answer", "max_skills"})),
+    "missing_skills": (frozenset({"question", "response", "skills"}), frozenset({"subject", "max_skills"})),
+    "missing_skills_with_reference": (frozenset({"question", "response", "skills", "answer"}),
+                                      frozenset({"subject", "max_skills"})),
     "propose_question": (frozenset({"skill", "examples"}), frozenset({"subject"})),
     "solve": (frozenset({"question"}), frozenset()),
 }
@@ -43,17 +50,21 @@ class PromptTemplateError(ValueError):
 
 @dataclass
 class PromptTemplates:
-    """Paths of the four teacher prompts; ``None`` means the packaged default.
+    """Paths of the teacher prompts; ``None`` means the packaged default.
 
     Args:
         label_skills: Stage 0, label a training question with skills of its subject.
-        missing_skills: Stage 2, judge a student response and name its missing skills.
+        missing_skills: Stage 2, judge a student response and name its missing skills (the paper's
+            prompt: no reference answer).
+        missing_skills_with_reference: Stage 2 with the reference answer shown (a departure; see
+            ``TeacherProfiler.show_reference_answer``).
         propose_question: STAT-Syn, write a new question for a skill from three examples.
         solve: solve a question, final answer in ``\\boxed{}``.
     """
 
     label_skills: str | None = None
     missing_skills: str | None = None
+    missing_skills_with_reference: str | None = None
     propose_question: str | None = None
     solve: str | None = None
     _loaded: dict[str, Template] = field(default_factory=dict, init=False, repr=False, compare=False)

@@ -1,0 +1,166 @@
+"""The paper pipeline in configs/paper/: profile -> build -> fit -> evaluate, each stage reading the last one's files.
+
+The first tests read the shipped configs as the CLI parses them and check that the paths line up and
+the paper's settings are there. The last one runs the whole chain in miniature through the same
+configs, with a small overlay per stage (tiny model, loopback teacher, a few questions, CPU; ~20 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import yaml
+from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
+
+from stat_pl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "configs" / "paper"
+KEY_ENV = "STAT_PL_TEST_PAPER_KEY"
+
+
+def parsed(stage: str, *configs: str) -> dict:
+    """The config ``python -m stat_pl <stage> --config A --config B`` would run with (its --print_config)."""
+    out = io.StringIO()
+    argv = [stage, *(a for c in configs for a in ("--config", str(PAPER / c))), "--print_config"]
+    with (mock.patch.object(sys, "argv", ["stat_pl", *argv]), contextlib.redirect_stdout(out),
+          pytest.raises(SystemExit) as done):
+        main(argv)
+    assert done.value.code in (0, None), out.getvalue()
+    return yaml.safe_load(out.getvalue())
+
+
+def train_path(fit: dict) -> str:
+    (source,) = fit["data"]["init_args"]["train"]
+    return source["init_args"]["path"]
+
+
+def test_the_paper_stages_read_each_others_files_with_the_papers_settings():
+    profile = parsed("profile", "profile_llama32_3b.yaml")
+    build = parsed("build", "build_llama32_3b.yaml")
+    fit_sel = parsed("fit", "sft_qlora_llama32_3b.yaml")
+    fit_syn = parsed("fit", "sft_qlora_llama32_3b.yaml", "fit_stat_syn.yaml")
+    profile_eval = parsed("profile", "profile_llama32_3b.yaml", "profile_eval_split.yaml")
+    evaluate = parsed("evaluate", "eval_table3.yaml")
+
+    detector = profile["detector"]
+    assert detector["class_path"].endswith("ProcessRewardDetector")
+    assert (detector["init_args"]["tau1"], detector["init_args"]["tau2"]) == (0.85, 0.7)
+    assert (profile["split"], profile["validation_size"]) == ("validation", 1000)
+    assert build["profile"] == f"{profile['output_dir']}/profile.json"
+    builders = {b["class_path"].rsplit(".", 1)[1]: b["init_args"] for b in build["builders"]}
+    assert builders["StatSel"]["target_size"] == builders["StatSyn"]["target_size"] == 9500
+    assert builders["StatSel"]["questions_per_skill"] == 5 and builders["StatSel"]["answers_per_question"] == 3
+    assert train_path(fit_sel) == f"{build['output_dir']}/stat_sel/data.jsonl"
+    assert train_path(fit_syn) == f"{build['output_dir']}/stat_syn/data.jsonl"
+    for fit in (fit_sel, fit_syn):
+        assert fit["data"]["init_args"]["sampling"] == "permutation" and fit["trainer"]["max_epochs"] == 3
+    adapters = evaluate["adapters"]
+    assert adapters["stat_sel"] == f"{fit_sel['trainer']['default_root_dir']}/adapter"
+    assert adapters["stat_syn"] == f"{fit_syn['trainer']['default_root_dir']}/adapter"
+    math_d = next(b for b in evaluate["benchmarks"] if b["name"] == "math_d")
+    assert math_d["difficult"] == f"{profile_eval['output_dir']}/profile.json" and profile_eval["split"] == "evaluation"
+
+
+def test_the_continual_stages_start_from_the_stat_models_and_hold_out_what_they_profile():
+    profile = parsed("profile", "profile_llama32_3b.yaml", "continual_profile.yaml")
+    build = parsed("build", "build_llama32_3b.yaml", "continual_build.yaml")
+    fits = {name: parsed("fit", "sft_qlora_llama32_3b.yaml", f"continual_fit_{name}.yaml")
+            for name in ("consel", "consyn")}
+    stat = {name: parsed("fit", *configs) for name, configs in
+            {"sel": ("sft_qlora_llama32_3b.yaml",),
+             "syn": ("sft_qlora_llama32_3b.yaml", "fit_stat_syn.yaml")}.items()}
+    evaluate = parsed("evaluate", "eval_table3.yaml", "continual_eval.yaml")
+
+    assert profile["adapter"] == f"{stat['sel']['trainer']['default_root_dir']}/adapter"
+    assert build["profile"] == f"{profile['output_dir']}/profile.json"
+    assert build["pool"]["init_args"]["path"] == "../shared/data/math/train.jsonl"  # training data still come from MATH
+    for name, source in (("consel", "sel"), ("consyn", "syn")):
+        assert train_path(fits[name]) == f"{build['output_dir']}/stat_{name}/data.jsonl"
+        assert fits[name]["model"]["init_args"]["init_adapter"] == \
+            f"{stat[source]['trainer']['default_root_dir']}/adapter"
+        assert evaluate["adapters"][f"stat_{name}"] == f"{fits[name]['trainer']['default_root_dir']}/adapter"
+    held_out = next(b for b in evaluate["benchmarks"] if b["name"] == "math_perturb_hard")
+    assert held_out["path"] == profile["questions"]["init_args"]["path"]
+    assert (held_out["validation_size"], held_out["split_seed"]) == (profile["validation_size"], profile["split_seed"])
+
+
+# ---- the chain in miniature ---------------------------------------------------------------------------
+
+
+def teacher_script(body: Body) -> list[str]:
+    """Stage 2: the first listed skill; solving: ``n`` different solutions that agree; STAT-Syn: a new question."""
+    text, n = prompt_text(body), int(body.get("n") or 1)
+    if text.startswith("Solve the following"):
+        return [f"Way {k}: \\boxed{{1}}" for k in range(n)]
+    if "<judge>" in text:
+        skill = re.search(r"^- (\S+)$", text.split("Skills of", 1)[1], re.MULTILINE).group(1)
+        return [f"<judge>incorrect</judge><reason>r</reason><skill>{skill}</skill>"] * n
+    skill = re.search(r'use the skill "([^"]+)"', text).group(1)
+    return [f"<question>A new {skill} question, number {abs(hash(text)) % 10_000}.</question>"] * n
+
+
+def overlay(folder: Path, name: str, settings: dict) -> str:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return str(path)
+
+
+def run(stage: str, *configs: str) -> None:
+    argv = [stage, *(a for c in configs for a in ("--config", c if os.path.isabs(c) else str(PAPER / c)))]
+    with mock.patch.object(sys, "argv", ["stat_pl", *argv]):
+        main(argv)
+
+
+def test_the_chain_runs_in_miniature_through_the_shipped_configs(tmp_path, tiny_model_dir, shared_data, monkeypatch):
+    """Same configs, same relative paths between stages; only model sizes, counts and URLs are overridden."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    (tmp_path / "shared").symlink_to(shared_data.parent)  # ../shared/data from the working directory
+    monkeypatch.chdir(work)
+    monkeypatch.setenv(KEY_ENV, "sk-test")
+    tiny = str(tiny_model_dir)
+    with LoopbackTeacherServer(teacher_script) as server:
+        teacher = {"init_args": {"base_url": server.base_url, "api_key_env": KEY_ENV, "max_retries": 0}}
+        run("profile", "profile_llama32_3b.yaml", overlay(tmp_path, "profile", {
+            "questions": {"init_args": {"path": "../shared/data/math/test.jsonl", "fields": {}}},
+            "student": tiny, "num_questions": 6, "max_new_tokens": 12, "temperature": 0.0, "batch_size": 6,
+            "detector": {"init_args": {"scorer": {"model": tiny, "compute_dtype": "float32", "progress": False}}},
+            "teacher": teacher}))
+        run("build", "build_llama32_3b.yaml", overlay(tmp_path, "build", {
+            "contamination_benchmarks": ["math", "gsm8k", "amc23", "aime24"], "teacher": teacher, "plot": False,
+            "builders": [{"class_path": "stat_pl.building.StatSel", "init_args": {"target_size": 24}},
+                         {"class_path": "stat_pl.building.StatSyn", "init_args": {"target_size": 6}}]}))
+    fit_overlay = overlay(tmp_path, "fit", {
+        "trainer": {"accelerator": "cpu", "precision": "32-true", "max_steps": 3,
+                    "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False},
+        "model": {"init_args": {"model": tiny, "quantization": "none",
+                                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 2e-4}},
+                                "gradient_checkpointing": False}},
+        "data": {"init_args": {"max_length": 1024, "num_workers": 0}}})
+    run("fit", "sft_qlora_llama32_3b.yaml", fit_overlay)
+    run("fit", "sft_qlora_llama32_3b.yaml", "fit_stat_syn.yaml", fit_overlay)
+    run("evaluate", "eval_table3.yaml", overlay(tmp_path, "evaluate", {
+        "model": tiny, "engine": "hf", "max_new_tokens": 8, "batch_size": 8, "progress": False, "threads": 1,
+        "adapters": {"stat_sel": "runs/paper/fit/stat_sel/adapter", "stat_syn": "runs/paper/fit/stat_syn/adapter"},
+        "benchmarks": [{"name": "math", "path": "../shared/data/math/test.jsonl", "limit": 3}]}))
+
+    runs = work / "runs" / "paper"
+    profile = json.loads((runs / "profile" / "profile.json").read_text())
+    assert profile["questions"] and profile["histogram"]
+    sel = json.loads((runs / "build" / "stat_sel" / "manifest.json").read_text())
+    syn = json.loads((runs / "build" / "stat_syn" / "manifest.json").read_text())
+    build_config = yaml.safe_load((runs / "build" / "config.yaml").read_text())  # saved by the command line
+    assert sel["rows"] == 24 and syn["rows"] > 0 and build_config["profile"] == "runs/paper/profile/profile.json"
+    assert (runs / "fit" / "stat_sel" / "adapter" / "adapter_config.json").is_file()
+    assert (runs / "fit" / "stat_syn" / "adapter" / "adapter_config.json").is_file()
+    results = (runs / "eval" / "results.json").read_text()
+    assert all(label in results for label in ("base", "stat_sel", "stat_syn"))
