@@ -39,7 +39,7 @@ def measure(batch_size: int, questions: int, max_new_tokens: int) -> dict[str, f
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         results = run_evaluation([ModelEntry("base", MODEL)], [spec], Path(out), settings,
-                                 engine_factory("hf", batch_size, with_adapters=False), {})
+                                 engine_factory("hf", batch_size, with_adapters=False))
         wall = time.perf_counter() - start
     timing = results["generation"]
     busy = timing["generation_s"] + timing["grading_s"]

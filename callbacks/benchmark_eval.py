@@ -15,18 +15,10 @@ across ranks (``sync_dist``; shares differ in size by at most one question).
 from __future__ import annotations
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 
 from stat_pl.evaluation.benchmarks import BenchmarkSpec, load_benchmark
-from stat_pl.evaluation.scoring import (
-    QuestionResult,
-    SampleSetting,
-    Timing,
-    generate_and_grade,
-    sample_settings,
-    score,
-)
+from stat_pl.evaluation.scoring import EvalSettings, QuestionResult, SampleSetting, Timing, generate_and_grade, score
 from stat_pl.records import ProblemRecord
 
 
@@ -37,7 +29,8 @@ class BenchmarkEvaluator(Callback):
         benchmarks: what to evaluate, as in the ``evaluate`` stage's config.
         subset_size: questions per benchmark at epoch ends (the first ones; MATH's are shuffled).
         every_n_epochs: evaluate after every n-th training epoch; 0 evaluates only on ``test``.
-        temperature, sample_temperature, max_new_tokens, top_p: sampling, as in ``evaluate``.
+        temperature, sample_temperature, max_new_tokens, top_p: sampling, as in ``evaluate``
+            (:class:`~stat_pl.evaluation.scoring.EvalSettings`; shorter responses by default here).
         batch_size: sequences per ``generate`` call.
         tokenizer: the tokenizer's name or path; default the DataModule's ``tokenizer`` or the
             LightningModule's ``model`` hyperparameter.
@@ -46,17 +39,18 @@ class BenchmarkEvaluator(Callback):
     """
 
     def __init__(self, benchmarks: list[BenchmarkSpec], subset_size: int = 16, every_n_epochs: int = 1,
-                 temperature: float = 0.1, sample_temperature: float = 1.0, max_new_tokens: int = 256,
-                 top_p: float = 1.0, batch_size: int = 16, tokenizer: str | None = None,
-                 system_prompt: str | None = None, seed: int = 0) -> None:
+                 temperature: float = EvalSettings.temperature,
+                 sample_temperature: float = EvalSettings.sample_temperature, max_new_tokens: int = 256,
+                 top_p: float = EvalSettings.top_p, batch_size: int = 16, tokenizer: str | None = None,
+                 system_prompt: str | None = EvalSettings.system_prompt, seed: int = EvalSettings.seed) -> None:
         if subset_size < 1:
             raise ValueError(f"BenchmarkEvaluator.subset_size must be >= 1, got {subset_size}")
         self.benchmarks = list(benchmarks)
         self.subset_size = subset_size
         self.every_n_epochs = every_n_epochs
-        self.sampling = dict(temperature=temperature, sample_temperature=sample_temperature,
-                             max_new_tokens=max_new_tokens, top_p=top_p, seed=seed, system_prompt=system_prompt)
-        self.batch_size = batch_size
+        self.settings = EvalSettings(temperature=temperature, sample_temperature=sample_temperature, top_p=top_p,
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                     system_prompt=system_prompt, seed=seed, progress=False)
         self.tokenizer_name = tokenizer
         self._tokenizer = None
         self._questions: dict[str, list[ProblemRecord]] | None = None
@@ -81,7 +75,7 @@ class BenchmarkEvaluator(Callback):
         values = {}
         for spec in self.benchmarks:
             shard = self._questions[spec.name][:limit][rank::world]
-            for setting, metrics in sample_settings(spec, **self.sampling).items():
+            for setting, metrics in self.settings.sample_settings(spec).items():
                 for metric, value in score(self._answer(engine, shard, setting), metrics).items():
                     values[f"{prefix}/{spec.name}/{metric}"] = value
         for name, value in values.items():
@@ -91,23 +85,19 @@ class BenchmarkEvaluator(Callback):
 
     def _answer(self, engine, records: list[ProblemRecord], setting: SampleSetting) -> list[QuestionResult]:
         results: list[QuestionResult] = []
-        generate_and_grade(engine, records, setting, max(1, self.batch_size // setting.n),
-                           lambda _chunk, graded: results.extend(graded), Timing())
+        generate_and_grade(engine, records, setting, max(1, self.settings.batch_size // setting.n),
+                           lambda _chunk, graded: results.extend(graded), Timing(), self.settings.grading_timeout_s)
         return results
 
     def _engine(self, trainer: L.Trainer, pl_module: L.LightningModule):
-        from stat_pl.engines.hf import HFEngine
+        from stat_pl.engines.live import live_engine
         from stat_pl.models import load_tokenizer
 
-        if hasattr(pl_module, "generation_model"):  # e.g. a float copy of a 4-bit model on CPU
-            model = pl_module.generation_model()
-        else:
-            model = getattr(pl_module, "model", None)
-            model = model if isinstance(model, torch.nn.Module) else pl_module
         if self._tokenizer is None:
             name = (self.tokenizer_name or getattr(trainer.datamodule, "tokenizer_name", None)
                     or pl_module.hparams.get("model"))
             if name is None:
                 raise ValueError("BenchmarkEvaluator: no tokenizer; pass `tokenizer:` (the model's name or path)")
             self._tokenizer = load_tokenizer(name)
-        return HFEngine(model, tokenizer=self._tokenizer, batch_size=self.batch_size, progress=False)
+        return live_engine(pl_module, self._tokenizer, self.settings.batch_size, progress=False,
+                           caller="BenchmarkEvaluator")

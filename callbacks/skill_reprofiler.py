@@ -8,25 +8,33 @@ combines the new Missing-Skill-Profile with the previous one and hands it to the
 static STAT-Sel on the same code path: one round, then the weights never change. With a ``teacher``
 and ``synthesize_per_round > 0`` each round also synthesises new questions for the profile (STAT-Syn)
 and adds them to the DataModule's synthetic source, drawn from the next epoch on.
+
+The parts are shared: a round is :func:`stat_pl.profiling.round.profile_round` (Stages 1-2, as the
+``profile`` stage runs them), the model comes through :func:`stat_pl.engines.live.live_engine`,
+synthesis is :meth:`stat_pl.building.StatSyn.synthesize_for_profile` over the DataModule's
+``real_records()``, per-skill accuracy is the evaluation's :func:`~stat_pl.evaluation.scoring.breakdowns`
+(over every response of a question), and files and metrics go through
+:class:`~stat_pl.callbacks.reprofile_writer.ReprofileWriter`.
 """
 
 from __future__ import annotations
 
-import json
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
+from statistics import fmean
 from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from stat_pl.data.formatting import prompt_messages
+from stat_pl.callbacks.reprofile_writer import ReprofileWriter
 from stat_pl.engines.base import SamplingParams
+from stat_pl.evaluation.scoring import breakdowns
 from stat_pl.grading import grade
-from stat_pl.plots import plot_skill_bars
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.profiling.base import Attempt, DifficultyDetector, Profiler
+from stat_pl.profiling.round import profile_round
 from stat_pl.records import DataSource, ProblemRecord
 from stat_pl.teacher.base import Teacher
 
@@ -100,6 +108,7 @@ class SkillReprofiler(Callback):
         self.history: list[dict[str, Any]] = []
         self._subset: list[ProblemRecord] | None = None
         self._vllm = None
+        self.writer = ReprofileWriter(ema=combine == "ema")
 
     # ---- hooks -----------------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -132,36 +141,35 @@ class SkillReprofiler(Callback):
 
     def _profile_on_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> dict:
         subset = self._validation_subset()
-        completions = self._engine(trainer, pl_module).generate(
-            [prompt_messages(r.problem, getattr(trainer.datamodule, "system_prompt", None)) for r in subset],
-            self.sampling)
-        attempts = [Attempt(r, tuple(c.text for c in cs)) for r, cs in zip(subset, completions, strict=True)]
-        difficult = [a for a, hard in zip(attempts, self.detector.detect(attempts), strict=True) if hard]
-        diagnoses = self.profiler.diagnose(difficult)
+        attempts, difficult, diagnoses = profile_round(
+            self._engine(trainer, pl_module), subset, self.detector, self.profiler, self.sampling,
+            getattr(trainer.datamodule, "system_prompt", None))
         new = MissingSkillProfile.from_questions({d.question_id: d.skills for d in diagnoses}, epoch=epoch)
         profile = new if self.profile is None or self.combine == "replace" else self.profile.ema(new, self.ema_alpha)
         profile.meta.update(epoch=epoch, questions=len(subset), difficult=len(difficult),
                             statuses=dict(Counter(d.status for d in diagnoses)))
-        round_ = {"epoch": epoch, "skill_accuracy": _skill_accuracy(attempts),
-                  "metrics": {"accuracy": _accuracy(attempts), "difficult": len(difficult)},
+        accuracy, skill_accuracy = _accuracy(attempts)
+        round_ = {"epoch": epoch, "skill_accuracy": skill_accuracy,
+                  "metrics": {"accuracy": accuracy, "difficult": len(difficult)},
                   "histogram": profile.histogram}
         synthetic = self._synthesize(trainer, profile) if self.synthesize_per_round else []
         round_["metrics"]["synthetic_added"] = len(synthetic)
-        self._write(trainer, profile, round_)
+        self.writer.write(Path(trainer.default_root_dir), profile, [*self.history, round_], trainer.loggers,
+                          trainer.global_step)
         return {"profile": profile.to_dict(), "round": round_, "synthetic": synthetic}
 
     def _synthesize(self, trainer: L.Trainer, profile: MissingSkillProfile) -> list:
         """STAT-Syn for this round's profile, from the real training pool, guarded against copies."""
-        from stat_pl.building import ContaminationGuard, synthesize_for_profile
+        from stat_pl.building import ContaminationGuard, StatSyn
 
         data = trainer.datamodule
-        pool = [r for records in data.source_records[:-1] for r in records]
+        pool = data.real_records()
         if self._guard is None:
             references = [*pool, *self.questions.load(), *(r for s in self.contamination for r in s.load())]
             self._guard = ContaminationGuard.from_records(references)
-            self._guard.add_records(data.source_records[-1], synthetic=True)
-        return synthesize_for_profile(profile, self.teacher, pool, max_new=self.synthesize_per_round,
-                                      guard=self._guard, round_index=len(self.history), seed=self.seed)
+            self._guard.add_records(data.synthetic_rows(), synthetic=True)
+        return StatSyn(seed=self.seed).synthesize_for_profile(profile, self.teacher, pool, self.synthesize_per_round,
+                                                              self._guard, round_index=len(self.history))
 
     def _validation_subset(self) -> list[ProblemRecord]:
         if self._subset is None:
@@ -173,10 +181,9 @@ class SkillReprofiler(Callback):
     def _engine(self, trainer: L.Trainer, pl_module: L.LightningModule):
         tokenizer = trainer.datamodule.tokenizer
         if self.engine_kind == "hf":
-            from stat_pl.engines.hf import HFEngine
+            from stat_pl.engines.live import live_engine
 
-            model = pl_module.generation_model() if hasattr(pl_module, "generation_model") else pl_module.model
-            return HFEngine(model, tokenizer, batch_size=self.batch_size)
+            return live_engine(pl_module, tokenizer, self.batch_size, caller="SkillReprofiler")
         from stat_pl.engines.vllm import VLLMEngine
 
         adapter = pl_module.save_adapter(Path(trainer.default_root_dir) / "reprofile-adapter")
@@ -186,27 +193,6 @@ class SkillReprofiler(Callback):
         return self._vllm
 
     # ---- outputs ---------------------------------------------------------------------------------
-    def _write(self, trainer: L.Trainer, profile: MissingSkillProfile, round_: dict) -> None:
-        """``profile-epoch{N}.json`` and the PNGs of this round, in the run directory."""
-        run_dir = Path(trainer.default_root_dir)
-        epoch = round_["epoch"]
-        profile.to_json(run_dir / f"profile-epoch{epoch}.json")
-        when = "before training" if epoch == 0 else f"after epoch {epoch}"
-        plot_skill_bars({f"epoch {epoch}": profile.histogram}, run_dir / f"profile-epoch{epoch}.png",
-                        f"Missing-Skill-Profile {when}", "count (difficult questions, EMA over rounds)"
-                        if self.combine == "ema" else "count (difficult questions)")
-        rounds = [*self.history, round_]
-        plot_skill_bars({f"epoch {r['epoch']}": r["skill_accuracy"] for r in rounds},
-                        run_dir / "skill-accuracy.png", "Per-skill accuracy on the validation subset", "accuracy")
-        (run_dir / "reprofile-history.json").write_text(json.dumps(rounds, indent=1))
-        metrics = {f"reprofile/{k}": float(v) for k, v in round_["metrics"].items()}
-        metrics.update({f"reprofile/missing/{s}": c for s, c in profile.histogram.items()})
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-            if hasattr(logger, "log_table"):  # e.g. WandbLogger
-                logger.log_table(key="reprofile/histogram", columns=["skill", "count"],
-                                 data=[[s, c] for s, c in profile.top_k(len(profile.histogram))])
-
     def summary(self, trainer: L.Trainer) -> str:
         """Per-skill accuracy of the first and the last round, and where the files are."""
         first, last = self.history[0], self.history[-1]
@@ -232,15 +218,10 @@ class SkillReprofiler(Callback):
             self.profile = MissingSkillProfile(**state["profile"])
 
 
-def _accuracy(attempts: list[Attempt]) -> float:
-    return sum(grade(a.responses[0], a.record.answer) for a in attempts) / max(1, len(attempts))
 
-
-def _skill_accuracy(attempts: list[Attempt]) -> dict[str, float]:
-    """Accuracy of the first response per labelled skill of the question."""
-    right: dict[str, list[bool]] = defaultdict(list)
-    for a in attempts:
-        correct = grade(a.responses[0], a.record.answer)
-        for skill in a.record.skills:
-            right[skill].append(correct)
-    return {s: sum(v) / len(v) for s, v in sorted(right.items())}
+def _accuracy(attempts: list[Attempt]) -> tuple[float, dict[str, float]]:
+    """(accuracy, accuracy per labelled skill) over all responses, the skills' from the evaluation breakdowns."""
+    scores = [fmean(grade(response, a.record.answer) for response in a.responses) if a.responses else 0.0
+              for a in attempts]
+    per_skill = breakdowns([a.record for a in attempts], scores).get("skill", {})
+    return fmean(scores) if scores else 0.0, {skill: row["accuracy"] for skill, row in per_skill.items()}

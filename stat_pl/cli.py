@@ -3,18 +3,21 @@
 ``fit | validate | test`` are LightningCLI: the YAML names a LightningModule and a LightningDataModule
 by ``class_path`` / ``init_args``. The offline stages of the pipeline (``profile``, ``build``,
 ``evaluate``, ...) are plain typed functions registered in :data:`OFFLINE_STAGES`; jsonargparse builds
-their arguments from the same kind of YAML.
+their arguments from the same kind of YAML and saves the parsed config to ``<output_dir>/config.yaml``.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from stat_pl.hardware import configure_threads
+from stat_pl.skills import CatalogKeyError
 from stat_pl.trainer import StatTrainer
 
 LIGHTNING_SUBCOMMANDS = {
@@ -39,10 +42,12 @@ class StatCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
+        parser.link_arguments("seed_everything", "data.init_args.seed", lambda s: 0 if isinstance(s, bool) else s)
 
 
-def run_lightning(argv: list[str]) -> None:
-    StatCLI(
+def run_lightning(argv: list[str], run: bool = True) -> StatCLI:
+    """LightningCLI on ``argv``; ``run=False`` parses and instantiates without a subcommand (config tests)."""
+    return StatCLI(
         L.LightningModule,
         L.LightningDataModule,
         trainer_class=StatTrainer,
@@ -52,6 +57,7 @@ def run_lightning(argv: list[str]) -> None:
         trainer_defaults={"use_distributed_sampler": False},
         save_config_kwargs={"overwrite": True},
         args=None if argv == sys.argv[1:] else argv,  # from the shell LightningCLI reads sys.argv itself
+        run=run,
     )
 
 
@@ -62,12 +68,36 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-def run_stage(name: str, argv: list[str]) -> None:
-    from jsonargparse import auto_cli
+def stage_parser(name: str) -> ArgumentParser:
+    """The parser of an offline stage: ``--config`` plus its function's typed arguments."""
+    function = _load(OFFLINE_STAGES[name][0])
+    parser = ArgumentParser(prog=f"python -m stat_pl {name}", description=OFFLINE_STAGES[name][1])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these arguments")
+    parser.add_function_arguments(function, as_group=False, as_positional=False, sub_configs=True)
+    return parser
 
+
+def save_stage_config(parser: ArgumentParser, config: Namespace) -> Path:
+    """``<output_dir>/config.yaml``: the parsed config with every default, as LightningCLI saves ``fit``'s.
+
+    ``--config`` on this file reruns the stage. It holds no secret: teachers take ``api_key_env``, the
+    *name* of the variable that holds the key.
+    """
+    path = Path(config.output_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parser.save(config, path, skip_unset=False, overwrite=True, multifile=False)
+    return path
+
+
+def run_stage(name: str, argv: list[str]) -> None:
+    parser = stage_parser(name)
+    config = parser.parse_args(argv)
+    save_stage_config(parser, config)
     try:
-        auto_cli(_load(OFFLINE_STAGES[name][0]), args=argv, as_positional=False)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # bad input: the message names file, row or field
+        arguments = parser.instantiate(config)
+        arguments.pop("config", None)
+        _load(OFFLINE_STAGES[name][0])(**arguments)
+    except (ValueError, FileNotFoundError, CatalogKeyError) as e:  # bad input: the message names file, row, field
         sys.exit(f"stat_pl {name}: error: {e}")
 
 

@@ -7,6 +7,7 @@ Every training, validation and benchmark question in stat-pl is a :class:`Proble
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from abc import ABC, abstractmethod
@@ -39,6 +40,16 @@ def problem_key(text: str) -> str:
     return " ".join(problem_tokens(text))
 
 
+#: Provenance keys a row may carry besides the record's own fields (written flat into the JSONL row).
+PROVENANCE_KEYS = (
+    "builder", "difficult_question", "target_skill", "origin", "origin_id", "example_ids", "votes",
+    "similarity",
+)
+#: Where a row's question and answer came from: a pool solution, a teacher solution of a pool
+#: question checked against the gold answer, or a question the teacher wrote (STAT-Syn, Embed-Syn).
+ORIGINS = ("pool", "teacher_answer", "synthetic")
+
+
 class RecordError(ValueError):
     """A row that cannot become a :class:`ProblemRecord`; the message names file, row and field."""
 
@@ -55,6 +66,35 @@ class ProblemRecord:
     level: int | None = None
     skills: tuple[str, ...] = ()
     source: str = ""
+
+
+@dataclass(frozen=True)
+class BuiltRow:
+    """One training row: a record (one solution for selected data, the agreeing ones for synthetic
+    data) and why it is in the dataset.
+
+    Stage 3 (:mod:`stat_pl.building`) makes these; it lives here, beside the records, so that the data
+    modules and sources that train on them need not import the builders.
+    """
+
+    record: ProblemRecord
+    provenance: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.provenance) - set(PROVENANCE_KEYS))
+        if unknown:
+            raise ValueError(f"row {self.record.id}: unknown provenance key(s) {unknown}; known: {PROVENANCE_KEYS}")
+        origin = self.provenance.get("origin")
+        if origin not in ORIGINS:
+            raise ValueError(f"row {self.record.id}: provenance 'origin' must be one of {ORIGINS}, got {origin!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSONL row: the record's fields (as :class:`~stat_pl.records.RecordSource` reads them) and the
+        provenance fields beside them."""
+        r = self.record
+        return {"id": r.id, "problem": r.problem, "answer": r.answer, "solutions": list(r.solutions),
+                "subject": r.subject, "level": r.level, "skills": list(r.skills), "source": r.source,
+                **self.provenance}
 
 
 class DataSource(ABC):
@@ -250,3 +290,12 @@ def _skills(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise RecordError(f"{where}: field 'skills' must be a list of strings")
     return tuple(dict.fromkeys(normalize_skill(v) for v in value))
+
+
+def canonical_subject(record: ProblemRecord) -> ProblemRecord:
+    """The record with its subject spelled as the skill catalog spells it.
+
+    ``Counting & Probability`` (Hub MATH) -> ``counting_and_probability`` (the local files' spelling).
+    """
+    subject = normalize_skill(record.subject.replace("&", " and "))
+    return record if subject == record.subject else dataclasses.replace(record, subject=subject)

@@ -24,6 +24,13 @@ class UnknownSkillError(ValueError):
     """A skill name that the catalog does not contain."""
 
 
+class CatalogKeyError(KeyError):
+    """A benchmark or subject that the skill catalog does not have; the message names the catalog."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def normalize_skill(name: str) -> str:
     """The one normalisation of skill names: lower case, runs of spaces/hyphens/underscores -> ``_``."""
     return _SEPARATORS.sub("_", name.strip().lower()).strip("_")
@@ -51,7 +58,7 @@ class SkillCatalog:
             raise FileNotFoundError(f"skill catalog {path} does not exist")
         data = json.loads(path.read_text())
         if benchmark not in data:
-            raise KeyError(f"{path}: no benchmark {benchmark!r}; the file has {sorted(data)}")
+            raise CatalogKeyError(f"{path}: no benchmark {benchmark!r}; the file has {sorted(data)}")
         entry = data[benchmark]
         subjects = entry if isinstance(entry, dict) else {benchmark: entry}
         return cls(subjects, source=str(path))
@@ -66,7 +73,7 @@ class SkillCatalog:
             return sorted(self._all)
         key = normalize_skill(subject)
         if key not in self._subjects:
-            raise KeyError(f"subject {subject!r} is not in the catalog {self.source} ({self.subjects})")
+            raise CatalogKeyError(f"subject {subject!r} is not in the catalog {self.source} ({self.subjects})")
         return list(self._subjects[key])
 
     def __contains__(self, skill: object) -> bool:

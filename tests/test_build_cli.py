@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
 
 from stat_pl.profile import MissingSkillProfile
@@ -42,7 +43,8 @@ def test_the_shipped_stat_sel_config_builds_the_profiles_skill_mix(shared_data, 
     for skill, share in profile.shares().items():
         assert abs(manifest["skill_shares"][skill] - share) < 1 / 200
     assert manifest["rows_per_origin"] == {"pool": 200} and manifest["teacher"] == {}
-    assert manifest["config"]["builder"]["init_args"]["target_size"] == 200
+    config = yaml.safe_load((tmp_path / "sel" / "config.yaml").read_text())  # saved by the command line
+    assert config["builders"][0]["init_args"]["target_size"] == 200
     assert (folder / "skill_distribution.png").stat().st_size > 10_000
 
 
@@ -83,5 +85,7 @@ def test_the_shipped_stat_syn_config_runs_against_a_teacher_url_and_resumes_from
     assert manifest["teacher"]["requests"] == count == pairs + (2 * pairs - trig)
     assert rerun["teacher"]["requests"] == 0 and rerun["teacher"]["cache_hits"] == count
     assert server.count == count
+    config = (tmp_path / "syn" / "config.yaml").read_text()
+    assert yaml.safe_load(config)["teacher"]["init_args"]["api_key_env"] == KEY_ENV and "sk-test" not in config
     rows = load_records(RecordSource(str(tmp_path / "syn/stat_syn/data.jsonl")))
     assert all(len(r.solutions) == 3 and r.answer == "2" for r in rows)

@@ -90,7 +90,7 @@ def test_breakdowns_by_level_count_only_questions_with_a_level() -> None:
     records = [ProblemRecord(f"q{i}", "p", "1", subject="algebra", level=level) for i, level in enumerate(levels)]
     results = [QuestionResult(r.id, ["r"] * 2, ["1"] * 2, correct, [1, 1], ["stop"] * 2)
                for r, correct in zip(records, [[True, True], [False, True], [False, False], [True, True]], strict=True)]
-    tables = breakdowns(records, results)
+    tables = breakdowns(records, [r.score for r in results])
     assert tables["level"] == {"level 1": {"accuracy": 0.75, "questions": 2},
                                "level 5": {"accuracy": 0.0, "questions": 1}}
     assert tables["subject"] == {"algebra": {"accuracy": 0.625, "questions": 4}}
@@ -198,7 +198,7 @@ def scripted_benchmark(tmp_path: Path) -> BenchmarkSpec:
 
 def _run(spec: BenchmarkSpec, out: Path, engine: ScriptedEngine) -> dict:
     entries = [ModelEntry("base", "fake-model")]
-    return run_evaluation(entries, [spec], out, EvalSettings(batch_size=4, progress=False), lambda _: engine, {})
+    return run_evaluation(entries, [spec], out, EvalSettings(batch_size=4, progress=False), lambda _: engine)
 
 
 def test_scripted_run_tables_match_hand_counts_and_a_rerun_generates_nothing(
@@ -270,7 +270,7 @@ def test_evaluate_on_the_tiny_model_with_an_adapter(tiny_model_dir: Path, script
                        output_dir=str(tmp_path / "out"), max_new_tokens=3, batch_size=8, progress=False)
     assert list(results["summary"]) == ["base", "sft"]
     assert results["generation"]["completions_generated"] == 2 * (5 + 10)
-    assert (tmp_path / "out" / "config.yaml").read_text().startswith(f"model: {tiny_model_dir}")
+    assert results["settings"]["max_new_tokens"] == 3 and results["benchmarks"][0]["name"] == scripted_benchmark.name
     rows = [q for q in results["questions"] if q["model"] == "sft"]
     assert len(rows) == 10 and all(len(q["responses"]) == q["setting"]["n"] for q in rows)
 
@@ -316,12 +316,15 @@ def test_vllm_without_vllm_is_a_clear_error(tiny_model_dir: Path, scripted_bench
 
 
 class TinyLM(L.LightningModule):
-    """The tiny Llama as a LightningModule with SFTModule's shape: ``self.model`` and a ``model`` hparam."""
+    """The tiny Llama as a LightningModule with SFTModule's shape: ``generation_model()`` and a ``model`` hparam."""
 
     def __init__(self, model: str) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = load_causal_lm(model).train()
+
+    def generation_model(self) -> torch.nn.Module:
+        return self.model
 
     def training_step(self, batch, batch_idx):
         return self.model(input_ids=batch[0], labels=batch[0]).loss
@@ -346,6 +349,21 @@ def test_benchmark_evaluator_logs_subset_in_fit_and_full_set_in_test(tiny_model_
     trainer.test(module, dataloaders=data, verbose=False)
     assert {f"bench/scripted/{m}" for m in ("pass@1", "pass@2", "avg@2")} <= set(trainer.callback_metrics)
     assert 0.0 <= float(trainer.callback_metrics["bench/scripted/pass@1"]) <= 1.0
+
+
+def test_evaluate_and_the_callback_take_their_defaults_from_eval_settings() -> None:
+    import dataclasses
+    import inspect
+
+    from stat_pl.callbacks.benchmark_eval import BenchmarkEvaluator
+    from stat_pl.evaluation.scoring import EvalSettings
+
+    defaults = dataclasses.asdict(EvalSettings())
+    stage = inspect.signature(evaluate).parameters
+    assert {name: stage[name].default for name in defaults} == defaults
+    callback = inspect.signature(BenchmarkEvaluator).parameters
+    shared = ("temperature", "sample_temperature", "top_p", "system_prompt", "seed")
+    assert {name: callback[name].default for name in shared} == {name: defaults[name] for name in shared}
 
 
 def test_contamination_covers_every_registry_benchmark_whole_and_matches_by_text(shared_data: Path) -> None:

@@ -133,7 +133,7 @@ def test_the_chain_runs_in_miniature_through_the_shipped_configs(tmp_path, tiny_
         run("profile", "profile_llama32_3b.yaml", overlay(tmp_path, "profile", {
             "questions": {"init_args": {"path": "../shared/data/math/test.jsonl", "fields": {}}},
             "student": tiny, "num_questions": 6, "max_new_tokens": 12, "temperature": 0.0, "batch_size": 6,
-            "detector": {"init_args": {"model": tiny, "compute_dtype": "float32", "progress": False}},
+            "detector": {"init_args": {"scorer": {"model": tiny, "compute_dtype": "float32", "progress": False}}},
             "teacher": teacher}))
         run("build", "build_llama32_3b.yaml", overlay(tmp_path, "build", {
             "contamination_benchmarks": ["math", "gsm8k", "amc23", "aime24"], "teacher": teacher, "plot": False,
@@ -159,7 +159,8 @@ def test_the_chain_runs_in_miniature_through_the_shipped_configs(tmp_path, tiny_
     assert profile["questions"] and profile["histogram"]
     sel = json.loads((runs / "build" / "stat_sel" / "manifest.json").read_text())
     syn = json.loads((runs / "build" / "stat_syn" / "manifest.json").read_text())
-    assert sel["rows"] == 24 and syn["rows"] > 0 and sel["config"]["profile"] == "runs/paper/profile/profile.json"
+    build_config = yaml.safe_load((runs / "build" / "config.yaml").read_text())  # saved by the command line
+    assert sel["rows"] == 24 and syn["rows"] > 0 and build_config["profile"] == "runs/paper/profile/profile.json"
     assert (runs / "fit" / "stat_sel" / "adapter" / "adapter_config.json").is_file()
     assert (runs / "fit" / "stat_syn" / "adapter" / "adapter_config.json").is_file()
     results = (runs / "eval" / "results.json").read_text()

@@ -7,6 +7,7 @@ nothing; the API key is in no file; the detectors and profilers build from YAML 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,8 +25,10 @@ from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
 from stat_pl.cli import main
 from stat_pl.engines.base import Completion, SamplingParams
 from stat_pl.evaluation.benchmarks import split_math_test
+from stat_pl.evaluation.scoring import SampleSetting, Timing
+from stat_pl.evaluation.store import ResultStore, result_key
 from stat_pl.profiling.detectors import ConsistencyDetector
-from stat_pl.profiling.profile_stage import ResponseStore, profile, select_questions
+from stat_pl.profiling.profile_stage import profile, select_questions
 from stat_pl.profiling.proxy import SkillMapProxy
 from stat_pl.profiling.reward_models import ProcessRewardDetector
 from stat_pl.profiling.teacher_profiler import TeacherProfiler
@@ -144,16 +147,23 @@ class InterruptedEngine:
 
 def test_an_interrupted_generation_resumes_with_the_missing_questions_only(tmp_path):
     records = [ProblemRecord(id=f"q{i}", problem=f"question {i}", answer="1") for i in range(5)]
-    sampling = SamplingParams(max_new_tokens=4, n=1)
-    with pytest.raises(KeyboardInterrupt):
-        ResponseStore(tmp_path / "responses.jsonl", "key").generate_missing(
-            records, lambda: InterruptedEngine(chunks=2), sampling, batch_size=2, system_prompt=None)
+    setting = SampleSetting(n=1, temperature=0.0, max_new_tokens=4, top_p=1.0, seed=0, system_prompt=None)
+    path = tmp_path / "generations.jsonl"
 
-    resumed, engine = ResponseStore(tmp_path / "responses.jsonl", "key"), InterruptedEngine(chunks=1)
-    assert sorted(resumed.responses) == ["q0", "q1", "q2", "q3"]  # the two finished chunks were kept
-    assert resumed.generate_missing(records, lambda: engine, sampling, 2, None) == 1
-    assert engine.prompts == ["question 4"] and resumed.responses["q4"] == ["answer to question 4"]
-    assert ResponseStore(tmp_path / "responses.jsonl", "other sampling").responses == {}
+    def generate(store: ResultStore, engine: InterruptedEngine) -> int:
+        return store.generate_missing("student", "profile", records, setting, lambda: engine, chunk_size=2,
+                                      timing=Timing(), progress=False)
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(ResultStore(path), InterruptedEngine(chunks=2))
+
+    resumed, engine = ResultStore(path), InterruptedEngine(chunks=1)
+    assert len(resumed) == 4  # the two finished chunks were kept
+    assert generate(resumed, engine) == 1
+    last = resumed.get(result_key("student", "profile", records[4], setting))
+    assert engine.prompts == ["question 4"] and last.responses == ["answer to question 4"]
+    other = dataclasses.replace(setting, max_new_tokens=5)
+    assert ResultStore(path).get(result_key("student", "profile", records[0], other)) is None
 
 
 def test_validation_questions_are_split_math_tests_and_evaluation_is_disjoint(shared_data):
@@ -218,8 +228,11 @@ callback:
     questions: {{class_path: stat_pl.records.RecordSource, init_args: {{path: {catalog}}}}}
     detector:
       class_path: stat_pl.profiling.reward_models.ProcessRewardDetector
-      init_args: {{model: RLHFlow/Llama3.1-8B-PRM-Mistral-Data, tau1: 0.8, tau2: 0.6, quantization: nf4,
-                  samples_per_question: 2}}
+      init_args:
+        scorer: {{model: RLHFlow/Llama3.1-8B-PRM-Mistral-Data, quantization: nf4}}
+        tau1: 0.8
+        tau2: 0.6
+        samples_per_question: 2
     profiler:
       class_path: stat_pl.profiling.teacher_profiler.TeacherProfiler
       init_args:
@@ -232,8 +245,8 @@ callback:
     callback = parser.instantiate(parser.parse_string(config)).callback
 
     detector, profiler = callback.detector, callback.profiler
-    assert isinstance(detector, ProcessRewardDetector) and detector._module is None  # loaded when first used
-    assert (detector.tau1, detector.tau2, detector.quantization) == (0.8, 0.6, "nf4")
+    assert isinstance(detector, ProcessRewardDetector) and detector.scorer._module is None  # loaded when first used
+    assert (detector.tau1, detector.tau2, detector.scorer.quantization) == (0.8, 0.6, "nf4")
     assert callback.sampling.n == 2  # the callback samples what the detector needs
     assert isinstance(profiler, TeacherProfiler) and profiler.asking.max_skills == 2
     assert profiler.teacher.api_key_env == "MY_KEY"

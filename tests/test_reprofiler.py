@@ -9,10 +9,14 @@ import torch
 from stat_pl.callbacks.skill_reprofiler import SkillReprofiler
 from stat_pl.data.sft_datamodule import SFTDataModule
 from stat_pl.data.skillworld import SKILLWORLD_SKILLS, SkillWorldSource
+from stat_pl.engines.base import Completion, SamplingParams
 from stat_pl.modules.sft import SFTModule
-from stat_pl.profiling.base import Diagnosis
+from stat_pl.profiling.base import Attempt, Diagnosis
 from stat_pl.profiling.detectors import GroundTruthDetector
 from stat_pl.profiling.oracle import SkillWorldOracle
+from stat_pl.profiling.proxy import SkillMapProxy
+from stat_pl.profiling.round import profile_round
+from stat_pl.records import ProblemRecord
 
 
 class RoundRobinProfiler:
@@ -150,6 +154,45 @@ def test_rounds_synthesise_new_questions_into_the_synthetic_source(tiny_model_di
     assert {r.skills for r in synthetic} == {(SKILLWORLD_SKILLS[0],), (SKILLWORLD_SKILLS[1],)}
     assert all(r.answer == str(2 * int(re.search(r"double (\d+)", r.problem).group(1))) for r in synthetic)
     assert [r.id for r in data.source_records[-1]] == [r.id for r in synthetic]
+
+
+class AnswerKey:
+    """An Engine that answers each question with a fixed text (the gold answer for some): scripted, in-process."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+
+    def generate(self, prompts, sampling):
+        return [[Completion(self.answers[p[-1]["content"]], 3, "stop")] * sampling.n for p in prompts]
+
+
+def test_profile_round_answers_judges_and_diagnoses():
+    questions = [ProblemRecord("a", "1+1?", "2", skills=("addition",)),
+                 ProblemRecord("b", "2*3?", "6", skills=("mult",)), ProblemRecord("c", "9-1?", "8")]
+    engine = AnswerKey({"1+1?": "\\boxed{2}", "2*3?": "\\boxed{5}", "9-1?": "no idea"})
+    attempts, difficult, diagnoses = profile_round(engine, questions, GroundTruthDetector(), SkillMapProxy(),
+                                                   SamplingParams(max_new_tokens=4))
+    assert [a.responses for a in attempts] == [("\\boxed{2}",), ("\\boxed{5}",), ("no idea",)]
+    assert [a.record.id for a in difficult] == ["b", "c"]
+    assert diagnoses == [Diagnosis("b", ("mult",)), Diagnosis("c", (), status="unlabelled")]
+    with pytest.raises(ValueError, match="judges 1 response.*sampling.n is 3"):
+        profile_round(engine, questions, GroundTruthDetector(), SkillMapProxy(), SamplingParams(n=3))
+
+
+def test_round_accuracy_per_skill_averages_every_response():
+    from stat_pl.callbacks.skill_reprofiler import _accuracy
+
+    attempts = [Attempt(ProblemRecord("a", "p", "2", skills=("x", "y")), ("\\boxed{2}", "\\boxed{3}")),
+                Attempt(ProblemRecord("b", "p", "4", skills=("x",)), ("\\boxed{4}", "\\boxed{4}"))]
+    accuracy, per_skill = _accuracy(attempts)
+    assert accuracy == 0.75 and per_skill == {"x": 0.75, "y": 0.5}
+
+
+def test_a_module_without_generation_model_is_named():
+    from stat_pl.engines.live import live_engine
+
+    with pytest.raises(TypeError, match="SkillReprofiler generates with .* LightningModule has no generation_model"):
+        live_engine(L.LightningModule(), tokenizer=None, batch_size=1, caller="SkillReprofiler")
 
 
 def test_the_reprofiler_refuses_a_permutation_sampler_before_any_round(tiny_model_dir, tmp_path):

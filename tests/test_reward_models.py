@@ -13,6 +13,7 @@ from stat_pl.profiling.reward_models import (
     OutcomeRewardDetector,
     PRMLastStepDetector,
     ProcessRewardDetector,
+    RewardModelScorer,
     prm_is_difficult,
     split_steps,
 )
@@ -85,9 +86,10 @@ def reference_scores_with(tokenizer, model, problem: str, response: str) -> list
 
 
 def test_one_pass_batched_scores_equal_the_per_step_reference(tiny_model_dir):
-    batched = ProcessRewardDetector(str(tiny_model_dir), batch_size=3, progress=False).step_scores(attempts(RESPONSES))
-    unbatched = ProcessRewardDetector(str(tiny_model_dir), batch_size=1, progress=False).step_scores(
-        attempts(RESPONSES))
+    def prm(batch_size: int) -> ProcessRewardDetector:
+        return ProcessRewardDetector(RewardModelScorer(str(tiny_model_dir), batch_size=batch_size, progress=False))
+
+    batched, unbatched = prm(3).step_scores(attempts(RESPONSES)), prm(1).step_scores(attempts(RESPONSES))
 
     assert [len(s[0]) for s in batched] == [3, 1, 4, 0]
     for got, expected in zip(batched, unbatched, strict=True):
@@ -98,19 +100,19 @@ def test_one_pass_batched_scores_equal_the_per_step_reference(tiny_model_dir):
 
 
 def test_reply_tokens_must_be_single_tokens(tiny_model_dir):
-    detector = ProcessRewardDetector(str(tiny_model_dir), good_token="a plus sign", progress=False)
+    detector = ProcessRewardDetector(RewardModelScorer(str(tiny_model_dir), good_token="a plus sign", progress=False))
     with pytest.raises(ValueError, match="good_token='a plus sign' is .* tokens"):
         detector.detect(attempts(RESPONSES[:1]))
 
 
 def scripted(detector, scores: list[list[float]]):
     """The detector with its reward model replaced by fixed scores per conversation (tests the rules only)."""
-    detector.score_turns = lambda conversations: [scores[i] for i in range(len(conversations))]
+    detector.scorer.score_turns = lambda conversations: [scores[i] for i in range(len(conversations))]
     return detector
 
 
 def test_prm_detector_applies_the_rule_and_a_majority_over_samples():
-    detector = scripted(ProcessRewardDetector("unused", samples_per_question=3),
+    detector = scripted(ProcessRewardDetector(RewardModelScorer("unused"), samples_per_question=3),
                         [[0.9, 0.9], [0.9, 0.6], [0.9, 0.9], [0.9], [0.5]])
     three = ("a\n\nb", "c\n\nd", "e\n\nf")
 
@@ -119,20 +121,21 @@ def test_prm_detector_applies_the_rule_and_a_majority_over_samples():
 
 
 def test_orm_threshold_is_inclusive_and_reads_question_and_response_as_one_turn(tiny_model_dir):
-    detector = scripted(OutcomeRewardDetector("unused"), [[0.9], [0.90625], [0.5]])
+    detector = scripted(OutcomeRewardDetector(RewardModelScorer("unused")), [[0.9], [0.90625], [0.5]])
     assert detector.detect(attempts([("a",), ("b",), ("c",)])) == [True, False, True]
 
-    real = OutcomeRewardDetector(str(tiny_model_dir), threshold=0.9, samples_per_question=2, progress=False)
+    real = OutcomeRewardDetector(RewardModelScorer(str(tiny_model_dir), progress=False), threshold=0.9,
+                                 samples_per_question=2)
     scores = real.scores(attempts([RESPONSES[1] * 2, RESPONSES[2] * 2]))
-    one_step_prm = ProcessRewardDetector(str(tiny_model_dir), progress=False).step_scores(attempts([RESPONSES[1]]))
+    one_step_prm = ProcessRewardDetector(real.scorer).step_scores(attempts([RESPONSES[1]]))
     assert [len(s) for s in scores] == [2, 2] and scores[0][0] == pytest.approx(scores[0][1])
     assert scores[0][0] == pytest.approx(one_step_prm[0][0][0], abs=1e-5)  # a one-step response: ORM == PRM
     assert real.detect(attempts([RESPONSES[1] * 2])) == [scores[0][0] <= 0.9]
 
 
 def test_the_orm_ablation_reads_the_prms_last_step_score_at_the_papers_threshold():
-    detector = scripted(PRMLastStepDetector("unused"), [[0.1, 0.9], [0.1, 0.90625], [1.0, 1.0, 0.5]])
-    assert detector.threshold == 0.9 and detector.model == "unused"
+    detector = scripted(PRMLastStepDetector(RewardModelScorer("unused")), [[0.1, 0.9], [0.1, 0.90625], [1.0, 1.0, 0.5]])
+    assert detector.threshold == 0.9 and detector.scorer.model == "unused"
     # only r_t counts (an early 0.1 does not, unlike the PRM rule); r_t = 0.9 is bad (inclusive); no steps: bad
     assert detector.detect(attempts([("a\n\nb",), ("c\n\nd",), ("e\n\nf\n\ng",), ("",)])) == [
         True, False, True, True]
@@ -140,12 +143,12 @@ def test_the_orm_ablation_reads_the_prms_last_step_score_at_the_papers_threshold
 
 def test_prm_reads_real_smollm2(smollm2_dir):
     """The code path on a real chat template (SmolLM2 adds a default system turn); the scores mean nothing."""
-    detector = ProcessRewardDetector(str(smollm2_dir), batch_size=2, progress=False)
+    detector = ProcessRewardDetector(RewardModelScorer(str(smollm2_dir), batch_size=2, progress=False))
     responses = [("We add.\n\n2 + 3 = 5\n\nSo the answer is \\boxed{5}.",), ("The answer is \\boxed{6}.",)]
 
     scores = detector.step_scores(attempts(responses))
 
     assert [len(s[0]) for s in scores] == [3, 1]
     problem = attempts(responses)[0].record.problem
-    reference = reference_scores_with(detector.tokenizer, detector.load(), problem, responses[0][0])
+    reference = reference_scores_with(detector.scorer.tokenizer, detector.scorer.load(), problem, responses[0][0])
     assert scores[0][0] == pytest.approx(reference, abs=1e-4)

@@ -123,3 +123,13 @@ def test_a_world_that_can_build_no_problem_says_so() -> None:
     world = SkillWorld(levels=(2,), skill_weights={s: 0 for s in SKILLWORLD_SKILLS[1:]})
     with pytest.raises(ValueError, match="skill_weights"):
         world.problems("train", 1)
+
+
+def test_the_source_is_a_skill_world_with_its_defaults_and_skill_weights():
+    from stat_pl.data.skillworld import SkillWorldSource
+
+    world = dict(levels=(1,), max_skills=1, skill_weights={"addition_with_carry": 0})
+    source = SkillWorldSource("train", 40, **world)
+    assert source.load() == SkillWorld(**world).records("train", 40)
+    assert all("addition_with_carry" not in r.skills for r in source.load())
+    assert (SkillWorldSource().seed, SkillWorldSource().levels) == (SkillWorld().seed, SkillWorld().levels)

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
 
-from stat_pl.building import BuildInputs, ContaminationGuard, StatSyn, synthesize_for_profile
+from stat_pl.building import BuildInputs, ContaminationGuard, StatSyn
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord, problem_tokens
 from stat_pl.teacher import OpenAICompatibleTeacher
@@ -146,9 +146,9 @@ def test_a_rerun_pays_for_nothing_and_builds_the_same_rows(server, teacher, tmp_
 def test_live_rounds_ask_for_new_samples_and_never_add_a_question_twice(teacher):
     records = pool()
     guard = ContaminationGuard.from_records([*records, TEST_QUESTION])
-    first = synthesize_for_profile(PROFILE, teacher, records, max_new=10, guard=guard)
-    repeat = synthesize_for_profile(PROFILE, teacher, records, max_new=10, guard=guard)
-    later = synthesize_for_profile(PROFILE, teacher, records, max_new=2, guard=guard, round_index=1)
+    first = StatSyn().synthesize_for_profile(PROFILE, teacher, records, max_new=10, guard=guard)
+    repeat = StatSyn().synthesize_for_profile(PROFILE, teacher, records, max_new=10, guard=guard)
+    later = StatSyn().synthesize_for_profile(PROFILE, teacher, records, max_new=2, guard=guard, round_index=1)
 
     assert {r.record.problem for r in first} == set(CONSISTENT)
     assert repeat == []  # the same round again: every question is a duplicate of one already seen

@@ -28,7 +28,6 @@ from stat_pl.records import ProblemRecord
 from stat_pl.skills import SkillCatalog
 from stat_pl.teacher import LocalTeacher, OpenAICompatibleTeacher, Teacher, TeacherCache, TeacherRequest
 from stat_pl.teacher.cache import CACHE_FILE_NAME
-from stat_pl.teacher.openai_client import _retry_after_s
 from stat_pl.teacher.templates import PromptTemplateError, PromptTemplates
 
 KEY_ENV = "STAT_PL_TEST_TEACHER_KEY"
@@ -95,8 +94,7 @@ def api_key(monkeypatch) -> str:
 
 def make_teacher(server: LoopbackTeacherServer, cache_dir: Path, **overrides) -> OpenAICompatibleTeacher:
     args = dict(model="loopback-teacher", base_url=server.base_url, api_key_env=KEY_ENV, timeout=1.0,
-                max_retries=MAX_RETRIES, concurrency=8, cache_dir=str(cache_dir), backoff_base_s=0.01,
-                backoff_max_s=0.05)
+                max_retries=MAX_RETRIES, concurrency=8, cache_dir=str(cache_dir))
     return OpenAICompatibleTeacher(**{**args, **overrides})
 
 
@@ -150,24 +148,13 @@ def test_a_second_run_makes_no_http_request(server, api_key, tmp_path):
 
 def test_retry_after_is_honoured(server, api_key, tmp_path):
     server.faults = lambda body, seen: Fault.rate_limit(0.6) if seen == 0 else None
-    teacher = make_teacher(server, tmp_path, backoff_base_s=0.01)
+    teacher = make_teacher(server, tmp_path)
 
     assert teacher.complete([{"role": "user", "content": "[behaviour:clean]"}])[0] == ANSWERS["clean"]
 
     first, second = server.arrivals(lambda body: True)
     assert 0.6 <= second - first < 1.5
     assert teacher.stats()["retries"] == 1
-
-
-def test_retry_after_header_forms():
-    assert _retry_after_s({"retry-after-ms": "250"}) == pytest.approx(0.25)
-    assert _retry_after_s({"retry-after": "3"}) == 3.0
-    in_two_s = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 2))
-    assert 0.5 < _retry_after_s({"retry-after": in_two_s}) <= 2.0
-    assert _retry_after_s({"retry-after": "soon"}) is None
-    assert _retry_after_s({"retry-after": "nan"}) is None
-    assert _retry_after_s({"retry-after": "1e9"}) == 120.0  # capped: MAX_RETRY_AFTER_S
-    assert _retry_after_s({}) is None
 
 
 def test_the_api_key_reaches_no_log_no_file_no_repr(server, api_key, tmp_path, caplog):

@@ -2,7 +2,7 @@
 
 Each builder turns a Missing-Skill-Profile and a training pool into rows that record why they are
 there; ``python -m stat_pl build`` (:func:`stat_pl.building.run.build`) writes them as JSONL with a
-manifest and a skill-distribution plot. :func:`synthesize_for_profile` is STAT-Syn for the live loop.
+manifest and a skill-distribution plot. :meth:`StatSyn.synthesize_for_profile` is STAT-Syn for the live loop.
 """
 
 from stat_pl.building.base import BuildInputError, BuildInputs, BuiltDataset, BuiltRow, DataBuilder
@@ -11,7 +11,7 @@ from stat_pl.building.contamination import ContaminationGuard
 from stat_pl.building.embedding import EmbeddingModel
 from stat_pl.building.selection import AnswerSettings
 from stat_pl.building.stat_sel import StatSel
-from stat_pl.building.stat_syn import StatSyn, synthesize_for_profile
+from stat_pl.building.stat_syn import StatSyn
 from stat_pl.building.synthesis import SynthesisSettings
 
 __all__ = [
@@ -31,5 +31,4 @@ __all__ = [
     "StatSel",
     "StatSyn",
     "SynthesisSettings",
-    "synthesize_for_profile",
 ]

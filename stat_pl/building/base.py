@@ -9,55 +9,20 @@ and its skill distribution compared with the profile (paper Figure 2).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from stat_pl.profile import MissingSkillProfile
-from stat_pl.records import ProblemRecord
+from stat_pl.records import ORIGINS, PROVENANCE_KEYS, BuiltRow, ProblemRecord  # noqa: F401 (re-exported)
 from stat_pl.skills import SkillMap
 
 if TYPE_CHECKING:
     from stat_pl.building.contamination import ContaminationGuard
     from stat_pl.teacher.base import Teacher
 
-#: Provenance keys a row may carry besides the record's own fields (written flat into the JSONL row).
-PROVENANCE_KEYS = (
-    "builder", "difficult_question", "target_skill", "origin", "origin_id", "example_ids", "votes",
-    "similarity",
-)
-#: Where a row's question and answer came from: a pool solution, a teacher solution of a pool
-#: question checked against the gold answer, or a question the teacher wrote (STAT-Syn, Embed-Syn).
-ORIGINS = ("pool", "teacher_answer", "synthetic")
-
 
 class BuildInputError(ValueError):
     """A profile, pool or config that a builder cannot use; the message names the file and field."""
-
-
-@dataclass(frozen=True)
-class BuiltRow:
-    """One training row: a record (one solution for selected data, the agreeing ones for synthetic
-    data) and why it is in the dataset."""
-
-    record: ProblemRecord
-    provenance: Mapping[str, Any]
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.provenance) - set(PROVENANCE_KEYS))
-        if unknown:
-            raise ValueError(f"row {self.record.id}: unknown provenance key(s) {unknown}; known: {PROVENANCE_KEYS}")
-        origin = self.provenance.get("origin")
-        if origin not in ORIGINS:
-            raise ValueError(f"row {self.record.id}: provenance 'origin' must be one of {ORIGINS}, got {origin!r}")
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSONL row: the record's fields (as :class:`~stat_pl.records.RecordSource` reads them) and the
-        provenance fields beside them."""
-        r = self.record
-        return {"id": r.id, "problem": r.problem, "answer": r.answer, "solutions": list(r.solutions),
-                "subject": r.subject, "level": r.level, "skills": list(r.skills), "source": r.source,
-                **self.provenance}
 
 
 @dataclass

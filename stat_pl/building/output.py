@@ -3,8 +3,9 @@ optionally a Hugging Face ``datasets`` folder.
 
 ``data.jsonl`` loads with :class:`~stat_pl.records.RecordSource` (fields id, problem, answer, solutions,
 subject, level, skills, source; the provenance fields beside them are ignored by it). The manifest
-records what made the file and what it holds: the run's config, rows per skill / origin / subject,
-rows rejected and why, the shortfall against the target size, and the teacher's calls and cache hits.
+records what the file holds: rows per skill / origin / subject, rows rejected and why, the shortfall
+against the target size, and the teacher's calls and cache hits. The config that made it is the build's
+``config.yaml``, one folder up (written by the command line).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def shares(counts: Mapping[str, float]) -> dict[str, float]:
     return {s: round(c / total, 6) for s, c in sorted(labelled.items(), key=lambda kv: (-kv[1], kv[0]))}
 
 
-def write_dataset(dataset: BuiltDataset, out_dir: str | Path, config: Mapping[str, Any],
-                  teacher_stats: Mapping[str, int], profile: MissingSkillProfile | None = None,
+def write_dataset(dataset: BuiltDataset, out_dir: str | Path, teacher_stats: Mapping[str, int],
+                  profile: MissingSkillProfile | None = None,
                   pool: Iterable[ProblemRecord] = (), save_datasets: bool = False, plot: bool = True) -> Path:
     """Write ``dataset`` into ``out_dir`` (created); returns the path of its ``data.jsonl``."""
     out_dir = Path(out_dir)
@@ -68,7 +69,7 @@ def write_dataset(dataset: BuiltDataset, out_dir: str | Path, config: Mapping[st
     data_path = out_dir / DATA_FILE
     _atomic_write(data_path, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in dataset.rows))
     counts = skill_counts(dataset.rows)
-    manifest = _manifest(dataset, counts, config, teacher_stats, profile)
+    manifest = _manifest(dataset, counts, teacher_stats, profile)
     if plot and profile is not None:
         series = {dataset.name: shares(counts), "math_train (pool)": shares(pool_skill_counts(pool))}
         plot_skill_distribution(out_dir / PLOT_FILE, profile.shares(), series)
@@ -82,8 +83,8 @@ def write_dataset(dataset: BuiltDataset, out_dir: str | Path, config: Mapping[st
     return data_path
 
 
-def _manifest(dataset: BuiltDataset, counts: Counter[str], config: Mapping[str, Any],
-              teacher_stats: Mapping[str, int], profile: MissingSkillProfile | None) -> dict[str, Any]:
+def _manifest(dataset: BuiltDataset, counts: Counter[str], teacher_stats: Mapping[str, int],
+              profile: MissingSkillProfile | None) -> dict[str, Any]:
     rows = dataset.rows
     return {
         "name": dataset.name,
@@ -97,7 +98,6 @@ def _manifest(dataset: BuiltDataset, counts: Counter[str], config: Mapping[str, 
         "rows_per_subject": dict(Counter(r.record.subject for r in rows).most_common()),
         "stats": dataset.stats,
         "teacher": dict(teacher_stats),
-        "config": dict(config),
         "files": {"data": DATA_FILE},
     }
 

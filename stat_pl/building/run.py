@@ -3,15 +3,15 @@
 Reads a profile and the training pool, runs each configured builder and writes each dataset into
 ``<output_dir>/<builder name>/`` (``data.jsonl``, ``manifest.json``, ``skill_distribution.png``). Every
 teacher call goes through the teacher's persistent cache, so an interrupted build is resumed by
-running the same command again: what was already answered is not paid for twice.
+running the same command again: what was already answered is not paid for twice. The command line
+saves the parsed config, every builder's arguments included, to ``<output_dir>/config.yaml``
+(:func:`stat_pl.cli.save_stage_config`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
 
 from stat_pl.building.base import BuildInputs, DataBuilder
 from stat_pl.building.contamination import ContaminationGuard
@@ -61,21 +61,13 @@ def build(builders: list[DataBuilder], pool: RecordSource, output_dir: str = "ru
     benchmarks = contamination_sources(contamination_benchmarks, benchmark_paths) if contamination_benchmarks else []
     for source in [*(contamination or []), *benchmarks]:
         inputs.guard.add_records(load_records(source))
-    run_config = {"pool": dataclasses.asdict(pool), "profile": profile,
-                  "questions": dataclasses.asdict(questions) if questions else None,
-                  "contamination": [dataclasses.asdict(s) for s in contamination or []],
-                  "contamination_benchmarks": [dataclasses.asdict(s) for s in benchmarks],
-                  "teacher": repr(teacher) if teacher is not None else None, "catalog": catalog,
-                  "contamination_ngram": contamination_ngram,
-                  "contamination_max_overlap": contamination_max_overlap}
     written = []
     for builder in builders:
         before = teacher.stats() if teacher is not None else {}
         dataset = builder.build(inputs)
         after = teacher.stats() if teacher is not None else {}
         teacher_stats = {k: after.get(k, 0) - before.get(k, 0) for k in _TEACHER_COUNTERS if k in after}
-        path = write_dataset(dataset, Path(output_dir) / dataset.name,
-                             {"builder": builder_config(builder), **run_config}, teacher_stats,
+        path = write_dataset(dataset, Path(output_dir) / dataset.name, teacher_stats,
                              inputs.profile, inputs.pool, save_datasets=save_datasets, plot=plot)
         shortfall = dataset.stats.get("shortfall", 0)
         log.info("%s: %d rows -> %s%s%s", dataset.name, len(dataset.rows), path,
@@ -96,16 +88,3 @@ def _inputs(pool: RecordSource, profile: str | None, questions: RecordSource | N
         questions_path=questions.path if questions else "<no questions: set `questions:`>",
         teacher=teacher)
 
-
-def builder_config(builder: object) -> dict[str, Any]:
-    """``{class_path, init_args}`` of a builder, as a config would write it (nested dataclasses too)."""
-    cls = type(builder)
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": _plain(builder)}
-
-
-def _plain(value: object) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

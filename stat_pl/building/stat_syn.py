@@ -8,8 +8,9 @@ solutions, majority vote with at least two agreeing, only the agreeing solutions
 (one per kept solution) are cut to ``target_size`` (paper: 9.5k, as STAT-Sel) with each skill's share
 equal to its share of the profile.
 
-:func:`synthesize_for_profile` is the same method for the live loop: the SkillReprofiler callback
-calls it after a profiling round and hands the rows to ``SFTDataModule.add_synthetic``.
+:meth:`StatSyn.synthesize_for_profile` is the same method, with the same settings, for the live loop:
+the SkillReprofiler callback calls it after a profiling round and hands the rows to
+``SFTDataModule.add_synthetic``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,33 @@ class StatSyn:
         stats.update(synthesis_stats, **cut_stats)
         return BuiltDataset(self.name, rows, stats)
 
+    def synthesize_for_profile(self, profile: MissingSkillProfile, teacher: Teacher, pool: Sequence[ProblemRecord],
+                               max_new: int, guard: ContaminationGuard | None = None,
+                               round_index: int = 0) -> list[BuiltRow]:
+        """Up to ``max_new`` new consistent questions targeted at ``profile``: STAT-Syn for the live loop.
+
+        Pairs are drawn uniformly (seeded by ``seed`` and ``round_index``), so the skills' shares of the
+        prompts follow the profile; ``ceil(max_new / questions_per_pair)`` pairs are asked, and questions
+        lost to the filters are not replaced, so fewer than ``max_new`` may come back. Pass the same
+        ``guard`` every round (built once from the training pool, the test sets and the synthetic rows
+        already in the run) and increase ``round_index``: a later round then asks for new samples and a
+        question already accepted is rejected as ``duplicate_synthetic``. Pool questions need skills and
+        solutions; raises :class:`~stat_pl.building.base.BuildInputError` otherwise.
+        """
+        check_positive(self.name, max_new=max_new, questions_per_pair=self.questions_per_pair)
+        inputs = BuildInputs(pool=list(pool), pool_path="<pool given to synthesize_for_profile>", profile=profile,
+                             profile_path="<profile given to synthesize_for_profile>")
+        check_pool(inputs, self.name, need_skills=True)
+        tasks, _ = stat_syn_tasks(profile, inputs, self.templates, self.examples_per_prompt,
+                                  self.questions_per_pair, self.seed, round_index)
+        wanted = math.ceil(max_new / self.questions_per_pair)
+        if len(tasks) > wanted:
+            tasks = random.Random(f"{self.seed}/round{round_index}").sample(tasks, wanted)
+        rows, stats = synthesize(tasks, teacher, guard, self.synthesis, self.templates, self.name)
+        log.info("%s round %d: %d of %d new questions accepted; rejected %s", self.name, round_index,
+                 stats["accepted"], stats["proposed"], stats["rejected"])
+        return rows[:max_new]
+
 
 def stat_syn_tasks(profile: MissingSkillProfile, inputs: BuildInputs, templates: PromptTemplates,
                    examples_per_prompt: int, questions_per_pair: int, seed: int,
@@ -109,33 +137,3 @@ def stat_syn_tasks(profile: MissingSkillProfile, inputs: BuildInputs, templates:
     return tasks, {"pairs": len(tasks) + sum(unlinked.values()), "prompts": len(tasks),
                    "skills_without_pool_questions": dict(unlinked)}
 
-
-def synthesize_for_profile(profile: MissingSkillProfile, teacher: Teacher, pool: Sequence[ProblemRecord],
-                           max_new: int, guard: ContaminationGuard | None = None, round_index: int = 0,
-                           seed: int = 0, questions_per_pair: int = 2, examples_per_prompt: int = 3,
-                           settings: SynthesisSettings | None = None, templates: PromptTemplates | None = None,
-                           name: str = "stat_syn") -> list[BuiltRow]:
-    """Up to ``max_new`` new consistent questions targeted at ``profile``: STAT-Syn for the live loop.
-
-    Pairs are drawn uniformly (seeded by ``seed`` and ``round_index``), so the skills' shares of the
-    prompts follow the profile; ``ceil(max_new / questions_per_pair)`` pairs are asked, and questions
-    lost to the filters are not replaced, so fewer than ``max_new`` may come back. Pass the same
-    ``guard`` every round (built once from the training pool, the test sets and the synthetic rows
-    already in the run) and increase ``round_index``: a later round then asks for new samples and a
-    question already accepted is rejected as ``duplicate_synthetic``. Pool questions need skills and
-    solutions; raises :class:`~stat_pl.building.base.BuildInputError` otherwise.
-    """
-    check_positive(name, max_new=max_new, questions_per_pair=questions_per_pair)
-    templates = templates or PromptTemplates()
-    inputs = BuildInputs(pool=list(pool), pool_path="<pool given to synthesize_for_profile>", profile=profile,
-                         profile_path="<profile given to synthesize_for_profile>")
-    check_pool(inputs, name, need_skills=True)
-    tasks, _ = stat_syn_tasks(profile, inputs, templates, examples_per_prompt, questions_per_pair, seed,
-                              round_index)
-    wanted = math.ceil(max_new / questions_per_pair)
-    if len(tasks) > wanted:
-        tasks = random.Random(f"{seed}/round{round_index}").sample(tasks, wanted)
-    rows, stats = synthesize(tasks, teacher, guard, settings or SynthesisSettings(), templates, name)
-    log.info("%s round %d: %d of %d new questions accepted; rejected %s", name, round_index, stats["accepted"],
-             stats["proposed"], stats["rejected"])
-    return rows[:max_new]

@@ -25,7 +25,7 @@ from stat_pl.records import DataSource, ProblemRecord
 from stat_pl.skills import SkillCatalog, SkillMap
 
 if TYPE_CHECKING:
-    from stat_pl.building.base import BuiltRow
+    from stat_pl.records import BuiltRow
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -42,8 +42,8 @@ class SFTDataModule(L.LightningDataModule):
         batch_size: micro-batch size per device (accumulation is the Trainer's).
         samples_per_epoch: examples drawn per epoch across all devices; default: the pool size.
         group_by_length: batch examples of similar length (the paper's group-by-length).
-        seed: seeds the draws and the batch order.
-        weight_floor: the uniform share mixed into profile weights so no example is never drawn.
+        seed: seeds the draws and the batch order; `python -m stat_pl fit` sets it to `seed_everything`.
+        weight_floor: the uniform share mixed into profile weights, so that every example can still be drawn.
         initial_profile: a ``profile.json`` to sample by from the first epoch (static STAT-Sel).
         catalog: a skill catalog JSON; when set, every profile's skills must be in it.
         system_prompt: an optional system turn before the problem.
@@ -163,7 +163,7 @@ class SFTDataModule(L.LightningDataModule):
 
     # ---- live synthetic data ---------------------------------------------------------------------
     def add_synthetic(self, rows: Sequence[ProblemRecord | BuiltRow]) -> list[ProblemRecord]:
-        """Train on ``rows`` (e.g. from :func:`stat_pl.building.synthesize_for_profile`) from the next epoch on.
+        """Train on ``rows`` (e.g. from :meth:`stat_pl.building.StatSyn.synthesize_for_profile`) from the next epoch on.
 
         Needs a :class:`SyntheticSource` as the last ``train`` source. The rows are appended to its file
         (by global rank 0; every rank calls this with the same rows), encoded, and given sampling
@@ -186,6 +186,17 @@ class SFTDataModule(L.LightningDataModule):
             self._batch_sampler.lengths.extend(len(e["input_ids"]) for e in examples)
             self._batch_sampler.sampler.set_weights(self.example_weights(), resize=True)
         return records
+
+    def real_records(self) -> list[ProblemRecord]:
+        """The training pool without the synthetic rows: what live STAT-Syn draws its example questions from."""
+        real = self.source_records[:-1] if self.sources and isinstance(self.sources[-1], SyntheticSource) else (
+            self.source_records)
+        return [r for records in real for r in records]
+
+    def synthetic_rows(self) -> list[ProblemRecord]:
+        """The synthetic rows trained on so far; needs a :class:`SyntheticSource` as the last ``train`` source."""
+        self._synthetic_source()
+        return list(self.source_records[-1])
 
     def _synthetic_source(self) -> SyntheticSource:
         if not self.sources or not isinstance(self.sources[-1], SyntheticSource):

@@ -262,7 +262,7 @@ def skillworld_catalog() -> SkillCatalog:
     return SkillCatalog({"skillworld": SKILLWORLD_SKILLS}, source="stat_pl.data.skillworld")
 
 
-@dataclass
+@dataclass(kw_only=True)  # keyword-only, so SkillWorldSource keeps (split, n) as its positional arguments
 class SkillWorld:
     """A seeded source of skill-world problems: same arguments, same problems, in the same order.
 
@@ -403,14 +403,15 @@ def _split_of(text: str) -> str:
 
 
 @dataclass
-class SkillWorldSource(DataSource):
-    """The skill world as a data source for a DataModule or a callback: ``n`` problems of ``split``."""
+class SkillWorldSource(SkillWorld, DataSource):
+    """The skill world as a data source for a DataModule or a callback: ``n`` problems of ``split``.
+
+    It is a :class:`SkillWorld` (``seed``, ``levels``, ``max_skills``, ``skill_weights``, with its
+    defaults) that a config can name wherever a :class:`~stat_pl.records.DataSource` goes.
+    """
 
     split: str = "train"
     n: int = 1000
-    seed: int = 0
-    levels: tuple[int, ...] = (1, 2, 3)
-    max_skills: int = 3
 
     def load(self) -> list[ProblemRecord]:
-        return SkillWorld(self.seed, self.levels, self.max_skills).records(self.split, self.n)
+        return self.records(self.split, self.n)

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stat_pl.building.base import BuiltRow
-from stat_pl.records import DataSource, ProblemRecord, RecordSource, load_records
+from stat_pl.records import BuiltRow, DataSource, ProblemRecord, RecordSource, load_records
 
 
 @dataclass

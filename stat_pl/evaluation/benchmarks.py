@@ -36,7 +36,6 @@ split is 1,000 validation and 3,000 evaluation questions.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -46,8 +45,7 @@ from pathlib import Path
 from typing import Literal
 
 from stat_pl.evaluation.metrics import MetricName
-from stat_pl.records import ProblemRecord, RecordError, RecordSource, load_records, problem_key
-from stat_pl.skills import normalize_skill
+from stat_pl.records import ProblemRecord, RecordError, RecordSource, canonical_subject, load_records, problem_key
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +170,7 @@ def load_benchmark(spec: BenchmarkSpec) -> list[ProblemRecord]:
     """The questions of ``spec``: loaded, selected (MATH split, MATH-D), subjects canonical, limited."""
     registered = BENCHMARKS.get(spec.name)
     source = spec.source or (RecordSource(path=spec.path, name=spec.name) if spec.path else registered.hub)
-    records = [_canonical_subject(r) for r in load_records(source)]
+    records = [canonical_subject(r) for r in load_records(source)]
     if not records:
         raise RecordError(f"benchmark {spec.name!r}: {source.path} has no rows")
     selection = registered.selection if registered else "all"
@@ -265,9 +263,3 @@ def _difficult_subset(evaluation: list[ProblemRecord], difficult: str | None) ->
         logger.warning("MATH-D: %d of the %d ids in %s are not in the MATH evaluation split and are skipped",
                        len(ids) - len(kept), len(ids), difficult)
     return kept
-
-
-def _canonical_subject(record: ProblemRecord) -> ProblemRecord:
-    """``Counting & Probability`` (Hub MATH) -> ``counting_and_probability`` (the local files' spelling)."""
-    subject = normalize_skill(record.subject.replace("&", " and "))
-    return record if subject == record.subject else dataclasses.replace(record, subject=subject)

@@ -11,48 +11,37 @@ STAT-Sel). For each model and benchmark it generates the samples each metric nee
   completions this run generated;
 * ``table.md``: rows = models, columns = benchmark x metric, like Table 3;
 * ``plots/<benchmark>_<subject|level|skill>.png``: one bar series per model;
-* ``config.yaml``: the arguments of this run.
+* ``config.yaml``: from the command line, the parsed config that reruns the stage (:mod:`stat_pl.cli`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
-from tqdm.auto import tqdm
 
 from stat_pl.engines.base import Engine
 from stat_pl.evaluation.adapters import ModelEntry, check_adapter, load_for_evaluation, model_skeleton
 from stat_pl.evaluation.benchmarks import BenchmarkSpec, load_benchmark
 from stat_pl.evaluation.metrics import MetricName
 from stat_pl.evaluation.report import markdown_table, plot_groups
-from stat_pl.evaluation.scoring import SampleSetting, Timing, breakdowns, generate_and_grade, sample_settings, score
+from stat_pl.evaluation.scoring import (
+    EvalSettings,
+    SampleSetting,
+    Timing,
+    breakdowns,
+    score,
+)
 from stat_pl.evaluation.store import ResultStore, result_key
 from stat_pl.records import ProblemRecord
 
 EngineFactory = Callable[[ModelEntry], Engine]
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """The sampling and bookkeeping settings shared by every model and benchmark of a run."""
-
-    temperature: float = 0.1
-    sample_temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
-    batch_size: int = 32
-    system_prompt: str | None = None
-    seed: int = 0
-    grading_timeout_s: float = 5.0
-    progress: bool = True
 
 
 def evaluate(
@@ -62,15 +51,15 @@ def evaluate(
     base_label: str = "base",
     output_dir: str = "runs/eval",
     engine: Literal["hf", "vllm"] = "hf",
-    temperature: float = 0.1,
-    sample_temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 1024,
-    batch_size: int = 32,
-    system_prompt: str | None = None,
-    seed: int = 0,
-    grading_timeout_s: float = 5.0,
-    progress: bool = True,
+    temperature: float = EvalSettings.temperature,
+    sample_temperature: float = EvalSettings.sample_temperature,
+    top_p: float = EvalSettings.top_p,
+    max_new_tokens: int = EvalSettings.max_new_tokens,
+    batch_size: int = EvalSettings.batch_size,
+    system_prompt: str | None = EvalSettings.system_prompt,
+    seed: int = EvalSettings.seed,
+    grading_timeout_s: float = EvalSettings.grading_timeout_s,
+    progress: bool = EvalSettings.progress,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a base model and its adapters on benchmarks; write results, a table and plots.
@@ -107,13 +96,9 @@ def evaluate(
     skeleton = model_skeleton(model) if adapters else None
     for entry in entries[1:]:
         check_adapter(entry.adapter, model, skeleton)
-    config = {"model": model, "adapters": adapters or {}, "base_label": base_label, "output_dir": output_dir,
-              "engine": engine, "benchmarks": [dataclasses.asdict(b) for b in benchmarks],
-              **dataclasses.asdict(settings), "threads": threads}
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    results = run_evaluation(entries, benchmarks, output, settings, factory, config)
+    results = run_evaluation(entries, benchmarks, output, settings, factory)
     print(results["table"])
     return results
 
@@ -154,7 +139,7 @@ def _vllm_factory(with_adapters: bool) -> EngineFactory:
 
 
 def run_evaluation(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec], output_dir: Path,
-                   settings: EvalSettings, make_engine: EngineFactory, config: dict[str, Any]) -> dict[str, Any]:
+                   settings: EvalSettings, make_engine: EngineFactory) -> dict[str, Any]:
     """Generate what ``output_dir/generations.jsonl`` lacks, then write results.json, table.md and plots.
 
     ``make_engine`` builds a model's engine only when some of its questions are missing, so a run
@@ -170,7 +155,7 @@ def run_evaluation(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkS
     timing = Timing()
     for entry in models:
         _generate_missing(entry, benchmarks, questions, store, settings, make_engine, timing)
-    return _write_outputs(models, benchmarks, questions, store, settings, timing, output_dir, config)
+    return _write_outputs(models, benchmarks, questions, store, settings, timing, output_dir)
 
 
 def _plan(benchmarks: Sequence[BenchmarkSpec],
@@ -178,9 +163,7 @@ def _plan(benchmarks: Sequence[BenchmarkSpec],
     """Every (benchmark, sample setting, metrics read from it) of the run, in config order."""
     plan = []
     for spec in benchmarks:
-        for setting, metrics in sample_settings(spec, settings.temperature, settings.sample_temperature,
-                                                settings.max_new_tokens, settings.top_p, settings.seed,
-                                                settings.system_prompt).items():
+        for setting, metrics in settings.sample_settings(spec).items():
             plan.append((spec, setting, metrics))
     return plan
 
@@ -188,26 +171,12 @@ def _plan(benchmarks: Sequence[BenchmarkSpec],
 def _generate_missing(entry: ModelEntry, benchmarks: Sequence[BenchmarkSpec],
                       questions: dict[str, list[ProblemRecord]], store: ResultStore, settings: EvalSettings,
                       make_engine: EngineFactory, timing: Timing) -> None:
-    model_id = entry.fingerprint()
-    engine = None
+    engine = functools.cache(lambda: make_engine(entry))  # built on first need, shared by the benchmarks
     for spec, setting, _ in _plan(benchmarks, settings):
-        missing = [r for r in questions[spec.name] if store.get(result_key(model_id, spec.name, r, setting)) is None]
-        if not missing:
-            continue
-        engine = engine or make_engine(entry)
-        bar = tqdm(total=len(missing), desc=f"{entry.label} {spec.title} ({setting.label()})",
-                   disable=not settings.progress, unit="q")
-
-        def save(chunk: list[ProblemRecord], results: list, spec=spec, setting=setting, bar=bar) -> None:
-            for record, result in zip(chunk, results, strict=True):
-                store.add(result_key(model_id, spec.name, record, setting), result,
-                          model=entry.label, benchmark=spec.name, setting=dataclasses.asdict(setting))
-            bar.update(len(chunk))
-
-        generate_and_grade(engine, missing, setting, settings.batch_size // setting.n, save, timing,
-                           settings.grading_timeout_s)
-        bar.close()
-    del engine
+        store.generate_missing(entry.fingerprint(), spec.name, questions[spec.name], setting, engine,
+                               settings.batch_size // setting.n, timing, settings.grading_timeout_s,
+                               settings.progress, model=entry.label)
+    engine.cache_clear()
     gc.collect()
 
 
@@ -226,7 +195,7 @@ def _collect(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec],
             results = [store.get(result_key(model_id, spec.name, r, setting)) for r in records]
             summary[entry.label].setdefault(spec.name, {}).update(score(results, metrics))
             if spec.name not in groups[entry.label]:  # per group: the benchmark's first metric's samples
-                groups[entry.label][spec.name] = breakdowns(records, results)
+                groups[entry.label][spec.name] = breakdowns(records, [r.score for r in results])
             rows += [_question_row(entry, spec, setting, r, res) for r, res in zip(records, results, strict=True)]
     return summary, groups, rows
 
@@ -240,14 +209,15 @@ def _question_row(entry: ModelEntry, spec: BenchmarkSpec, setting: SampleSetting
 
 def _write_outputs(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec],
                    questions: dict[str, list[ProblemRecord]], store: ResultStore, settings: EvalSettings,
-                   timing: Timing, output_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+                   timing: Timing, output_dir: Path) -> dict[str, Any]:
     summary, groups, rows = _collect(models, benchmarks, questions, store, settings)
     titles = {b.name: b.title for b in benchmarks}
     table = markdown_table(summary, titles, {name: len(records) for name, records in questions.items()})
     (output_dir / "table.md").write_text(table)
     plots = _write_plots(groups, titles, output_dir / "plots")
     results = {
-        "config": config,
+        "settings": dataclasses.asdict(settings),
+        "benchmarks": [dataclasses.asdict(b) for b in benchmarks],
         "models": [dataclasses.asdict(m) for m in models],
         "summary": summary,
         "breakdowns": groups,

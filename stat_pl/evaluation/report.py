@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from stat_pl.plots import plot_bars
+
 #: model -> benchmark name -> metric -> value in [0, 1]
 Summary = Mapping[str, Mapping[str, Mapping[str, float]]]
 #: model -> group -> {"accuracy": a, "questions": n}
@@ -46,33 +48,13 @@ def markdown_table(summary: Summary, titles: Mapping[str, str], question_counts:
 
 
 def plot_groups(tables: GroupTables, title: str, path: str | Path) -> Path:
-    """Horizontal grouped bars: one row per group, one bar per model; returns the PNG's path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(tables)
+    """Accuracy (%) per group, one bar per model, each group labelled with its question count."""
     groups = sorted({g for per_group in tables.values() for g in per_group})
-    height = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.22 * len(groups) * max(1, len(models)) ** 0.5))
-    for i, model in enumerate(models):
-        values = [100 * tables[model].get(g, {}).get("accuracy", 0.0) for g in groups]
-        positions = [row + (i - (len(models) - 1) / 2) * height for row in range(len(groups))]
-        ax.barh(positions, values, height=height, label=model)
     counts = _question_counts(tables, groups)
-    ax.set_yticks(range(len(groups)), [f"{g} ({counts[g]})" for g in groups], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("accuracy (%)")
-    ax.set_xlim(0, 100)
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    accuracy = {model: {g: row.get("accuracy", 0.0) for g, row in per_group.items()}
+                for model, per_group in tables.items()}
+    return plot_bars(accuracy, path, title, "accuracy (%)", rows=groups, scale=100,
+                     row_labels={g: f"{g} ({counts[g]})" for g in groups}, value_range=(0, 100))
 
 
 def _question_counts(tables: GroupTables, groups: Sequence[str]) -> dict[str, int]:

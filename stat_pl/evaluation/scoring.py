@@ -32,9 +32,9 @@ class SampleSetting:
     n: int
     temperature: float
     max_new_tokens: int
-    top_p: float = 1.0
-    seed: int = 0
-    system_prompt: str | None = None
+    top_p: float
+    seed: int
+    system_prompt: str | None
 
     def key(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -48,6 +48,38 @@ class SampleSetting:
         seed = zlib.crc32(f"{self.seed}:{first_question_id}".encode()) & 0x7FFFFFFF
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                               top_p=self.top_p, n=self.n, seed=seed)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The sampling and bookkeeping settings of an evaluation; their defaults (the paper's) live here only.
+
+    ``python -m stat_pl evaluate`` and the ``BenchmarkEvaluator`` callback take the same fields as
+    arguments, with these defaults.
+    """
+
+    temperature: float = 0.1
+    sample_temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    batch_size: int = 32
+    system_prompt: str | None = None
+    seed: int = 0
+    grading_timeout_s: float = DEFAULT_TIMEOUT_S
+    progress: bool = True
+
+    def sample_settings(self, spec: BenchmarkSpec) -> dict[SampleSetting, list[MetricName]]:
+        """Group ``spec``'s metrics by the samples they read: pass@1 -> 1 sample at ``temperature``;
+        avg@K / pass@K -> ``spec.sampled_count()`` samples at ``sample_temperature``."""
+        settings: dict[SampleSetting, list[MetricName]] = {}
+        for metric in spec.metric_names():
+            single = metric.kind == "pass" and metric.k == 1
+            setting = SampleSetting(n=1 if single else spec.sampled_count(),
+                                    temperature=self.temperature if single else self.sample_temperature,
+                                    max_new_tokens=self.max_new_tokens, top_p=self.top_p, seed=self.seed,
+                                    system_prompt=self.system_prompt)
+            settings.setdefault(setting, []).append(metric)
+        return settings
 
 
 @dataclass
@@ -79,21 +111,6 @@ class Timing:
     grading_s: float = 0.0
     questions_generated: int = 0
     completions_generated: int = 0
-
-
-def sample_settings(spec: BenchmarkSpec, temperature: float, sample_temperature: float, max_new_tokens: int,
-                    top_p: float = 1.0, seed: int = 0,
-                    system_prompt: str | None = None) -> dict[SampleSetting, list[MetricName]]:
-    """Group ``spec``'s metrics by the samples they read: pass@1 -> 1 sample at ``temperature``;
-    avg@K / pass@K -> ``spec.sampled_count()`` samples at ``sample_temperature``."""
-    settings: dict[SampleSetting, list[MetricName]] = {}
-    for metric in spec.metric_names():
-        single = metric.kind == "pass" and metric.k == 1
-        setting = SampleSetting(n=1 if single else spec.sampled_count(),
-                                temperature=temperature if single else sample_temperature,
-                                max_new_tokens=max_new_tokens, top_p=top_p, seed=seed, system_prompt=system_prompt)
-        settings.setdefault(setting, []).append(metric)
-    return settings
 
 
 def grade_question(record: ProblemRecord, completions: Sequence[Completion],
@@ -150,9 +167,11 @@ def score(results: Sequence[QuestionResult], metrics: Sequence[MetricName]) -> d
 
 
 def breakdowns(records: Sequence[ProblemRecord],
-               results: Sequence[QuestionResult]) -> dict[str, dict[str, dict[str, float]]]:
+               scores: Sequence[float]) -> dict[str, dict[str, dict[str, float]]]:
     """Accuracy per subject, per level and per skill (paper Figures 4 and 7), for the groupings the data
-    has: ``{"subject": {"algebra": {"accuracy": .., "questions": ..}}, "skill": {...}}``."""
+    has: ``{"subject": {"algebra": {"accuracy": .., "questions": ..}}, "skill": {...}}``. ``scores`` are
+    the questions' accuracies in [0, 1] (a :class:`QuestionResult`'s ``score``: its share of correct samples).
+    The ``SkillReprofiler`` reads its per-skill accuracy from here too."""
     memberships = {
         "subject": [[r.subject] if r.subject else [] for r in records],
         "level": [[f"level {r.level}"] if r.level is not None else [] for r in records],
@@ -164,6 +183,6 @@ def breakdowns(records: Sequence[ProblemRecord],
         if not names:
             continue
         metric = GroupedAccuracy(names)
-        metric.update(groups, [r.score for r in results])
+        metric.update(groups, list(scores))
         tables[grouping] = metric.as_table()
     return tables

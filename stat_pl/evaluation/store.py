@@ -1,9 +1,11 @@
 """A resumable store of per-question results: one JSON line per (model, benchmark, question, samples).
 
-Evaluation appends each chunk's results as soon as they are graded and reloads the file on start, so
-an interrupted or repeated run generates only what is missing. The key covers everything that changes
-the samples: the model (base name and a hash of the adapter weights), the benchmark, the question
-(its id and text) and the sample setting (n, temperatures, token budget, seed, system prompt).
+The one generate-and-grade store of stat-pl: ``python -m stat_pl evaluate`` and ``python -m stat_pl
+profile`` append each chunk's results as soon as they are graded (:meth:`ResultStore.generate_missing`)
+and reload the file on start, so an interrupted or repeated run generates only what is missing. The
+key covers everything that changes the samples: the model (base name and a hash of the adapter
+weights), the benchmark, the question (its id and text) and the sample setting (n, temperatures,
+token budget, seed, system prompt).
 """
 
 from __future__ import annotations
@@ -12,10 +14,15 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from stat_pl.evaluation.scoring import QuestionResult, SampleSetting
+from tqdm.auto import tqdm
+
+from stat_pl.engines.base import Engine
+from stat_pl.evaluation.scoring import QuestionResult, SampleSetting, Timing, generate_and_grade
+from stat_pl.grading import DEFAULT_TIMEOUT_S
 from stat_pl.records import ProblemRecord
 
 logger = logging.getLogger(__name__)
@@ -59,6 +66,32 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def generate_missing(self, model_id: str, benchmark: str, records: Sequence[ProblemRecord],
+                         setting: SampleSetting, engine: Callable[[], Engine], chunk_size: int, timing: Timing,
+                         grading_timeout_s: float = DEFAULT_TIMEOUT_S, progress: bool = True,
+                         **labels: Any) -> int:
+        """Generate and grade the ``records`` that have no result under ``model_id``, ``benchmark`` and
+        ``setting``, adding each chunk as soon as it is graded; returns how many questions were generated.
+
+        ``engine`` is called only when a question is missing, so a finished run loads no model.
+        ``labels`` are written beside each result (e.g. the model's row label).
+        """
+        missing = [r for r in records if self.get(result_key(model_id, benchmark, r, setting)) is None]
+        if not missing:
+            return 0
+        bar = tqdm(total=len(missing), desc=f"{labels.get('model', model_id)} {benchmark} ({setting.label()})",
+                   disable=not progress, unit="q")
+
+        def save(chunk: list[ProblemRecord], results: list[QuestionResult]) -> None:
+            for record, result in zip(chunk, results, strict=True):
+                self.add(result_key(model_id, benchmark, record, setting), result, **labels, benchmark=benchmark,
+                         setting=dataclasses.asdict(setting))
+            bar.update(len(chunk))
+
+        generate_and_grade(engine(), missing, setting, chunk_size, save, timing, grading_timeout_s)
+        bar.close()
+        return len(missing)
 
     def _load(self) -> None:
         lines = self.path.read_text(encoding="utf-8").splitlines()

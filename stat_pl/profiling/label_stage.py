@@ -9,7 +9,7 @@ STAT needs a Skill-Map (skill -> training questions) to turn a Missing-Skill-Pro
   an empty list and is counted); it loads back with :class:`~stat_pl.records.RecordSource`;
 * ``skill_map.json``: skill -> question ids, the Skill-Map itself;
 * ``summary.md`` / ``summary.json``: labelled, unlabelled, unmatched skill names, teacher calls, cache
-  hits; ``config.yaml``: this run's arguments.
+  hits; from the command line, ``config.yaml``: the parsed config that reruns the stage.
 
 Every answer is committed to the teacher's cache as it arrives, so an interrupted run resumes where it
 stopped and a rerun makes no teacher call.
@@ -23,10 +23,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from stat_pl.evaluation.benchmarks import _canonical_subject
-from stat_pl.profiling.run_files import write_config, write_summary
+from stat_pl.profiling.run_files import write_summary
 from stat_pl.profiling.teacher_profiler import label_skills
-from stat_pl.records import RecordSource, load_records
+from stat_pl.records import RecordSource, canonical_subject, load_records
 from stat_pl.skills import SkillMap
 from stat_pl.teacher.base import Teacher
 from stat_pl.teacher.templates import PromptTemplates
@@ -55,11 +54,9 @@ def build_skill_map(
         relabel: label records that already have skills too (default: keep their labels).
         templates: prompt files; the ``label_skills`` template is used.
     """
-    arguments = dict(locals())
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    write_config(output, arguments)
-    loaded = [_canonical_subject(r) for r in load_records(records)]
+    loaded = [canonical_subject(r) for r in load_records(records)]
     labelled, stats = label_skills(loaded, teacher, catalog, benchmark=benchmark, templates=templates,
                                    max_skills=max_skills, max_attempts=max_attempts, relabel=relabel)
     with (output / "records.jsonl").open("w", encoding="utf-8") as f:

@@ -11,44 +11,46 @@ Written to ``output_dir``:
 
 * ``profile.json``: the :class:`MissingSkillProfile`. Its ``questions`` are *all* difficult questions
   (an unlabelled one with no skills), so a MATH-D benchmark can read them; ``meta`` holds the counts,
-  the detector and profiler (with its teacher), and every question's difficulty and diagnosis status;
-* ``responses.jsonl``: per question the responses, the verdict and the skills named;
-* ``profile.png``: the top skills; ``summary.md`` / ``summary.json``: the counts; ``config.yaml``.
+  the detector's and profiler's classes, and every question's difficulty and diagnosis status;
+* ``responses.jsonl``: per question of this run the responses, the verdict and the skills named;
+* ``generations.jsonl``: the graded responses, the store reruns read (evaluation's
+  :class:`~stat_pl.evaluation.store.ResultStore`, under the group ``profile``);
+* ``profile.png``: the top skills; ``summary.md`` / ``summary.json``: the counts;
+* ``config.yaml``: from the command line, the parsed config that reruns the stage (:mod:`stat_pl.cli`).
 
-Reruns pay nothing twice: responses are kept in ``responses.jsonl`` as each batch finishes (keyed by
-the student, its adapter's weights and the sampling), so an interrupted or repeated run generates only
-what is missing and loads no model when nothing is; teacher answers come from the teacher's cache.
+Reruns pay nothing twice: responses are kept in ``generations.jsonl`` as each batch finishes (keyed by
+the student, its adapter's weights, the question and the sampling), so an interrupted or repeated run
+generates only what is missing and loads no model when nothing is; teacher answers come from the
+teacher's cache.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import os
-import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from tqdm.auto import tqdm
-
-from stat_pl.data.formatting import prompt_messages
-from stat_pl.engines.base import Engine, SamplingParams
+from stat_pl.engines.base import Engine
 from stat_pl.evaluation.adapters import ModelEntry
-from stat_pl.evaluation.benchmarks import _canonical_subject, split_math_test
-from stat_pl.grading import grade
-from stat_pl.plots import plot_skill_bars
+from stat_pl.evaluation.benchmarks import split_math_test
+from stat_pl.evaluation.scoring import QuestionResult, SampleSetting, Timing
+from stat_pl.evaluation.store import ResultStore, result_key
+from stat_pl.plots import plot_bars
 from stat_pl.profile import MissingSkillProfile
 from stat_pl.profiling.base import Attempt, Diagnosis, DifficultyDetector, Profiler
 from stat_pl.profiling.detectors import GroundTruthDetector
-from stat_pl.profiling.run_files import describe, write_config, write_summary
+from stat_pl.profiling.round import judge
+from stat_pl.profiling.run_files import write_summary
 from stat_pl.profiling.teacher_profiler import TeacherProfiler
-from stat_pl.records import ProblemRecord, RecordSource, load_records
+from stat_pl.records import ProblemRecord, RecordSource, canonical_subject, load_records
 from stat_pl.teacher.base import Teacher
 
 Split = Literal["validation", "evaluation", "all"]
+GENERATIONS_FILE = "generations.jsonl"
+#: The benchmark name the profile stage's results are stored under (a result key's second part).
+STORE_GROUP = "profile"
 
 
 def profile(
@@ -95,7 +97,6 @@ def profile(
         output_dir: where everything is written; a rerun reuses its responses.
         top_k: skills in the bar chart.
     """
-    arguments = dict(locals())
     detector = detector or GroundTruthDetector()
     if detector.samples_per_question > 1 and temperature <= 0:
         raise ValueError(f"profile: the detector {type(detector).__name__} votes over "
@@ -104,27 +105,28 @@ def profile(
     profiler = _profiler(profiler, teacher, catalog, benchmark)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    write_config(output, arguments)
     records = select_questions(questions, split, split_seed, validation_size, num_questions)
-    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                              n=detector.samples_per_question, seed=seed)
-    store = ResponseStore(output / "responses.jsonl",
-                          _generation_key(student, adapter, sampling, system_prompt))
-    generated = store.generate_missing(records, lambda: _student_engine(student, adapter, batch_size),
-                                       sampling, batch_size, system_prompt)
-    attempts = [Attempt(r, tuple(store.responses[r.id])) for r in records]
-    verdicts = detector.detect(attempts)
-    diagnoses = profiler.diagnose([a for a, hard in zip(attempts, verdicts, strict=True) if hard])
+    setting = SampleSetting(n=detector.samples_per_question, temperature=temperature, max_new_tokens=max_new_tokens,
+                            top_p=top_p, seed=seed, system_prompt=system_prompt)
+    store, model_id = ResultStore(output / GENERATIONS_FILE), ModelEntry("student", student, adapter).fingerprint()
+    generated = store.generate_missing(model_id, STORE_GROUP, records, setting,
+                                       lambda: _student_engine(student, adapter, batch_size),
+                                       batch_size // setting.n, Timing(), model="student")
+    results = [store.get(result_key(model_id, STORE_GROUP, r, setting)) for r in records]
+    attempts = [Attempt(r, tuple(result.responses)) for r, result in zip(records, results, strict=True)]
+    difficult, diagnoses = judge(attempts, detector, profiler)
+    hard = {attempt.record.id for attempt in difficult}
+    verdicts = [attempt.record.id in hard for attempt in attempts]
     stats = dict(getattr(profiler, "stats", None) or {})
-    counts = _counts(attempts, verdicts, diagnoses, stats, generated)
+    counts = _counts(results, verdicts, diagnoses, stats, generated)
     result = MissingSkillProfile.from_questions(
         {d.question_id: d.skills for d in diagnoses}, student=student, adapter=adapter, split=split,
-        split_seed=split_seed, counts=counts, detector=describe(detector), profiler=describe(profiler),
+        split_seed=split_seed, counts=counts, detector=_class_path(detector), profiler=_class_path(profiler),
         difficulty={a.record.id: hard for a, hard in zip(attempts, verdicts, strict=True)},
         statuses={d.question_id: d.status for d in diagnoses})
     result.to_json(output / "profile.json")
-    store.finish(attempts, verdicts, diagnoses)
-    plot_skill_bars({"missing skills": result.histogram}, output / "profile.png",
+    _write_responses(output / "responses.jsonl", attempts, verdicts, diagnoses)
+    plot_bars({"missing skills": result.histogram}, output / "profile.png",
                     f"Missing-Skill-Profile of {student} ({counts['difficult']} difficult questions)",
                     "difficult questions", top_k=top_k)
     table = write_summary(output, f"profile of {student}", counts,
@@ -137,13 +139,18 @@ def profile(
 def select_questions(questions: RecordSource, split: Split, split_seed: int, validation_size: int,
                      num_questions: int | None) -> list[ProblemRecord]:
     """The questions to profile: the split's part (subjects spelled as the catalog does), the first N."""
-    records = [_canonical_subject(r) for r in load_records(questions)]
+    records = [canonical_subject(r) for r in load_records(questions)]
     if split != "all":
         validation, evaluation = split_math_test(records, seed=split_seed, validation_size=validation_size)
         records = validation if split == "validation" else evaluation
     if num_questions is not None and num_questions < 1:
         raise ValueError(f"num_questions must be >= 1 (or null for all), got {num_questions}")
     return records[:num_questions] if num_questions else records
+
+
+def _class_path(value: object) -> str:
+    """How a config names ``value``'s class; its arguments are in the run's ``config.yaml``."""
+    return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 def _profiler(profiler: Profiler | None, teacher: Teacher | None, catalog: str, benchmark: str) -> Profiler:
@@ -170,70 +177,22 @@ def _student_engine(student: str, adapter: str | None, batch_size: int) -> Engin
                     batch_size=batch_size, progress=False)
 
 
-def _generation_key(student: str, adapter: str | None, sampling: SamplingParams, system_prompt: str | None) -> str:
-    """What a stored response depends on: the student's weights, the sampling and the prompt."""
-    key = {"model": ModelEntry("student", student, adapter).fingerprint(), "max_new_tokens": sampling.max_new_tokens,
-           "temperature": sampling.temperature, "top_p": sampling.top_p, "n": sampling.n, "seed": sampling.seed,
-           "system_prompt": system_prompt}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+def _write_responses(path: Path, attempts: Sequence[Attempt], verdicts: Sequence[bool],
+                     diagnoses: Sequence[Diagnosis]) -> None:
+    """``responses.jsonl``: this run's questions only, each with its responses, verdict and diagnosis."""
+    by_id = {d.question_id: d for d in diagnoses}
+    with path.open("w", encoding="utf-8") as f:
+        for attempt, hard in zip(attempts, verdicts, strict=True):
+            record, diagnosis = attempt.record, by_id.get(attempt.record.id)
+            f.write(json.dumps({
+                "id": record.id, "subject": record.subject, "problem": record.problem, "answer": record.answer,
+                "responses": list(attempt.responses), "difficult": hard,
+                "status": diagnosis.status if diagnosis else None,
+                "missing_skills": list(diagnosis.skills) if diagnosis else [],
+            }, ensure_ascii=False) + "\n")
 
 
-class ResponseStore:
-    """The student's responses in ``responses.jsonl``, appended batch by batch, reused when the key matches."""
-
-    def __init__(self, path: Path, generation_key: str) -> None:
-        self.path = path
-        self.generation_key = generation_key
-        self.responses: dict[str, list[str]] = {}
-        if path.is_file():
-            with path.open(encoding="utf-8") as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-            self.responses = {r["id"]: r["responses"] for r in rows if r.get("generation") == generation_key}
-
-    def generate_missing(self, records: Sequence[ProblemRecord], make_engine: Callable[[], Engine],
-                         sampling: SamplingParams, batch_size: int, system_prompt: str | None) -> int:
-        """Generate the responses of the records not stored yet; returns how many questions were generated.
-
-        Each chunk's seed follows its first question's id rather than its index, so a resumed run, whose
-        chunks start where the interrupted run stopped, samples as the uninterrupted run would have.
-        """
-        missing = [r for r in records if r.id not in self.responses]
-        if not missing:
-            return 0
-        engine = make_engine()
-        chunk = max(1, batch_size // sampling.n)
-        with (tqdm(total=len(missing), desc="student responses", unit="question") as bar,
-              self.path.open("a", encoding="utf-8") as f):
-            for start in range(0, len(missing), chunk):
-                part = missing[start : start + chunk]
-                seed = zlib.crc32(f"{sampling.seed}:{part[0].id}".encode()) & 0x7FFFFFFF
-                completions = engine.generate([prompt_messages(r.problem, system_prompt) for r in part],
-                                              dataclasses.replace(sampling, seed=seed))
-                for record, samples in zip(part, completions, strict=True):
-                    self.responses[record.id] = [c.text for c in samples]
-                    f.write(json.dumps({"id": record.id, "generation": self.generation_key,
-                                        "responses": self.responses[record.id]}, ensure_ascii=False) + "\n")
-                f.flush()
-                bar.update(len(part))
-        return len(missing)
-
-    def finish(self, attempts: Sequence[Attempt], verdicts: Sequence[bool], diagnoses: Sequence[Diagnosis]) -> None:
-        """Rewrite the file with this run's questions only, each with its verdict and diagnosis."""
-        by_id = {d.question_id: d for d in diagnoses}
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for attempt, hard in zip(attempts, verdicts, strict=True):
-                record, diagnosis = attempt.record, by_id.get(attempt.record.id)
-                f.write(json.dumps({
-                    "id": record.id, "generation": self.generation_key, "subject": record.subject,
-                    "problem": record.problem, "answer": record.answer, "responses": list(attempt.responses),
-                    "difficult": hard, "status": diagnosis.status if diagnosis else None,
-                    "missing_skills": list(diagnosis.skills) if diagnosis else [],
-                }, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.path)
-
-
-def _counts(attempts: Sequence[Attempt], verdicts: Sequence[bool], diagnoses: Sequence[Diagnosis],
+def _counts(results: Sequence[QuestionResult], verdicts: Sequence[bool], diagnoses: Sequence[Diagnosis],
             stats: dict[str, Any], generated: int) -> dict[str, Any]:
     """The summary table's rows (questions counted); ``teacher_calls`` are this run's paid calls, retries included.
 
@@ -242,8 +201,8 @@ def _counts(attempts: Sequence[Attempt], verdicts: Sequence[bool], diagnoses: Se
     """
     statuses = Counter(d.status for d in diagnoses)
     return {
-        "questions": len(attempts),
-        "correct_first_response": sum(grade(a.responses[0], a.record.answer) for a in attempts if a.responses),
+        "questions": len(results),
+        "correct_first_response": sum(bool(r.correct) and r.correct[0] for r in results),
         "difficult": sum(verdicts),
         "labelled": statuses["labelled"],
         "unlabelled": len(diagnoses) - statuses["labelled"],
@@ -251,5 +210,5 @@ def _counts(attempts: Sequence[Attempt], verdicts: Sequence[bool], diagnoses: Se
         "teacher_calls": stats.get("teacher_calls", 0),
         "cache_hits": stats.get("cache_hits", 0),
         "responses_generated": generated,
-        "responses_reused": len(attempts) - generated,
+        "responses_reused": len(results) - generated,
     }

@@ -170,7 +170,7 @@ def _check_samples(detector: str, samples_per_question: int) -> None:
         raise ValueError(f"{detector}.samples_per_question must be >= 1, got {samples_per_question}")
 
 
-class ProcessRewardDetector(RewardModelScorer):
+class ProcessRewardDetector:
     """Difficult when the PRM doubts the student's steps (paper Sec. 3.1; :func:`prm_is_difficult`).
 
     Steps are the paragraphs of a response (:func:`split_steps`); a response without any text has no
@@ -178,18 +178,16 @@ class ProcessRewardDetector(RewardModelScorer):
     half of its responses pass the rule.
 
     Args:
-        model: the PRM, Hub name or local path (paper: ``RLHFlow/Llama3.1-8B-PRM-Mistral-Data``).
+        scorer: the PRM and how it runs (:class:`RewardModelScorer`); default the paper's
+            ``RLHFlow/Llama3.1-8B-PRM-Mistral-Data`` with the scorer's defaults.
         tau1, tau2: the rule's thresholds (paper: 0.85 and 0.7).
         samples_per_question: responses judged per question.
-        quantization, compute_dtype, device, batch_size, good_token, bad_token, progress: see
-            :class:`RewardModelScorer`.
     """
 
-    def __init__(self, model: str = PAPER_PRM, tau1: float = 0.85, tau2: float = 0.7, samples_per_question: int = 1,
-                 quantization: Quantization = "none", compute_dtype: str = "bfloat16", device: str | None = None,
-                 batch_size: int = 8, good_token: str = "+", bad_token: str = "-", progress: bool = True) -> None:
+    def __init__(self, scorer: RewardModelScorer | None = None, tau1: float = 0.85, tau2: float = 0.7,
+                 samples_per_question: int = 1) -> None:
         _check_samples("ProcessRewardDetector", samples_per_question)
-        super().__init__(model, quantization, compute_dtype, device, batch_size, good_token, bad_token, progress)
+        self.scorer = scorer or RewardModelScorer(PAPER_PRM)
         self.tau1 = tau1
         self.tau2 = tau2
         self.samples_per_question = samples_per_question
@@ -204,7 +202,7 @@ class ProcessRewardDetector(RewardModelScorer):
                     conversations.append([f"{attempt.record.problem} {steps[0]}", *steps[1:]])
                     owners.append((a, r))
         scores: list[list[list[float]]] = [[[] for _ in attempt.responses] for attempt in attempts]
-        for (a, r), turn_scores in zip(owners, self.score_turns(conversations), strict=True):
+        for (a, r), turn_scores in zip(owners, self.scorer.score_turns(conversations), strict=True):
             scores[a][r] = turn_scores
         return scores
 
@@ -222,17 +220,15 @@ class PRMLastStepDetector(ProcessRewardDetector):
     difficult unless more than half of its responses are fine, as for the PRM rule.
 
     Args:
-        model: the PRM (paper: ``RLHFlow/Llama3.1-8B-PRM-Mistral-Data``).
+        scorer: the PRM and how it runs (:class:`RewardModelScorer`); default the paper's
+            ``RLHFlow/Llama3.1-8B-PRM-Mistral-Data`` with the scorer's defaults.
         threshold: a response whose last step scores at most this is bad.
-        samples_per_question, quantization, ...: as for :class:`ProcessRewardDetector`.
+        samples_per_question: responses judged per question.
     """
 
-    def __init__(self, model: str = PAPER_PRM, threshold: float = 0.9, samples_per_question: int = 1,
-                 quantization: Quantization = "none", compute_dtype: str = "bfloat16", device: str | None = None,
-                 batch_size: int = 8, good_token: str = "+", bad_token: str = "-", progress: bool = True) -> None:
-        super().__init__(model, samples_per_question=samples_per_question, quantization=quantization,
-                         compute_dtype=compute_dtype, device=device, batch_size=batch_size, good_token=good_token,
-                         bad_token=bad_token, progress=progress)
+    def __init__(self, scorer: RewardModelScorer | None = None, threshold: float = 0.9,
+                 samples_per_question: int = 1) -> None:
+        super().__init__(scorer, samples_per_question=samples_per_question)
         self.threshold = threshold
 
     def detect(self, attempts: Sequence[Attempt]) -> list[bool]:
@@ -240,7 +236,7 @@ class PRMLastStepDetector(ProcessRewardDetector):
                 for per_response in self.step_scores(attempts)]
 
 
-class OutcomeRewardDetector(RewardModelScorer):
+class OutcomeRewardDetector:
     """Difficult when the ORM's score of the whole response is at most ``threshold`` (paper: 0.9).
 
     The ORM reads question and response as one user turn and is scored like one PRM step (P(``+``)).
@@ -248,23 +244,23 @@ class OutcomeRewardDetector(RewardModelScorer):
     difficult unless more than half of its responses score above the threshold.
 
     Args:
-        model: the ORM, Hub name or local path (e.g. ``RLHFlow/Llama3.1-8B-ORM-Mistral-Data``).
+        scorer: the ORM and how it runs (:class:`RewardModelScorer`); default
+            ``RLHFlow/Llama3.1-8B-ORM-Mistral-Data`` with the scorer's defaults.
         threshold: a response scoring at most this is bad.
-        samples_per_question, quantization, ...: as for :class:`ProcessRewardDetector`.
+        samples_per_question: responses judged per question.
     """
 
-    def __init__(self, model: str = PAPER_ORM, threshold: float = 0.9, samples_per_question: int = 1,
-                 quantization: Quantization = "none", compute_dtype: str = "bfloat16", device: str | None = None,
-                 batch_size: int = 8, good_token: str = "+", bad_token: str = "-", progress: bool = True) -> None:
+    def __init__(self, scorer: RewardModelScorer | None = None, threshold: float = 0.9,
+                 samples_per_question: int = 1) -> None:
         _check_samples("OutcomeRewardDetector", samples_per_question)
-        super().__init__(model, quantization, compute_dtype, device, batch_size, good_token, bad_token, progress)
+        self.scorer = scorer or RewardModelScorer(PAPER_ORM)
         self.threshold = threshold
         self.samples_per_question = samples_per_question
 
     def scores(self, attempts: Sequence[Attempt]) -> list[list[float]]:
         """The ORM score of every response of every attempt."""
         conversations = [[f"{a.record.problem} {response.strip()}"] for a in attempts for response in a.responses]
-        flat = iter(turns[0] for turns in self.score_turns(conversations))
+        flat = iter(turns[0] for turns in self.scorer.score_turns(conversations))
         return [[next(flat) for _ in a.responses] for a in attempts]
 
     def detect(self, attempts: Sequence[Attempt]) -> list[bool]:

@@ -172,7 +172,7 @@ def _subject_of(record: ProblemRecord, catalog: SkillCatalog) -> str:
     try:
         catalog.skills(record.subject)
     except KeyError as err:
-        raise KeyError(f"question {record.id}: {err.args[0]}") from None
+        raise type(err)(f"question {record.id}: {err.args[0]}") from None
     return record.subject
 
 

@@ -13,24 +13,21 @@ Built from YAML by LightningCLI / jsonargparse::
         concurrency: 16
         cache_dir: runs/teacher_cache
 
-Retries are ours, not the ``openai`` client's (it is built with ``max_retries=0``), so that the bound
-is exact and every paid call is counted: timeouts, connection errors, 408/409/429/5xx and malformed
-(e.g. truncated) responses are retried up to ``max_retries`` times, waiting what the server's
-``Retry-After`` / ``retry-after-ms`` header says when it says so, else ``backoff_base_s * 2**k`` (capped
-at ``backoff_max_s``, with jitter so that parallel requests do not retry in lock step). Other 4xx
-errors (bad request, wrong key, unknown model) are not retried. Requests run on ``concurrency``
-threads; each answer is committed to the cache as soon as it arrives.
+Transport faults are the ``openai`` client's to retry: timeouts, connection errors and 408/409/429/5xx,
+with its exponential backoff and jitter, honouring the server's ``Retry-After`` / ``retry-after-ms``
+(up to two minutes; a longer one is not retried). Other 4xx errors (bad request, wrong key, unknown
+model) are not retried. Ours is only what it does not do: a 200 answer that is malformed (a truncated
+body, a choice without text) is asked again, and every HTTP call is counted (an ``httpx`` request
+hook), so that a request costs at most ``1 + max_retries`` calls in all and ``stats()`` reports what
+was paid for. Requests run on ``concurrency`` threads; each answer is committed to the cache as soon
+as it arrives.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import math
 import os
-import random
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -51,10 +48,6 @@ from stat_pl.teacher.cache import TeacherCache, default_cache_dir
 
 log = logging.getLogger(__name__)
 
-#: The longest ``Retry-After`` we wait for; a longer one is waited for this long, then retried.
-MAX_RETRY_AFTER_S = 120.0
-_RETRIED_STATUS = {408, 409, 429}
-
 
 class _MalformedResponse(ValueError):
     """A 200 response whose choices have no text (retried: the next answer may be whole)."""
@@ -73,18 +66,15 @@ class OpenAICompatibleTeacher:
         api_key_env: the NAME of the environment variable holding the key (read on the first paid call;
             a fully cached run needs no key). For a server without authentication set it to any value.
         timeout: seconds one HTTP call may take before it counts as failed (and is retried).
-        max_retries: retries per request after its first call; a request costs at most
-            ``1 + max_retries`` calls.
+        max_retries: retries per request after its first call (the ``openai`` client's and ours for
+            malformed answers together); a request costs at most ``1 + max_retries`` calls.
         concurrency: requests in flight at once.
         cache_dir: where the answer cache lives (default: :func:`default_cache_dir`).
-        backoff_base_s: the wait before the first retry when the server gives no ``Retry-After``.
-        backoff_max_s: the longest such wait.
     """
 
     def __init__(self, model: str, base_url: str = "https://api.openai.com/v1",
                  api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0, max_retries: int = 5,
-                 concurrency: int = 16, cache_dir: str | None = None, backoff_base_s: float = 1.0,
-                 backoff_max_s: float = 60.0) -> None:
+                 concurrency: int = 16, cache_dir: str | None = None) -> None:
         if max_retries < 0:
             raise ValueError(f"teacher.max_retries must be >= 0, got {max_retries}")
         if concurrency < 1:
@@ -98,8 +88,6 @@ class OpenAICompatibleTeacher:
         self.max_retries = max_retries
         self.concurrency = concurrency
         self.cache_dir = str(cache_dir) if cache_dir is not None else str(default_cache_dir())
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
         self._cache = TeacherCache(self.cache_dir)
         self._init_runtime()
 
@@ -108,6 +96,7 @@ class OpenAICompatibleTeacher:
         self._client_pid = -1
         self._lock = threading.Lock()
         self._counts = {"requests": 0, "retries": 0, "failures": 0}
+        self._calls = threading.local()  # HTTP calls of the request this thread is asking
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r}, "
@@ -116,7 +105,7 @@ class OpenAICompatibleTeacher:
 
     def __getstate__(self) -> dict[str, object]:
         """Pickle the configuration only: the client (which holds the key) is rebuilt on demand."""
-        runtime = ("_client", "_client_pid", "_lock", "_counts")
+        runtime = ("_client", "_client_pid", "_lock", "_counts", "_calls")
         return {k: v for k, v in self.__dict__.items() if k not in runtime}
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -164,46 +153,40 @@ class OpenAICompatibleTeacher:
                     raise TeacherError(
                         f"environment variable {self.api_key_env} (teacher.api_key_env) is not set: export "
                         "it with the API key, or with any value (e.g. EMPTY) for a server without a key")
+                http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._on_http_call]})
                 self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout,
-                                             max_retries=0)
+                                             max_retries=self.max_retries, http_client=http_client)
                 self._client_pid = os.getpid()  # a forked child builds its own: sockets are not shared
             return self._client
 
-    def _ask(self, client: openai.OpenAI, request: TeacherRequest) -> TeacherAnswer:
-        """One request, retried within the bound; the answer is cached before it is returned."""
-        reason = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self._count("retries")
-            self._count("requests")
-            try:
-                texts = self._call(client, request)
-            except (openai.OpenAIError, ValueError) as err:
-                reason, delay = self._describe(err), self._retry_delay_s(err, attempt)
-                if delay is None:
-                    return self._give_up(reason, attempt + 1)
-            else:
-                self._cache.put(request.cache_key(self.model), texts)
-                return texts
-            if attempt < self.max_retries:
-                log.info("teacher %s: %s; retry %d of %d in %.2f s", self.model, reason, attempt + 1,
-                         self.max_retries, delay)
-                time.sleep(delay)
-        return self._give_up(reason, self.max_retries + 1)
+    def _on_http_call(self, _request: object) -> None:
+        """Every HTTP call the ``openai`` client sends, its own retries included, is a paid call."""
+        self._calls.count += 1
+        self._count("requests")
 
-    def _retry_delay_s(self, err: Exception, attempt: int) -> float | None:
-        """How long to wait before retrying after ``err``; None when retrying cannot help."""
-        if isinstance(err, _WrongChoiceCount):
-            return None
-        if isinstance(err, openai.APIStatusError):
-            if err.status_code not in _RETRIED_STATUS and err.status_code < 500:
-                return None
-            retry_after = _retry_after_s(err.response.headers)
-            if retry_after is not None:
-                return retry_after
-        elif not isinstance(err, (openai.APIConnectionError, ValueError)):
-            return None
-        return self._backoff_s(attempt)
+    def _ask(self, client: openai.OpenAI, request: TeacherRequest) -> TeacherAnswer:
+        """One request within the call bound: transport faults are retried by the ``openai`` client, a
+        malformed answer by us with the calls left; the answer is cached before it is returned."""
+        self._calls.count = 0
+        try:
+            while True:
+                calls_left = self.max_retries + 1 - self._calls.count
+                try:
+                    texts = self._call(client.with_options(max_retries=calls_left - 1), request)
+                except _WrongChoiceCount as err:  # the server ignores n: asking again cannot help
+                    return self._give_up(self._describe(err), self._calls.count)
+                except (_MalformedResponse, ValueError, openai.APIResponseValidationError) as err:
+                    if self._calls.count > self.max_retries:
+                        return self._give_up(self._describe(err), self._calls.count)
+                    log.info("teacher %s: %s; asking again (%d of %d calls made)", self.model,
+                             self._describe(err), self._calls.count, 1 + self.max_retries)
+                except openai.OpenAIError as err:  # what the openai client retries, it has retried
+                    return self._give_up(self._describe(err), self._calls.count)
+                else:
+                    self._cache.put(request.cache_key(self.model), texts)
+                    return texts
+        finally:
+            self._count("retries", max(0, self._calls.count - 1))
 
     def _call(self, client: openai.OpenAI, request: TeacherRequest) -> list[str]:
         extra = {} if request.seed is None else {"seed": request.seed}
@@ -218,9 +201,6 @@ class OpenAICompatibleTeacher:
             raise _WrongChoiceCount(f"the server returned {len(texts)} choice(s) for n={request.n}; "
                                     "does it support n > 1?")
         return texts
-
-    def _backoff_s(self, attempt: int) -> float:
-        return min(self.backoff_base_s * 2.0**attempt, self.backoff_max_s) * random.uniform(0.5, 1.0)
 
     def _describe(self, err: Exception) -> str:
         """The error as one line, with the key masked in case a server echoed it."""
@@ -243,28 +223,7 @@ class OpenAICompatibleTeacher:
                     self.base_url, attempts, reason)
         return TeacherFailure(reason=reason, attempts=attempts)
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, by: int = 1) -> None:
         with self._lock:
-            self._counts[name] += 1
+            self._counts[name] += by
 
-
-def _retry_after_s(headers: object) -> float | None:
-    """Seconds the server asked us to wait (``retry-after-ms``, ``Retry-After`` seconds or date)."""
-    get = getattr(headers, "get", None)
-    if get is None:
-        return None
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        value = get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) * scale
-        except ValueError:
-            try:
-                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-            except (TypeError, ValueError):
-                continue
-        if math.isnan(seconds):
-            continue
-        return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
-    return None
