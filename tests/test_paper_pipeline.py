@@ -140,9 +140,10 @@ def test_the_chain_runs_in_miniature_through_the_shipped_configs(tmp_path, tiny_
             "builders": [{"class_path": "stat_pl.building.StatSel", "init_args": {"target_size": 24}},
                          {"class_path": "stat_pl.building.StatSyn", "init_args": {"target_size": 6}}]}))
     fit_overlay = overlay(tmp_path, "fit", {
-        "trainer": {"accelerator": "cpu", "precision": "32-true", "max_steps": 3, "logger": False,
+        "trainer": {"accelerator": "cpu", "precision": "32-true", "max_steps": 3,
                     "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False},
-        "model": {"init_args": {"model": tiny, "quantization": "none", "optimizer": "adamw",
+        "model": {"init_args": {"model": tiny, "quantization": "none",
+                                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 2.0e-4}},
                                 "gradient_checkpointing": False}},
         "data": {"init_args": {"max_length": 1024, "num_workers": 0}}})
     run("fit", "sft_qlora_llama32_3b.yaml", fit_overlay)
