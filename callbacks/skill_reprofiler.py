@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import Callback
 
 from stat_pl.callbacks.reprofile_writer import ReprofileWriter
 from stat_pl.engines.base import SamplingParams
+from stat_pl.evaluation.benchmarks import contamination_sources
 from stat_pl.evaluation.scoring import breakdowns
 from stat_pl.grading import grade
 from stat_pl.profile import MissingSkillProfile
@@ -60,6 +61,9 @@ class SkillReprofiler(Callback):
         synthesize_per_round: at most this many new questions per round (0: no synthesis). The data
             module needs a ``SyntheticSource`` as its last train source.
         contamination: test sets new questions must not copy (the validation questions always count).
+        contamination_benchmarks: registry benchmarks they must not copy either, read whole (``[all]``: every
+            one; :func:`stat_pl.evaluation.benchmarks.contamination_sources`).
+        benchmark_paths: registry name -> a local file read instead of that benchmark's Hub dataset.
     """
 
     def __init__(
@@ -81,6 +85,8 @@ class SkillReprofiler(Callback):
         teacher: Teacher | None = None,
         synthesize_per_round: int = 0,
         contamination: list[DataSource] | None = None,
+        contamination_benchmarks: list[str] | None = None,
+        benchmark_paths: dict[str, str] | None = None,
     ) -> None:
         if combine not in ("replace", "ema"):
             raise ValueError(f"SkillReprofiler.combine must be 'replace' or 'ema', got {combine!r}")
@@ -102,7 +108,9 @@ class SkillReprofiler(Callback):
         self.seed = seed
         self.teacher = teacher
         self.synthesize_per_round = synthesize_per_round
-        self.contamination = contamination or []
+        self.contamination: list[DataSource] = [
+            *(contamination or []),
+            *(contamination_sources(contamination_benchmarks, benchmark_paths) if contamination_benchmarks else [])]
         self._guard = None
         self.profile: MissingSkillProfile | None = None
         self.history: list[dict[str, Any]] = []

@@ -204,3 +204,14 @@ def test_the_reprofiler_refuses_a_permutation_sampler_before_any_round(tiny_mode
     with pytest.raises(ValueError, match="set data.sampling: weighted"):
         trainer.fit(module, datamodule=data)
     assert callback.history == []
+
+
+def test_live_synthesis_is_guarded_against_every_registry_benchmark(shared_data):
+    from stat_pl.evaluation.benchmarks import BENCHMARKS
+
+    paths = {"gsm8k": str(shared_data / "eval" / "gsm8k.jsonl")}
+    callback = SkillReprofiler(SkillWorldSource(split="validation", n=4, levels=(1,)), GroundTruthDetector(),
+                               SkillWorldOracle(), contamination_benchmarks=["all"], benchmark_paths=paths)
+    names = {source.name for source in callback.contamination}
+    assert names | {"math_d"} == set(BENCHMARKS)  # MATH-D's questions are MATH's
+    assert next(s for s in callback.contamination if s.name == "gsm8k").path == paths["gsm8k"]
