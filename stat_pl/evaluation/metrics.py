@@ -51,8 +51,9 @@ class MetricName:
     def __str__(self) -> str:
         return f"{self.kind}@{self.k}"
 
-    def build(self) -> Metric:
-        return AvgAtK() if self.kind == "avg" else PassAtK(self.k)
+    def build(self, **metric_kwargs) -> Metric:
+        """The metric; ``metric_kwargs`` go to torchmetrics' ``Metric`` (e.g. ``sync_on_compute``)."""
+        return AvgAtK(**metric_kwargs) if self.kind == "avg" else PassAtK(self.k, **metric_kwargs)
 
 
 def _as_counts(num_correct: torch.Tensor | Sequence[int],

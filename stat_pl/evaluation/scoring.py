@@ -157,10 +157,14 @@ def generate_and_grade(engine: Engine, records: Sequence[ProblemRecord], setting
 
 
 def score(results: Sequence[QuestionResult], metrics: Sequence[MetricName]) -> dict[str, float]:
-    """Each metric over the questions' (correct, samples) counts, e.g. ``{"pass@1": 0.42}``."""
+    """Each metric over the questions' (correct, samples) counts, e.g. ``{"pass@1": 0.42}``.
+
+    ``results`` are all the questions already, held by this one process (profiling runs on rank 0 only),
+    so the metrics never sync across ranks: a rank-0-only ``compute`` that waited for the others would
+    hang a DDP run."""
     values = {}
     for name in metrics:
-        metric = name.build()
+        metric = name.build(sync_on_compute=False)
         metric.update([r.num_correct for r in results], [len(r.correct) for r in results])
         values[str(name)] = float(metric.compute())
     return values
@@ -182,7 +186,7 @@ def breakdowns(records: Sequence[ProblemRecord],
         names = sorted({g for member in groups for g in member})
         if not names:
             continue
-        metric = GroupedAccuracy(names)
+        metric = GroupedAccuracy(names, sync_on_compute=False)  # local results, as in score()
         metric.update(groups, list(scores))
         tables[grouping] = metric.as_table()
     return tables
