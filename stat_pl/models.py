@@ -6,16 +6,26 @@ Hub (see :mod:`stat_pl.offline_models`); every other string is a Hub name or a l
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
 
 from stat_pl.offline_models import resolve_model_path
 
 Quantization = Literal["none", "nf4", "int8"]
+#: The keyword (and output field) of a KV cache: transformers 5.2x renamed ``past_key_values`` to ``cache``
+#: (the old name warns, and goes in 5.40); older releases know only the old one.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 #: The paper's LoRA targets (DESIGN.md section 4): every attention and MLP projection.
 PAPER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -80,8 +90,12 @@ def load_causal_lm(
     lora: LoRAConfig | None = None,
     gradient_checkpointing: bool = False,
     device: str | torch.device | None = None,
+    init_adapter: str | None = None,
 ) -> torch.nn.Module:
     """Load a causal LM, optionally quantised with bitsandbytes (QLoRA: ``nf4`` + ``lora``) and wrapped in LoRA.
+
+    ``init_adapter`` starts from a saved PEFT adapter (e.g. the SFT run's, for GRPO after SFT), trainable;
+    its own ``adapter_config.json`` then fixes rank and targets, and ``lora`` is not used.
 
     Unquantised weights load in ``compute_dtype`` on CUDA and in float32 on CPU (CPU training uses
     bf16 autocast instead, which keeps fp32 master weights). Quantised weights are placed on
@@ -104,7 +118,14 @@ def load_causal_lm(
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    if lora is not None:
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(init_adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"init_adapter: {init_adapter} has no adapter_config.json; pass the folder "
+                                    "a PEFT save_pretrained wrote (e.g. <run>/adapter)")
+        model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+    elif lora is not None:
         model = add_lora(model, lora)
     return model
 

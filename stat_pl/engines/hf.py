@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 from stat_pl.engines.base import Completion, Prompt, SamplingParams
-from stat_pl.models import load_causal_lm, load_tokenizer
+from stat_pl.models import CACHE_KWARG, load_causal_lm, load_tokenizer
 
 
 class HFEngine:
@@ -98,7 +98,7 @@ class HFEngine:
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         n, shared = sampling.n, {}
         if self.share_prefill and n > 1 and min(len(p) for p in prompt_ids) > 1:
-            shared = {"past_key_values": self._prefill_once(input_ids, attention_mask, n)}
+            shared = {CACHE_KWARG: self._prefill_once(input_ids, attention_mask, n)}
             input_ids, attention_mask, n = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0), 1
         sample = sampling.temperature > 0
         output = self.model.generate(
@@ -128,8 +128,9 @@ class HFEngine:
         for ``generate`` to feed (it needs logits to sample from); positions follow the left padding.
         """
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        cache = self.model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-                           position_ids=position_ids[:, :-1], use_cache=True).past_key_values
+        output = self.model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                            position_ids=position_ids[:, :-1], use_cache=True)
+        cache = getattr(output, CACHE_KWARG)
         cache.batch_repeat_interleave(n)
         return cache
 
