@@ -1,10 +1,13 @@
-"""Test helpers importable by class_path from a subprocess: a reward a random tiny model can earn, a rollout recorder."""
+"""Test helpers importable by class_path from a subprocess: a reward a tiny random model can earn; a rollout log."""
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
+
+from stat_pl.engines.base import Completion
 
 
 @dataclass
@@ -15,7 +18,7 @@ class CharReward:
     weight: float = 1.0
     name: str = "char"
 
-    def score(self, completions, answers) -> list[float]:
+    def score(self, completions: Sequence[Completion], answers: Sequence[str]) -> list[float]:
         return [float(self.char in c.text) for c in completions]
 
 

@@ -28,25 +28,35 @@ class PromptDataModule(SkillWeightedDataModule):
     Args:
         max_prompt_length: prompts longer than this many tokens are skipped with a warning.
         prompt_suffix: appended to every question (e.g. "Put the final answer in \\boxed{}.").
+        skip_unanswered: skip records without a gold answer (with a warning) instead of failing on the first
+            (MATH train has two such rows).
     """
 
     def __init__(self, tokenizer: str, train: list[DataSource], max_prompt_length: int = 512,
-                 prompt_suffix: str = "", **kwargs) -> None:
+                 prompt_suffix: str = "", skip_unanswered: bool = False, **kwargs) -> None:
         super().__init__(tokenizer, train, **kwargs)
         self.max_prompt_length = max_prompt_length
         self.prompt_suffix = prompt_suffix
+        self.skip_unanswered = skip_unanswered
 
     def _encode(self, records: Sequence[ProblemRecord]) -> list[dict]:
-        examples, too_long = [], []
+        examples, too_long, unanswered = [], [], []
         for i, record in enumerate(records):
             if not record.answer.strip():
-                raise ValueError(f"record {record.id!r} (source {record.source!r}) has an empty field "
-                                 "'answer': GRPO's reward needs a gold answer; drop the row or fill it in")
+                if not self.skip_unanswered:
+                    raise ValueError(f"record {record.id!r} (source {record.source!r}) has an empty field 'answer': "
+                                     "GRPO's reward needs a gold answer; fill it in, drop the row, or set "
+                                     "data.skip_unanswered: true")
+                unanswered.append(record.id)
+                continue
             ids = encode_prompt(self.tokenizer, record.problem + self.prompt_suffix, self.system_prompt)
             if len(ids) > self.max_prompt_length:
                 too_long.append(record.id)
                 continue
             examples.append({"input_ids": ids, "record": i})
+        if unanswered:
+            rank_zero_warn(f"PromptDataModule: skipped {len(unanswered)} record(s) without a gold answer: "
+                           f"{unanswered[:3]}")
         if too_long:
             rank_zero_warn(f"PromptDataModule: skipped {len(too_long)} prompt(s) longer than max_prompt_length="
                            f"{self.max_prompt_length} tokens, e.g. {too_long[:3]}; raise it to keep them")
