@@ -25,7 +25,7 @@ class Collect(Callback):
         self.grads.append({n: p.grad.clone() for n, p in pl_module.model.named_parameters() if p.requires_grad})
 
 
-def fit(model_dir, steps: int = 2, trainer_args: dict | None = None, **module_args):
+def fit(model_dir, steps: int = 2, trainer_args: dict | None = None, callbacks: list | None = None, **module_args):
     L.seed_everything(0)
     args = {"quantization": "none", "compute_dtype": "float32", "lora": LoRAConfig(r=4, alpha=8, dropout=0.0),
             "lr": 1e-2, "num_generations": 4, "max_new_tokens": 12, "rewards": [CharReward()], **module_args}
@@ -35,7 +35,7 @@ def fit(model_dir, steps: int = 2, trainer_args: dict | None = None, **module_ar
     collect = Collect()
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                        callbacks=[collect], **(trainer_args or {}))
+                        callbacks=[collect, *(callbacks or [])], **(trainer_args or {}))
     trainer.fit(module, data)
     adapter = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
     return module, adapter, collect
