@@ -21,7 +21,7 @@ def grpo_config(tmp_path: Path, model_dir: Path, **trainer) -> Path:
                               "enable_model_summary": False, "default_root_dir": str(tmp_path / "run"), **trainer})
     config["model"]["init_args"].update({
         "model": str(model_dir), "quantization": "none", "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
-        "max_new_tokens": 12, "lr": 1e-2, "rewards": [{"class_path": "char_reward.CharReward"}]})
+        "max_new_tokens": 12, "lr": 1e-2, "rewards": [{"class_path": "grpo_helpers.CharReward"}]})
     config["data"]["init_args"].update({"train": [{"class_path": "stat_pl.data.skillworld.SkillWorldSource",
                                                    "init_args": {"n": 40, "levels": [1]}}], "catalog": None})
     path = tmp_path / "config.yaml"
@@ -30,7 +30,7 @@ def grpo_config(tmp_path: Path, model_dir: Path, **trainer) -> Path:
 
 
 def callbacks(record: Path, every_n_steps: int | None = None) -> str:
-    items = [{"class_path": "char_reward.RolloutRecorder", "init_args": {"path": str(record)}}]
+    items = [{"class_path": "grpo_helpers.RolloutRecorder", "init_args": {"path": str(record)}}]
     if every_n_steps:
         items.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                       "init_args": {"every_n_train_steps": every_n_steps, "save_top_k": -1}})

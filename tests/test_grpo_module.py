@@ -3,7 +3,7 @@
 import lightning as L
 import pytest
 import torch
-from char_reward import CharReward
+from grpo_helpers import CharReward
 from lightning.pytorch.callbacks import Callback
 
 from stat_pl.data.prompt_datamodule import PromptDataModule

@@ -3,7 +3,7 @@ the SkillReprofiler works with GRPOModule as well."""
 
 import json
 
-from char_reward import CharReward
+from grpo_helpers import CharReward
 from test_grpo_module import fit
 
 from stat_pl.callbacks.rollout_profiler import RolloutProfiler

@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -170,9 +170,12 @@ class GRPOModule(AdapterModule):
     def on_train_start(self) -> None:
         # Gradients are summed over ranks by all_reduce_gradients once per optimizer step; DDP's own
         # per-backward reduction would wait forever on a rank that skipped every group of a mini-batch.
+        # Its buffer broadcast before each forward goes too: Lightning turns it off at each
+        # manual_backward, so a rank that skipped its backwards would broadcast alone and hang (measured).
         wrapper = self.trainer.model
         if isinstance(wrapper, torch.nn.parallel.DistributedDataParallel):
             wrapper.require_backward_grad_sync = False
+            wrapper.require_forward_param_sync = False
 
     def configure_optimizers(self):
         optimizer = self.make_optimizer(self.hparams.optimizer, self.hparams.lr, self.hparams.weight_decay,
@@ -284,32 +287,15 @@ class GRPOModule(AdapterModule):
 
     def _backward(self, rollouts: Rollouts, groups: list[int], normaliser: float, old: dict | None, ref: dict,
                   totals: dict[str, float]) -> None:
-        h = self.hparams
-        logp, entropy, mask = self._logprobs(rollouts, groups)  # [n, L] each
-        rows = [(g, i) for g in groups for i in range(rollouts.group_size)]
-        old_logp = logp.detach() if old is None else pad_values([old[r] for r in rows], logp.shape[1])
-        advantages = rollouts.advantages[groups].flatten().to(logp.device)  # [n]
-        per_token, low, high = clipped_surrogate(logp, old_logp, advantages, h.epsilon, h.epsilon_high)
-        if h.beta > 0:
-            kl = k3_kl(logp, pad_values([ref[r] for r in rows], logp.shape[1]))  # [n, L]
-            per_token = per_token + h.beta * kl
-            totals["kl"] += float((kl.detach() * mask).sum())
-        loss = aggregate(per_token, mask, h.loss_aggregation, normaliser)
+        loss, sums = micro_batch_loss(self.model, rollouts, groups, normaliser, old, ref,
+                                      self.trainer.datamodule.tokenizer.pad_token_id, self.hparams)
         self.manual_backward(loss)
-        totals["loss"] += float(loss.detach())
-        totals["tokens"] += float(mask.sum())
-        totals["clip_low"] += float((low * mask).sum())
-        totals["clip_high"] += float((high * mask).sum())
-        totals["approx_kl"] += float((k3_kl(logp.detach(), old_logp) * mask).sum())
-        totals["entropy"] += float((entropy * mask).sum())
+        for key, value in sums.items():
+            totals[key] += value
 
     def _logprobs(self, rollouts: Rollouts, groups: list[int]):
-        h = self.hparams
-        return completion_logprobs(self.model, [rollouts.prompt_ids[g] for g in groups],
-                                   rollouts.completion_ids(groups), h.temperature,
-                                   self.trainer.datamodule.tokenizer.pad_token_id,
-                                   shared_prompt=h.shared_prompt_forward and not h.gradient_checkpointing,
-                                   chunk_tokens=h.logit_chunk_tokens)
+        return rollout_logprobs(self.model, rollouts, groups, self.trainer.datamodule.tokenizer.pad_token_id,
+                                self.hparams)
 
     @torch.no_grad()
     def _frozen_logprobs(self, rollouts: Rollouts, groups: Sequence[int],
@@ -369,3 +355,37 @@ class GRPOModule(AdapterModule):
             logger.log_metrics({f"train/reward_by_skill/{s}": sum(v) / len(v) for s, v in self._skill_rewards.items()},
                                step=self.global_step)
         self._skill_rewards.clear()
+
+
+def rollout_logprobs(model: torch.nn.Module, rollouts: Rollouts, groups: Sequence[int], pad_token_id: int,
+                     settings: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs, entropies and mask ``[n, L]`` of the completions of ``groups`` (``settings``: the hparams)."""
+    return completion_logprobs(model, [rollouts.prompt_ids[g] for g in groups], rollouts.completion_ids(groups),
+                               settings.temperature, pad_token_id,
+                               shared_prompt=settings.shared_prompt_forward and not settings.gradient_checkpointing,
+                               chunk_tokens=settings.logit_chunk_tokens)
+
+
+def micro_batch_loss(model: torch.nn.Module, rollouts: Rollouts, groups: list[int], normaliser: float,
+                     old: dict | None, ref: dict, pad_token_id: int,
+                     settings: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    """This micro-batch's part of an update's loss (over the update's global ``normaliser``) and its sums to log.
+
+    ``old`` holds per-sequence old log-probs (None: on-policy, the current ones detached); ``ref`` the
+    reference's when ``settings.beta > 0``. ``settings`` is the module's hparams.
+    """
+    logp, entropy, mask = rollout_logprobs(model, rollouts, groups, pad_token_id, settings)  # [n, L] each
+    rows = [(g, i) for g in groups for i in range(rollouts.group_size)]
+    old_logp = logp.detach() if old is None else pad_values([old[r] for r in rows], logp.shape[1])
+    advantages = rollouts.advantages[groups].flatten().to(logp.device)  # [n]
+    per_token, low, high = clipped_surrogate(logp, old_logp, advantages, settings.epsilon, settings.epsilon_high)
+    sums = {"tokens": float(mask.sum()), "clip_low": float((low * mask).sum()),
+            "clip_high": float((high * mask).sum()), "entropy": float((entropy * mask).sum()),
+            "approx_kl": float((k3_kl(logp.detach(), old_logp) * mask).sum())}
+    if settings.beta > 0:
+        kl = k3_kl(logp, pad_values([ref[r] for r in rows], logp.shape[1]))  # [n, L]
+        per_token = per_token + settings.beta * kl
+        sums["kl"] = float((kl.detach() * mask).sum())
+    loss = aggregate(per_token, mask, settings.loss_aggregation, normaliser)
+    sums["loss"] = float(loss.detach())
+    return loss, sums
