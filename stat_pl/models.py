@@ -6,18 +6,28 @@ Hub (see :mod:`stat_pl.offline_models`); every other string is a Hub name or a l
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
 
 from stat_pl.offline_models import resolve_model_path
 
 logger = logging.getLogger(__name__)
 Quantization = Literal["none", "nf4", "int8"]
+#: The keyword (and output field) of a KV cache: transformers 5.2x renamed ``past_key_values`` to ``cache``
+#: (the old name warns, and goes in 5.40); older releases know only the old one.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 #: The paper's LoRA targets (DESIGN.md section 4): every attention and MLP projection.
 PAPER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -85,6 +95,9 @@ def load_causal_lm(
     init_adapter: str | None = None,
 ) -> torch.nn.Module:
     """Load a causal LM, optionally quantised with bitsandbytes (QLoRA: ``nf4`` + ``lora``) and wrapped in LoRA.
+
+    ``init_adapter`` starts from a saved PEFT adapter (e.g. the SFT run's, for GRPO after SFT), trainable;
+    its own ``adapter_config.json`` then fixes rank and targets, and ``lora`` is not used.
 
     Unquantised weights load in ``compute_dtype`` on CUDA and in float32 on CPU (CPU training uses
     bf16 autocast instead, which keeps fp32 master weights). Quantised weights are placed on

@@ -101,3 +101,24 @@ def test_dequantized_copy_computes_what_the_qlora_model_computes(tiny_model_dir)
                 p.add_(1.0)
         sync_lora(model, copy)
         assert torch.allclose(model(input_ids=batch).logits.float(), copy(input_ids=batch).logits, atol=2e-2)
+
+
+def test_token_id_prompts_generate_what_their_text_generates(engine):
+    sampling = SamplingParams(max_new_tokens=10, temperature=1.0, n=2, seed=3)
+    ids = [engine.prompt_ids(p) for p in PROMPTS]
+    by_text, by_ids = engine.generate(PROMPTS, sampling), engine.generate(ids, sampling)
+    assert [[c.token_ids for c in cs] for cs in by_ids] == [[c.token_ids for c in cs] for cs in by_text]
+    for cs in by_ids:
+        for c in cs:  # token ids end at the EOS the model chose; the text is their decoding without it
+            assert engine.tokenizer.decode(c.token_ids, skip_special_tokens=True) == c.text
+            assert len(c.token_ids) == c.num_tokens + (c.finish_reason == "stop")
+
+
+def test_prefilling_each_prompt_once_samples_what_n_prefills_sample(tiny_model_dir):
+    """Prompts of different lengths (left padding): the shared KV cache gives the same samples."""
+    sampling = SamplingParams(max_new_tokens=12, temperature=1.0, n=4, seed=11)
+    shared = HFEngine(str(tiny_model_dir), batch_size=16, progress=False).generate(PROMPTS, sampling)
+    plain = HFEngine(str(tiny_model_dir), batch_size=16, progress=False, share_prefill=False)
+    plain = plain.generate(PROMPTS, sampling)
+    assert [[c.token_ids for c in cs] for cs in shared] == [[c.token_ids for c in cs] for cs in plain]
+    assert len({c.token_ids for c in shared[1]}) > 1

@@ -126,7 +126,7 @@ class EpochPermutationSampler(Sampler[int]):
     def set_weights(self, weights: Sequence[float], resize: bool = False) -> None:
         """Follow a pool that grew to ``len(weights)`` rows (from the next epoch); never re-weight."""
         if not resize:
-            raise ValueError("SFTDataModule(sampling='permutation') goes through every row once per epoch and "
+            raise ValueError("data.sampling: permutation goes through every row once per epoch and "
                              "takes no sampling weights; set data.sampling: weighted to sample by a profile "
                              "(initial_profile, the SkillReprofiler)")
         if len(weights) == 0:

@@ -2,117 +2,46 @@
 
 The SkillReprofiler callback retargets training through one public method, :meth:`set_profile`; the
 profile in force is part of the checkpoint, so a resumed run samples by the latest profile. Synthetic
-rows made during the run reach it through :meth:`add_synthetic`.
+rows made during the run reach it through :meth:`add_synthetic`. Both, the sources, their mixing and
+the sampler live in :class:`~stat_pl.data.base.SkillWeightedDataModule`, shared with GRPO's
+``PromptDataModule``.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
-from functools import partial
-from typing import TYPE_CHECKING
 
-import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from stat_pl.data.base import SkillWeightedDataModule
 from stat_pl.data.formatting import IGNORE_INDEX, collate, encode_example
-from stat_pl.data.sampler import LengthGroupedBatchSampler, Sampling, epoch_sampler, resolve_sampling
-from stat_pl.data.synthetic_source import SyntheticSource, synthetic_records
-from stat_pl.models import load_tokenizer
-from stat_pl.profile import MissingSkillProfile
 from stat_pl.records import DataSource, ProblemRecord
-from stat_pl.skills import SkillCatalog, SkillMap
-
-if TYPE_CHECKING:
-    from stat_pl.records import BuiltRow
 
 
-class SFTDataModule(L.LightningDataModule):
-    """Supervised fine-tuning data, iterated in seeded permutations or drawn by a :class:`SkillWeightedSampler`.
+class SFTDataModule(SkillWeightedDataModule):
+    """Supervised fine-tuning data: every solution of the sources is one example, permuted or skill-weighted.
+
+    Every record of ``train`` needs at least one solution, and each solution is one example.
+    ``batch_size`` is the micro-batch size per device (accumulation is the Trainer's). The other
+    arguments (sources, mixing, sampling, profile) are :class:`~stat_pl.data.base.SkillWeightedDataModule`'s.
 
     Args:
-        tokenizer: Hub name or local path of the tokenizer (the CLI links it to the model's).
-        train: the training sources; every record needs at least one solution, and each solution is
-            one example.
-        mix_ratios: each source's share of every epoch's draws (e.g. ``[0.7, 0.3]`` real vs synthetic);
-            default: proportional to the sources' sizes.
         val: optional source for the validation loss.
         max_length: examples are cut to this many tokens.
-        batch_size: micro-batch size per device (accumulation is the Trainer's).
-        samples_per_epoch: examples drawn per epoch across all devices; default: the pool size.
-        group_by_length: batch examples of similar length (the paper's group-by-length).
-        seed: seeds the draws and the batch order; `python -m stat_pl fit` sets it to `seed_everything`.
-        weight_floor: the uniform share mixed into profile weights, so that every example can still be drawn.
-        initial_profile: a ``profile.json`` to sample by from the first epoch (static STAT-Sel).
-        catalog: a skill catalog JSON; when set, every profile's skills must be in it.
-        system_prompt: an optional system turn before the problem.
-        sampling: ``permutation`` (every row once per epoch, the paper's training on a built set),
-            ``weighted`` (profile-weighted draws with replacement, the online loop) or ``auto``
-            (weighted when ``initial_profile``, ``mix_ratios``, ``samples_per_epoch`` or a
-            ``SyntheticSource`` is given, else permutation; :func:`stat_pl.data.sampler.resolve_sampling`).
     """
 
-    def __init__(
-        self,
-        tokenizer: str,
-        train: list[DataSource],
-        mix_ratios: list[float] | None = None,
-        val: DataSource | None = None,
-        max_length: int = 1024,
-        batch_size: int = 2,
-        samples_per_epoch: int | None = None,
-        group_by_length: bool = True,
-        seed: int = 0,
-        weight_floor: float = 0.05,
-        initial_profile: str | None = None,
-        catalog: str | None = None,
-        system_prompt: str | None = None,
-        num_workers: int = 0,
-        sampling: Sampling = "auto",
-    ) -> None:
-        super().__init__()
-        if mix_ratios is not None and (len(mix_ratios) != len(train) or min(mix_ratios) < 0 or sum(mix_ratios) <= 0):
-            raise ValueError(f"mix_ratios {mix_ratios} must be non-negative, not all zero, one per train source "
-                             f"({len(train)})")
-        self.tokenizer_name = tokenizer
-        self.sources = train
-        self.mix_ratios = mix_ratios
+    def __init__(self, tokenizer: str, train: list[DataSource], val: DataSource | None = None,
+                 max_length: int = 1024, **kwargs) -> None:
+        super().__init__(tokenizer, train, **kwargs)
         self.val_source = val
         self.max_length = max_length
-        self.batch_size = batch_size
-        self.samples_per_epoch = samples_per_epoch
-        self.group_by_length = group_by_length
-        self.seed = seed
-        self.weight_floor = weight_floor
-        self.initial_profile = initial_profile
-        self.catalog = SkillCatalog.from_json(catalog) if catalog else None
-        self.system_prompt = system_prompt
-        self.num_workers = num_workers
-        self.sampling = resolve_sampling(
-            sampling, initial_profile=initial_profile is not None, mix_ratios=mix_ratios is not None,
-            samples_per_epoch=samples_per_epoch is not None,
-            online_source=any(isinstance(s, SyntheticSource) for s in train))
-        self.profile: MissingSkillProfile | None = None
-        self.records: list[ProblemRecord] = []
-        self._batch_sampler: LengthGroupedBatchSampler | None = None
-        self._resume_state: dict | None = None
-        self._synthetic_at_checkpoint: int | None = None
 
-    # ---- setup -----------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.records:
             return
-        self.tokenizer = load_tokenizer(self.tokenizer_name)
-        self.source_records = [source.load() for source in self.sources]
-        self.records = [r for records in self.source_records for r in records]
-        self.skill_map = SkillMap.from_records(self.records)
-        self.train_examples = self._encode(self.records)
-        self.val_examples = self._encode(self.val_source.load()) if self.val_source else []
-        if self.initial_profile and self.profile is None:
-            self.profile = MissingSkillProfile.from_json(self.initial_profile, self.catalog)
-        if self._synthetic_at_checkpoint is not None:
-            self._keep_synthetic(self._synthetic_at_checkpoint)
+        super().setup(stage)
+        self.val_examples = self._indexed(self._encode(self.val_source.load())) if self.val_source else []
 
     def _encode(self, records: Sequence[ProblemRecord]) -> list[dict]:
         """One example per solution; a prompt that fills ``max_length`` leaves nothing to learn and is skipped.
@@ -130,7 +59,7 @@ class SFTDataModule(L.LightningDataModule):
                 if all(label == IGNORE_INDEX for label in example["labels"]):
                     too_long.append(record.id)
                     continue
-                examples.append({**example, "record": i, "index": len(examples)})
+                examples.append({**example, "record": i})
         if too_long:
             rank_zero_warn(f"SFTDataModule: skipped {len(too_long)} example(s) whose prompt fills max_length="
                            f"{self.max_length} (no answer token to learn), e.g. {too_long[:3]}; raise max_length "
@@ -139,137 +68,10 @@ class SFTDataModule(L.LightningDataModule):
             raise ValueError(f"SFTDataModule: every example's prompt fills max_length={self.max_length}")
         return examples
 
-    # ---- weights ---------------------------------------------------------------------------------
-    def example_weights(self) -> list[float]:
-        """Per-example sampling weights: the profile's STAT-Sel weights within each source, times its ratio."""
-        ratios = self.mix_ratios or [len(r) for r in self.source_records]
-        record_weights: list[float] = []
-        for records, ratio in zip(self.source_records, ratios, strict=True):
-            if not records:
-                continue
-            within = (self.profile.to_weights(records, self.skill_map, floor=self.weight_floor)
-                      if self.profile else [1.0 / len(records)] * len(records))
-            record_weights.extend(ratio / sum(ratios) * w for w in within)
-        examples_of = Counter(e["record"] for e in self.train_examples)
-        return [record_weights[e["record"]] / examples_of[e["record"]] for e in self.train_examples]
-
-    def set_profile(self, profile: MissingSkillProfile) -> None:
-        """Sample the next epochs by ``profile`` (STAT-Sel weights); the epoch in progress is unaffected."""
-        if self.catalog is not None:
-            profile.validate(self.catalog)
-        self.profile = profile
-        if self._batch_sampler is not None:
-            self._batch_sampler.sampler.set_weights(self.example_weights())
-
-    # ---- live synthetic data ---------------------------------------------------------------------
-    def add_synthetic(self, rows: Sequence[ProblemRecord | BuiltRow]) -> list[ProblemRecord]:
-        """Train on ``rows`` (e.g. from :meth:`stat_pl.building.StatSyn.synthesize_for_profile`) from the next epoch on.
-
-        Needs a :class:`SyntheticSource` as the last ``train`` source. The rows are appended to its file
-        (by global rank 0; every rank calls this with the same rows), encoded, and given sampling
-        weights that the sampler uses from its next epoch; the epoch in progress keeps its draw. The
-        file and the row count in the checkpoint make a resumed run train on exactly the same rows.
-        """
-        source = self._synthetic_source()
-        records = synthetic_records(rows, source.path)
-        if self.trainer is None or self.trainer.is_global_zero:
-            source.append(rows)
-        examples = self._encode(records)
-        for example in examples:
-            example["record"] += len(self.records)
-            example["index"] += len(self.train_examples)
-        self.source_records[-1].extend(records)
-        self.records.extend(records)
-        self.train_examples.extend(examples)
-        self.skill_map = SkillMap.from_records(self.records)
-        if self._batch_sampler is not None:
-            self._batch_sampler.lengths.extend(len(e["input_ids"]) for e in examples)
-            self._batch_sampler.sampler.set_weights(self.example_weights(), resize=True)
-        return records
-
-    def real_records(self) -> list[ProblemRecord]:
-        """The training pool without the synthetic rows: what live STAT-Syn draws its example questions from."""
-        real = self.source_records[:-1] if self.sources and isinstance(self.sources[-1], SyntheticSource) else (
-            self.source_records)
-        return [r for records in real for r in records]
-
-    def synthetic_rows(self) -> list[ProblemRecord]:
-        """The synthetic rows trained on so far; needs a :class:`SyntheticSource` as the last ``train`` source."""
-        self._synthetic_source()
-        return list(self.source_records[-1])
-
-    def _synthetic_source(self) -> SyntheticSource:
-        if not self.sources or not isinstance(self.sources[-1], SyntheticSource):
-            raise ValueError("add_synthetic needs a stat_pl.data.synthetic_source.SyntheticSource as the last "
-                             f"entry of data.train (with its share in data.mix_ratios); got {self.sources}")
-        return self.sources[-1]
-
-    def _keep_synthetic(self, count: int) -> None:
-        """Cut the synthetic rows back to the ``count`` the checkpoint knew (later ones are made again)."""
-        source, loaded = self._synthetic_source(), self.source_records[-1]
-        if len(loaded) < count:
-            raise ValueError(f"{source.path} holds {len(loaded)} synthetic rows but the checkpoint was taken "
-                             f"with {count}: the file was changed or replaced since")
-        extra = len(loaded) - count
-        if extra:
-            del loaded[count:]
-            del self.records[len(self.records) - extra :]
-            kept = sum(e["record"] < len(self.records) for e in self.train_examples)  # examples are in record order
-            del self.train_examples[kept:]
-            self.skill_map = SkillMap.from_records(self.records)
-            if self.trainer is None or self.trainer.is_global_zero:
-                source.truncate(count)
-        self._synthetic_at_checkpoint = None
-
-    # ---- loaders ---------------------------------------------------------------------------------
-    def train_dataloader(self) -> DataLoader:
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        sampler = epoch_sampler(self.sampling, self.example_weights, len(self.train_examples), self.samples_per_epoch,
-                                self.seed, world, rank)
-        lengths = [len(e["input_ids"]) for e in self.train_examples]
-        epoch_source = (lambda: self.trainer.current_epoch) if self.trainer else None
-        self._batch_sampler = LengthGroupedBatchSampler(sampler, lengths, self.batch_size, self.group_by_length,
-                                                        epoch_source=epoch_source)
-        if self._resume_state is not None:
-            sampler.load_state_dict(self._resume_state["sampler"])
-            self._batch_sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches_done"])
-            self._resume_state = None
-        return self._loader(self.train_examples, self._batch_sampler)
+    def collate(self, examples: Sequence[dict]) -> dict:
+        return collate(examples, pad_token_id=self.tokenizer.pad_token_id)
 
     def val_dataloader(self) -> DataLoader:
         order = sorted(range(len(self.val_examples)), key=lambda i: -len(self.val_examples[i]["input_ids"]))
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         return self._loader(self.val_examples, batches)
-
-    def _loader(self, examples: list[dict], batch_sampler) -> DataLoader:
-        return DataLoader(examples, batch_sampler=batch_sampler, num_workers=self.num_workers,
-                          collate_fn=partial(collate, pad_token_id=self.tokenizer.pad_token_id))
-
-    # ---- checkpoints -----------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """The profile in force and the sampler position, so a resumed run draws what an uninterrupted one would."""
-        state: dict = {"profile": self.profile.to_dict() if self.profile else None, "sampler": None,
-                       "batches_done": 0}
-        if self._batch_sampler is not None:
-            state["sampler"] = self._batch_sampler.sampler.state_dict()
-            state["epoch"], state["batches_done"] = self._position()
-        if self.records and isinstance(self.sources[-1], SyntheticSource):
-            state["synthetic_rows"] = len(self.source_records[-1])
-        return state
-
-    def _position(self) -> tuple[int, int]:
-        """(epoch, batches of it already trained on) to resume from; an epoch that ended resumes at the next."""
-        epoch = self.trainer.current_epoch
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return (epoch, done) if done < len(self._batch_sampler) else (epoch + 1, 0)
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("profile") is not None:
-            self.profile = MissingSkillProfile(**state["profile"])
-        if state.get("sampler") is not None:
-            self._resume_state = {"sampler": state["sampler"], "epoch": state["epoch"],
-                                  "batches_done": state["batches_done"]}
-        if state.get("synthetic_rows") is not None:
-            self._synthetic_at_checkpoint = state["synthetic_rows"]
-            if self.records:  # Lightning restores after setup
-                self._keep_synthetic(state["synthetic_rows"])

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 Message = dict[str, str]
-#: A prompt is either raw text (used as is) or chat messages (the engine applies the chat template).
-Prompt = str | Sequence[Message]
+#: A prompt is raw text (used as is), chat messages (the engine applies the chat template), or token ids
+#: (used as is: GRPO trains on exactly the ids it generated from, never on re-tokenised text).
+Prompt = str | Sequence[Message] | Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,16 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Completion:
-    """One sampled continuation. ``finish_reason`` is ``"stop"`` (EOS or a stop string) or ``"length"``."""
+    """One sampled continuation. ``finish_reason`` is ``"stop"`` (EOS or a stop string) or ``"length"``.
+
+    ``token_ids`` are the generated ids up to and including the EOS the model chose (not cut at a stop
+    string); ``num_tokens`` counts the tokens before the EOS.
+    """
 
     text: str
     num_tokens: int
     finish_reason: str
+    token_ids: tuple[int, ...] = ()
 
 
 class Engine(Protocol):

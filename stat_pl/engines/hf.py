@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 from stat_pl.engines.base import Completion, Prompt, SamplingParams
-from stat_pl.models import load_causal_lm, load_tokenizer
+from stat_pl.models import CACHE_KWARG, load_causal_lm, load_tokenizer
 
 
 class HFEngine:
@@ -27,10 +27,13 @@ class HFEngine:
         batch_size: sequences per ``generate`` call (prompts x samples).
         system_prompt: an optional system turn before chat prompts.
         progress: show a progress bar over batches.
+        share_prefill: with ``sampling.n > 1``, prefill each prompt once and repeat its KV cache for the
+            ``n`` samples (same samples, less compute); ``False`` lets ``generate`` prefill every copy.
     """
 
     def __init__(self, model: str | torch.nn.Module, tokenizer: str | PreTrainedTokenizerBase | None = None,
-                 batch_size: int = 32, system_prompt: str | None = None, progress: bool = True) -> None:
+                 batch_size: int = 32, system_prompt: str | None = None, progress: bool = True,
+                 share_prefill: bool = True) -> None:
         if isinstance(model, str):
             tokenizer = tokenizer or model
             model = load_causal_lm(model, quantization="none").eval().requires_grad_(False)
@@ -41,6 +44,7 @@ class HFEngine:
         self.batch_size = batch_size
         self.system_prompt = system_prompt
         self.progress = progress
+        self.share_prefill = share_prefill
 
     def render(self, prompt: Prompt) -> str:
         """Chat messages through the chat template (with the generation prompt); raw text unchanged."""
@@ -52,22 +56,27 @@ class HFEngine:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[list[Completion]]:
-        texts = [self.render(p) for p in prompts]
-        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        ids = [self.prompt_ids(p) for p in prompts]
         # Batch longest-first so each batch pads little; results go back to prompt order.
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         prompts_per_batch = max(1, self.batch_size // sampling.n)
-        results: list[list[Completion]] = [[] for _ in texts]
+        results: list[list[Completion]] = [[] for _ in ids]
         batches = [order[i : i + prompts_per_batch] for i in range(0, len(order), prompts_per_batch)]
-        steps = tqdm(total=len(batches) * sampling.max_new_tokens, desc=f"generate ({len(texts)} prompts)",
+        steps = tqdm(total=len(batches) * sampling.max_new_tokens, desc=f"generate ({len(ids)} prompts)",
                      unit="step", disable=not self.progress, leave=False)
         with self._inference_mode(sampling.seed), steps:
             for done, batch in enumerate(batches, start=1):
-                completions = self._generate_batch([texts[i] for i in batch], sampling, _StepProgress(steps))
+                completions = self._generate_batch([ids[i] for i in batch], sampling, _StepProgress(steps))
                 for i, completion in zip(batch, completions, strict=True):
                     results[i] = completion
                 steps.update(done * sampling.max_new_tokens - steps.n)  # a batch that stopped early
         return results
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: text and chat messages are tokenised, ids pass through."""
+        if not isinstance(prompt, str) and len(prompt) and isinstance(prompt[0], int):
+            return list(prompt)
+        return self.tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"]
 
     @contextlib.contextmanager
     def _inference_mode(self, seed: int) -> Iterator[None]:
@@ -81,43 +90,74 @@ class HFEngine:
             finally:
                 self.model.train(was_training)
 
-    def _generate_batch(self, texts: list[str], sampling: SamplingParams,
+    def _generate_batch(self, prompt_ids: list[list[int]], sampling: SamplingParams,
                         streamer: BaseStreamer | None = None) -> list[list[Completion]]:
         tok = self.tokenizer
-        tok.padding_side = "left"
-        inputs = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         device = next(self.model.parameters()).device
+        input_ids, attention_mask = left_pad(prompt_ids, tok.pad_token_id)
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        n, shared = sampling.n, {}
+        if self.share_prefill and n > 1 and min(len(p) for p in prompt_ids) > 1:
+            shared = {CACHE_KWARG: self._prefill_once(input_ids, attention_mask, n)}
+            input_ids, attention_mask, n = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0), 1
         sample = sampling.temperature > 0
         output = self.model.generate(
-            input_ids=inputs["input_ids"].to(device),
-            attention_mask=inputs["attention_mask"].to(device),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             max_new_tokens=sampling.max_new_tokens,
             do_sample=sample,
             temperature=sampling.temperature if sample else None,
             top_p=sampling.top_p if sample else None,
             top_k=None,
-            num_return_sequences=sampling.n,
+            num_return_sequences=n,
             stop_strings=list(sampling.stop) or None,
             tokenizer=tok if sampling.stop else None,
             pad_token_id=tok.pad_token_id,
             use_cache=True,
             streamer=streamer,
+            **shared,
         )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        new_tokens = output[:, input_ids.shape[1] :].tolist()
         completions = [self._completion(ids, sampling) for ids in new_tokens]
         return [completions[i : i + sampling.n] for i in range(0, len(completions), sampling.n)]
+
+    def _prefill_once(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int):
+        """The KV cache of every prompt but its last token, computed once and repeated for its ``n`` samples.
+
+        ``generate(num_return_sequences=n)`` would prefill each prompt ``n`` times. The last token is left
+        for ``generate`` to feed (it needs logits to sample from); positions follow the left padding.
+        """
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        output = self.model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                            position_ids=position_ids[:, :-1], use_cache=True)
+        cache = getattr(output, CACHE_KWARG)
+        cache.batch_repeat_interleave(n)
+        return cache
 
     def _completion(self, ids: list[int], sampling: SamplingParams) -> Completion:
         """Cut at EOS/padding and at the first stop string; ``stop`` unless the token budget ran out."""
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         end = next((k for k, t in enumerate(ids) if t in eos), None)
         kept = ids if end is None else ids[:end]
+        chosen = tuple(ids if end is None else ids[: end + 1])  # the EOS the model chose is one of its tokens
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
         cut = min((text.find(s) for s in sampling.stop if s in text), default=-1)
         if cut >= 0:
-            return Completion(text[:cut], len(kept), "stop")
+            return Completion(text[:cut], len(kept), "stop", chosen)
         finished = end is not None or len(ids) < sampling.max_new_tokens
-        return Completion(text, len(kept), "stop" if finished else "length")
+        return Completion(text, len(kept), "stop" if finished else "length", chosen)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids[B, T], attention_mask[B, T])``, each sequence right-aligned (decoder-only generation pads left)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
 
 
 class _StepProgress(BaseStreamer):
