@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
-from stat_pl.engines.base import Completion, Prompt, SamplingParams
+from stat_pl.engines.base import Completion, Prompt, SamplingParams, completion_from_ids, render_prompt
 from stat_pl.models import load_causal_lm, load_tokenizer
 
 
@@ -44,12 +44,7 @@ class HFEngine:
 
     def render(self, prompt: Prompt) -> str:
         """Chat messages through the chat template (with the generation prompt); raw text unchanged."""
-        if isinstance(prompt, str):
-            return prompt
-        messages = list(prompt)
-        if self.system_prompt and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": self.system_prompt}, *messages]
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return render_prompt(self.tokenizer, prompt, self.system_prompt)
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[list[Completion]]:
         texts = [self.render(p) for p in prompts]
@@ -104,20 +99,8 @@ class HFEngine:
             streamer=streamer,
         )
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
-        completions = [self._completion(ids, sampling) for ids in new_tokens]
+        completions = [completion_from_ids(tok, ids, sampling) for ids in new_tokens]
         return [completions[i : i + sampling.n] for i in range(0, len(completions), sampling.n)]
-
-    def _completion(self, ids: list[int], sampling: SamplingParams) -> Completion:
-        """Cut at EOS/padding and at the first stop string; ``stop`` unless the token budget ran out."""
-        eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        end = next((k for k, t in enumerate(ids) if t in eos), None)
-        kept = ids if end is None else ids[:end]
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        cut = min((text.find(s) for s in sampling.stop if s in text), default=-1)
-        if cut >= 0:
-            return Completion(text[:cut], len(kept), "stop")
-        finished = end is not None or len(ids) < sampling.max_new_tokens
-        return Completion(text, len(kept), "stop" if finished else "length")
 
 
 class _StepProgress(BaseStreamer):
