@@ -173,11 +173,14 @@ class VLLMEngine:
             seed=None if greedy else sampling.seed)
 
     # ---- lifetime --------------------------------------------------------------------------------
-    def close(self) -> None:
-        """Stop vLLM's engine processes now (otherwise at interpreter exit)."""
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop vLLM's engine processes now (otherwise at interpreter exit); killed after ``timeout_s``.
+
+        vLLM's own default grace is 5 s, which its CPU engine core overran on 2 shared cores (killed).
+        """
         llm = getattr(self, "llm", None)
         if llm is not None:
-            llm.llm_engine.engine_core.shutdown()
+            llm.llm_engine.engine_core.shutdown(timeout=timeout_s)
             self.llm = None
 
     def __enter__(self) -> VLLMEngine:

