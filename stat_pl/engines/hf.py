@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
-from stat_pl.engines.base import Completion, Prompt, SamplingParams
+from stat_pl.engines.base import Completion, Prompt, SamplingParams, completion_from_ids, prompt_token_ids, render_prompt
 from stat_pl.models import CACHE_KWARG, load_causal_lm, load_tokenizer
 
 
@@ -48,12 +48,7 @@ class HFEngine:
 
     def render(self, prompt: Prompt) -> str:
         """Chat messages through the chat template (with the generation prompt); raw text unchanged."""
-        if isinstance(prompt, str):
-            return prompt
-        messages = list(prompt)
-        if self.system_prompt and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": self.system_prompt}, *messages]
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return render_prompt(self.tokenizer, prompt, self.system_prompt)
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[list[Completion]]:
         ids = [self.prompt_ids(p) for p in prompts]
@@ -74,9 +69,7 @@ class HFEngine:
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt: text and chat messages are tokenised, ids pass through."""
-        if not isinstance(prompt, str) and len(prompt) and isinstance(prompt[0], int):
-            return list(prompt)
-        return self.tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"]
+        return prompt_token_ids(self.tokenizer, prompt, self.system_prompt)
 
     @contextlib.contextmanager
     def _inference_mode(self, seed: int) -> Iterator[None]:
@@ -118,7 +111,7 @@ class HFEngine:
             **shared,
         )
         new_tokens = output[:, input_ids.shape[1] :].tolist()
-        completions = [self._completion(ids, sampling) for ids in new_tokens]
+        completions = [completion_from_ids(self.tokenizer, ids, sampling) for ids in new_tokens]
         return [completions[i : i + sampling.n] for i in range(0, len(completions), sampling.n)]
 
     def _prefill_once(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int):
@@ -133,19 +126,6 @@ class HFEngine:
         cache = getattr(output, CACHE_KWARG)
         cache.batch_repeat_interleave(n)
         return cache
-
-    def _completion(self, ids: list[int], sampling: SamplingParams) -> Completion:
-        """Cut at EOS/padding and at the first stop string; ``stop`` unless the token budget ran out."""
-        eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        end = next((k for k, t in enumerate(ids) if t in eos), None)
-        kept = ids if end is None else ids[:end]
-        chosen = tuple(ids if end is None else ids[: end + 1])  # the EOS the model chose is one of its tokens
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        cut = min((text.find(s) for s in sampling.stop if s in text), default=-1)
-        if cut >= 0:
-            return Completion(text[:cut], len(kept), "stop", chosen)
-        finished = end is not None or len(ids) < sampling.max_new_tokens
-        return Completion(text, len(kept), "stop" if finished else "length", chosen)
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:

