@@ -163,7 +163,7 @@ def test_reprofiler_with_vllm_gives_the_rounds_of_hf_and_stops_vllm(smollm2_dir,
     def fit(engine: str) -> SkillReprofiler:
         L.seed_everything(0)
         module = SFTModule(str(smollm2_dir), quantization="none", lora=LoRAConfig(r=8, alpha=16, dropout=0.0),
-                           lr=2e-3)
+                           optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3))
         data = SFTDataModule(str(smollm2_dir), train=[SkillWorldSource(n=40, levels=(1,))], batch_size=2,
                              samples_per_epoch=6, max_length=96)
         callback = SkillReprofiler(SkillWorldSource(split="validation", n=30, levels=(1,)), GroundTruthDetector(),
