@@ -44,7 +44,8 @@ class LineProgress(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
         total = trainer.estimated_stepping_batches
-        self._print(f"training: {trainer.max_epochs} epoch(s), {total} optimizer steps")
+        epochs = f"{trainer.max_epochs} epoch(s)" if _bounded(trainer.max_epochs) else "epochs until max_steps"
+        self._print(f"training: {epochs}, {total} optimizer steps")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -55,7 +56,7 @@ class LineProgress(ProgressBar):
         self._last_printed_step = step
         metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num")
         elapsed = time.perf_counter() - self._started
-        self._print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  "
+        self._print(f"epoch {_of(trainer.current_epoch + 1, trainer.max_epochs)}  "
                     f"step {step}/{trainer.estimated_stepping_batches}  {elapsed:.0f}s  {metrics}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -65,3 +66,12 @@ class LineProgress(ProgressBar):
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _bounded(max_epochs: int | None) -> bool:
+    """Whether ``max_epochs`` limits the run (Lightning uses -1 or None for "until max_steps")."""
+    return max_epochs is not None and max_epochs >= 0
+
+
+def _of(epoch: int, max_epochs: int | None) -> str:
+    return f"{epoch}/{max_epochs}" if _bounded(max_epochs) else str(epoch)

@@ -124,6 +124,8 @@ def test_fit_with_output_to_a_file_prints_progress_lines_and_flushes_metrics(tmp
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("epoch ")]
     assert [line.split()[3] for line in lines] == ["2/4", "4/4"]
+    assert lines[0].startswith("epoch 1  step 2/4")  # max_epochs unset (-1): no "1/-1"
+    assert "training: epochs until max_steps, 4 optimizer steps" in out.stdout
     assert all("train/loss" in line and "train/tokens_per_s" in line for line in lines)
     assert "training done: 4 optimizer steps" in out.stdout
 

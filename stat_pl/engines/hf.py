@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -10,7 +11,14 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
-from stat_pl.engines.base import Completion, Prompt, SamplingParams, completion_from_ids, prompt_token_ids, render_prompt
+from stat_pl.engines.base import (
+    Completion,
+    Prompt,
+    SamplingParams,
+    completion_from_ids,
+    prompt_token_ids,
+    render_prompt,
+)
 from stat_pl.models import CACHE_KWARG, load_causal_lm, load_tokenizer
 
 
@@ -57,8 +65,12 @@ class HFEngine:
         prompts_per_batch = max(1, self.batch_size // sampling.n)
         results: list[list[Completion]] = [[] for _ in ids]
         batches = [order[i : i + prompts_per_batch] for i in range(0, len(order), prompts_per_batch)]
+        # Off a terminal (a log file, CI) tqdm cannot redraw: a refresh every 30 s, and the last state kept
+        # on its own line, instead of hundreds of carriage-return updates glued to the next log line.
+        off_terminal = not sys.stderr.isatty()
         steps = tqdm(total=len(batches) * sampling.max_new_tokens, desc=f"generate ({len(ids)} prompts)",
-                     unit="step", disable=not self.progress, leave=False)
+                     unit="step", disable=not self.progress, leave=off_terminal,
+                     mininterval=30 if off_terminal else 0.1)
         with self._inference_mode(sampling.seed), steps:
             for done, batch in enumerate(batches, start=1):
                 completions = self._generate_batch([ids[i] for i in batch], sampling, _StepProgress(steps))
