@@ -76,7 +76,12 @@ class SFTModule(AdapterModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        """Log trained tokens per second: non-padding tokens of this micro-batch over its wall time."""
+        """Log trained tokens per second: non-padding tokens of this micro-batch over its wall time.
+
+        Not Lightning's ``ThroughputMonitor``: it reports nothing until its window (100 batches by default)
+        is full, longer than the demo's whole epoch, and it logs to the logger only, so the progress line
+        (:class:`~stat_pl.callbacks.line_progress.LineProgress`) could not show tokens/s.
+        """
         elapsed = time.perf_counter() - self._step_started
         tokens = int(batch["attention_mask"].sum())
         self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), prog_bar=True, batch_size=1)
