@@ -75,14 +75,26 @@ PHASES = ("generation", "reward", "train", "other")
 
 
 # ---- the prompts both arms see -------------------------------------------------------------------
-def prompt_plan(args: argparse.Namespace) -> list[list[dict]]:
-    """The rollout batches stat-pl's PromptDataModule deals: per prompt its text, gold answer and token ids."""
-    data = prompt_data(PROMPTS * (args.warmup_steps + args.steps))
-    data.setup("fit")
-    loader = data.train_dataloader()
-    return [[{"content": data.records[r].problem + PROMPT_SUFFIX, "answer": answer, "prompt_ids": ids}
-             for r, answer, ids in zip(batch["record"].tolist(), batch["answers"], batch["prompt_ids"], strict=True)]
-            for batch in loader]
+def prompt_plan(args: argparse.Namespace) -> dict:
+    """The rollout batches stat-pl's PromptDataModule deals: per prompt its text, gold answer and token ids.
+
+    ``rows`` is the number of leading file rows that hold exactly enough prompts for full batches (a row
+    without an answer or over ``max_prompt_length`` tokens is skipped by the data module, so a few more rows
+    than prompts may be needed: TRL groups its dataset rows by position and needs every batch full).
+    """
+    needed = PROMPTS * (args.warmup_steps + args.steps)
+    rows = needed
+    while True:
+        data = prompt_data(rows)
+        data.setup("fit")
+        if len(data.train_examples) >= needed:
+            break
+        rows += needed - len(data.train_examples)
+    batches = [[{"content": data.records[r].problem + PROMPT_SUFFIX, "answer": answer, "prompt_ids": ids}
+                for r, answer, ids in zip(batch["record"].tolist(), batch["answers"], batch["prompt_ids"],
+                                          strict=True)]
+               for batch in data.train_dataloader()]
+    return {"rows": rows, "batches": batches}
 
 
 def prompt_data(rows: int):
@@ -91,11 +103,11 @@ def prompt_data(rows: int):
     from stat_pl.records import RecordSource
 
     return PromptDataModule(MODEL, train=[RecordSource(str(MATH_TRAIN), limit=rows)], batch_size=PROMPTS,
-                            prompt_suffix=PROMPT_SUFFIX, max_prompt_length=256, skip_unanswered=True, seed=0)
+                            prompt_suffix=PROMPT_SUFFIX, skip_unanswered=True, seed=0)
 
 
-def check_prompts(arm: str, step: int, got: list[list[int]], plan: list[list[dict]]) -> None:
-    expected = [p["prompt_ids"] for p in plan[step]]
+def check_prompts(arm: str, step: int, got: list[list[int]], plan: dict) -> None:
+    expected = [p["prompt_ids"] for p in plan["batches"][step]]
     if got != expected:
         raise RuntimeError(f"{arm} step {step}: generated from other prompt ids than the plan's: got lengths "
                            f"{[len(g) for g in got]}, expected {[len(e) for e in expected]}")
@@ -110,7 +122,7 @@ def step_stats(lengths: list[list[int]], rewards: list[list[float]]) -> dict:
 
 
 # ---- arm A: stat-pl ------------------------------------------------------------------------------
-def run_stat_pl(args: argparse.Namespace, plan: list[list[dict]], quantization: str, skip: bool) -> dict:
+def run_stat_pl(args: argparse.Namespace, plan: dict, quantization: str, skip: bool) -> dict:
     """Fit GRPOModule + PromptDataModule under Lightning; time the steps after the warm-up."""
     import lightning as L
     import torch
@@ -149,7 +161,7 @@ def run_stat_pl(args: argparse.Namespace, plan: list[list[dict]], quantization: 
 
     L.seed_everything(0, verbose=False)
     with tempfile.TemporaryDirectory() as out:
-        data = prompt_data(PROMPTS * (args.warmup_steps + args.steps))
+        data = prompt_data(plan["rows"])
         module = GRPOModule(MODEL, quantization=quantization, compute_dtype="float32", lora=LoRAConfig(),
                             num_generations=GENERATIONS, max_new_tokens=args.max_new_tokens, temperature=1.0,
                             loss_aggregation="token_mean", epsilon=EPSILON, beta=0.0, num_iterations=1,
@@ -178,7 +190,7 @@ def timed_window(started: tuple[float, float], ended: tuple[float, float], phase
 
 
 # ---- arm B: TRL ----------------------------------------------------------------------------------
-def run_trl(args: argparse.Namespace, plan: list[list[dict]]) -> dict:
+def run_trl(args: argparse.Namespace, plan: dict) -> dict:
     """Train with TRL's GRPOTrainer on the plan's prompts in the plan's order; time the steps after the warm-up."""
     import torch
     from datasets import Dataset
@@ -225,7 +237,7 @@ def run_trl(args: argparse.Namespace, plan: list[list[dict]]) -> dict:
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=list(PAPER_TARGET_MODULES), task_type="CAUSAL_LM")
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p["content"]}], "answer": p["answer"]}
-                                 for batch in plan for p in batch])
+                                 for batch in plan["batches"] for p in batch])
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(output_dir=out, use_cpu=True, bf16=False, gradient_checkpointing=False,
