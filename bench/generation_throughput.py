@@ -7,9 +7,9 @@ Tokens are the generated tokens each completion keeps (up to its EOS), so paddin
 batch does not count.
 
 Then the QLoRA case at the largest batch size: the live NF4 + LoRA model that ``SFTModule`` trains, against
-the float copy that ``SFTModule.generation_model()`` hands the engines on CPU
-(:func:`stat_pl.models.dequantized_copy`). Both generate greedily, so the share of identical completions
-is printed as well: the copy is meant to generate exactly what the live model would.
+the float copy that ``SFTModule.generation_model()`` hands the engines on CPU (:class:`stat_pl.models.MergedCopy`:
+the adapter merged into a plain float model). Both generate greedily, so the share of identical completions is
+printed as well: the copy is meant to generate exactly what the live model would.
 
 With ``--vllm`` (run it in the vLLM venv of ``.ci/install_vllm_cpu.sh``), VLLMEngine against HFEngine on the same
 prompts in the same run: the 32 MATH prompts in one call of 32, and the demo's re-profiling round (40 skill-world
@@ -210,19 +210,19 @@ def main() -> None:
     live = measure("QLoRA live (NF4)", module.model, tokenizer, prompts, largest, sampling)
     copy = module.generation_model()
     warm_up(copy, tokenizer, prompts[:2])
-    dequantized = measure("QLoRA dequantized_copy", copy, tokenizer, prompts, largest, sampling)
+    merged = measure("QLoRA merged copy", copy, tokenizer, prompts, largest, sampling)
 
     print(f"\nHFEngine generation, {MODEL}, {args.prompts} MATH test prompts, greedy, "
           f"max_new_tokens={args.max_new_tokens}")
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} torch thread(s); load average {start_load:.2f} at start\n")
-    print_table(rows + [live, dequantized], rows[0])
+    print_table(rows + [live, merged], rows[0])
     anchor_rate = rows[0]["tokens"] / rows[0]["seconds"]
     at_largest = rows[-1]["tokens"] / rows[-1]["seconds"] / anchor_rate
-    same = sum(a == b for a, b in zip(live["texts"], dequantized["texts"], strict=True))
+    same = sum(a == b for a, b in zip(live["texts"], merged["texts"], strict=True))
     print(f"\nbatch {rows[-1]['batch']} vs batch {rows[0]['batch']}: {at_largest:.1f}x tokens/s: "
           f"{'meets' if at_largest >= TARGET_SPEEDUP_AT_32 else 'MISSES'} the target of >= {TARGET_SPEEDUP_AT_32:.0f}x")
-    copy_speedup = (dequantized["tokens"] / dequantized["seconds"]) / (live["tokens"] / live["seconds"])
-    print(f"QLoRA at batch {largest}: dequantized_copy {copy_speedup:.1f}x the live NF4 model's tokens/s; "
+    copy_speedup = (merged["tokens"] / merged["seconds"]) / (live["tokens"] / live["seconds"])
+    print(f"QLoRA at batch {largest}: merged copy {copy_speedup:.1f}x the live NF4 model's tokens/s; "
           f"{same}/{len(prompts)} completions identical")
     if args.vllm:
         vllm_comparison(prompts, sampling, args.swap_rounds)

@@ -25,7 +25,7 @@ The live training weights reach vLLM as the PEFT adapter the caller saves (``SFT
 re-profiler and GRPO rollouts do it through :class:`~stat_pl.engines.live.LiveVLLM`): :meth:`VLLMEngine.set_adapter`
 loads it under a name and id never used before (a reused id can serve the cached weights of an older round) and
 drops the previous one. vLLM serves LoRA on the *unquantised* base:
-for a QLoRA student it computes what ``SFTModule.generation_model()`` (the dequantised copy) computes, not
+for a QLoRA student it computes what ``SFTModule.generation_model()`` (the merged float copy) computes, not
 the NF4 kernels of the live model. Start-up (model load, and torch.compile unless ``enforce_eager``; ~30 s for
 SmolLM2 on 2 CPU cores) is paid once per engine; :meth:`VLLMEngine.close` stops vLLM's engine processes.
 

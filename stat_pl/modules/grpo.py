@@ -25,8 +25,9 @@ departures or choices a reader should know about:
   detached (ratio 1, as TRL does); old log-probs are computed (in eval mode, without LoRA dropout)
   only for updates that are off-policy: later mini-batches and later iterations.
 * Rollouts come from HFEngine (``engine: hf``, the default) or vLLM (``engine: vllm``). With HF on CPU
-  with NF4 weights they come from a float32 dequantised copy of the policy that gets the adapter before
-  each rollout batch (so after every optimizer step); on CUDA the live 4-bit model generates. With vLLM
+  they come from a plain float copy of the policy with the adapter merged in
+  (:class:`~stat_pl.models.MergedCopy`), re-merged before each rollout batch (so after every optimizer
+  step); on CUDA the live (4-bit) model generates. With vLLM
   the adapter is saved before each rollout batch (to ``<default_root_dir>/rollout-adapter/rank<r>``) and
   loaded under a LoRA id never used before, on vLLM's own unquantised base: it is never merged into the
   4-bit weights. The float copy's and vLLM's numbers differ slightly from the 4-bit training forward (in
@@ -245,7 +246,7 @@ class GRPOModule(AdapterModule):
     def rollout_engine(self) -> Engine:
         """An engine that samples with the current weights.
 
-        HF: over :meth:`generation_model` (the live model, or the float copy given the adapter now). vLLM: this
+        HF: over :meth:`generation_model` (the live model, or on CPU the merged copy given the adapter now). vLLM: this
         rank's engine (started on the first call), serving the adapter saved now.
         """
         if self._vllm is not None:
