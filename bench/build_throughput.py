@@ -55,8 +55,10 @@ def bench_sel(pool_inputs: BuildInputs) -> float:
     dataset = StatSel(questions_per_skill=5, target_size=9500).build(pool_inputs)
     wall = time.perf_counter() - start
     stats = dataset.stats
-    print(f"STAT-Sel: {stats['pairs']} pairs, {stats['picked_questions']} drawn questions, {len(dataset.rows)} "
-          f"rows (target 9500, shortfall {stats['shortfall']} without teacher answers) in {wall:.2f} s")
+    print(
+        f"STAT-Sel: {stats['pairs']} pairs, {stats['picked_questions']} drawn questions, {len(dataset.rows)} "
+        f"rows (target 9500, shortfall {stats['shortfall']} without teacher answers) in {wall:.2f} s"
+    )
     return wall
 
 
@@ -70,17 +72,25 @@ def script(body: Body) -> list[str]:
     return [f"<question>New {skill} question {tag}-{i}: find the value.</question>" for i in range(2)]
 
 
-def bench_syn(inputs: BuildInputs, references: list[ProblemRecord], latency_s: float, concurrency: int,
-              pairs: int) -> tuple[float, float, int]:
+def bench_syn(
+    inputs: BuildInputs, references: list[ProblemRecord], latency_s: float, concurrency: int, pairs: int
+) -> tuple[float, float, int]:
     """(accepted per second, cached rerun seconds, requests sent by the rerun); each run gets a fresh
     contamination guard over ``references`` (built outside the timing)."""
     profile = inputs.profile
     questions = dict(list(profile.questions.items())[:pairs])
     inputs.profile = MissingSkillProfile.from_questions(questions)
     with LoopbackTeacherServer(script, latency_s=latency_s) as server, tempfile.TemporaryDirectory() as tmp:
+
         def teacher() -> OpenAICompatibleTeacher:
-            return OpenAICompatibleTeacher(model="bench", base_url=server.base_url, api_key_env=KEY_ENV,
-                                           concurrency=concurrency, cache_dir=tmp, timeout=30)
+            return OpenAICompatibleTeacher(
+                model="bench",
+                base_url=server.base_url,
+                api_key_env=KEY_ENV,
+                concurrency=concurrency,
+                cache_dir=tmp,
+                timeout=30,
+            )
 
         inputs.teacher, inputs.guard = teacher(), ContaminationGuard.from_records(references)
         start = time.perf_counter()
@@ -94,9 +104,11 @@ def bench_syn(inputs: BuildInputs, references: list[ProblemRecord], latency_s: f
         rerun_requests = server.count - before
     rate = len(dataset.rows) / wall
     anchor = concurrency / latency_s / REQUESTS_PER_ACCEPTED
-    print(f"STAT-Syn: {dataset.stats['prompts']} prompts, {dataset.stats['accepted']} accepted in {wall:.2f} s: "
-          f"{rate:.1f} questions/s at concurrency {concurrency}, latency {latency_s * 1000:.0f} ms "
-          f"(anchor {anchor:.1f}/s: {rate / anchor:.0%})")
+    print(
+        f"STAT-Syn: {dataset.stats['prompts']} prompts, {dataset.stats['accepted']} accepted in {wall:.2f} s: "
+        f"{rate:.1f} questions/s at concurrency {concurrency}, latency {latency_s * 1000:.0f} ms "
+        f"(anchor {anchor:.1f}/s: {rate / anchor:.0%})"
+    )
     print(f"STAT-Syn cached rerun: {rerun:.2f} s, {rerun_requests} requests")
     return rate, rerun, rerun_requests
 
@@ -113,20 +125,24 @@ def main() -> None:
     start = time.perf_counter()
     pool = load_records(RecordSource(str(SHARED / "math/train.jsonl")))
     profile = proxy_profile(SHARED / "math/test.jsonl", 500)
-    print(f"loaded {len(pool)} training questions and made a 500-question profile "
-          f"({len(profile.histogram)} skills) in {time.perf_counter() - start:.2f} s")
+    print(
+        f"loaded {len(pool)} training questions and made a 500-question profile "
+        f"({len(profile.histogram)} skills) in {time.perf_counter() - start:.2f} s"
+    )
     inputs = BuildInputs(pool=pool, pool_path="math/train.jsonl", profile=profile, profile_path="proxy profile")
     sel_wall = bench_sel(inputs)
     references = [*pool, *load_records(RecordSource(str(SHARED / "math/test.jsonl")))]
     start = time.perf_counter()
     ContaminationGuard.from_records(references)
-    print(f"contamination guard over {len(references)} training + test questions: "
-          f"{time.perf_counter() - start:.2f} s")
+    print(f"contamination guard over {len(references)} training + test questions: {time.perf_counter() - start:.2f} s")
     rate, rerun, rerun_requests = bench_syn(inputs, references, args.latency_s, args.concurrency, args.syn_pairs)
-    print(f"\ntarget STAT-Sel < {TARGET_SEL_S:.0f} s: {'met' if sel_wall < TARGET_SEL_S else 'MISSED'} "
-          f"({sel_wall:.2f} s)")
-    print(f"STAT-Syn at concurrency {args.concurrency}: {rate:.1f} accepted questions/s; cached rerun "
-          f"{rerun:.2f} s with {rerun_requests} requests ({'met' if rerun_requests == 0 else 'MISSED'}: 0)")
+    print(
+        f"\ntarget STAT-Sel < {TARGET_SEL_S:.0f} s: {'met' if sel_wall < TARGET_SEL_S else 'MISSED'} ({sel_wall:.2f} s)"
+    )
+    print(
+        f"STAT-Syn at concurrency {args.concurrency}: {rate:.1f} accepted questions/s; cached rerun "
+        f"{rerun:.2f} s with {rerun_requests} requests ({'met' if rerun_requests == 0 else 'MISSED'}: 0)"
+    )
 
 
 if __name__ == "__main__":

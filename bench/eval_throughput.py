@@ -38,15 +38,26 @@ def measure(batch_size: int, questions: int, max_new_tokens: int) -> dict[str, f
     settings = EvalSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        results = run_evaluation([ModelEntry("base", MODEL)], [spec], Path(out), settings,
-                                 engine_factory("hf", batch_size, with_adapters=False))
+        results = run_evaluation(
+            [ModelEntry("base", MODEL)],
+            [spec],
+            Path(out),
+            settings,
+            engine_factory("hf", batch_size, with_adapters=False),
+        )
         wall = time.perf_counter() - start
     timing = results["generation"]
     busy = timing["generation_s"] + timing["grading_s"]
-    return {"batch": batch_size, "questions": timing["questions_generated"], "wall_s": wall,
-            "generation_s": timing["generation_s"], "grading_s": timing["grading_s"],
-            "questions_per_s": timing["questions_generated"] / busy, "grading_share": timing["grading_s"] / busy,
-            "pass@1": results["summary"]["base"]["math"]["pass@1"]}
+    return {
+        "batch": batch_size,
+        "questions": timing["questions_generated"],
+        "wall_s": wall,
+        "generation_s": timing["generation_s"],
+        "grading_s": timing["grading_s"],
+        "questions_per_s": timing["questions_generated"] / busy,
+        "grading_share": timing["grading_s"] / busy,
+        "pass@1": results["summary"]["base"]["math"]["pass@1"],
+    }
 
 
 def main() -> None:
@@ -54,8 +65,12 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's); 1 avoids spinning threads on a shared CPU")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's); 1 avoids spinning threads on a shared CPU",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,15 +78,21 @@ def main() -> None:
         sys.exit(f"{MATH_TEST} is absent; this bench reads the real MATH test questions from ../shared/data")
     rows = [measure(b, args.questions, args.max_new_tokens) for b in args.batch_sizes]
     anchor = rows[0]["questions_per_s"]
-    print(f"\nevaluate on {MODEL}, {args.questions} MATH questions, max_new_tokens={args.max_new_tokens}, "
-          f"CPU, {torch.get_num_threads()} torch threads\n")
-    print("| batch | questions | wall s | generation s | grading s | questions/s | vs batch "
-          f"{rows[0]['batch']} | grading share | pass@1 |")
+    print(
+        f"\nevaluate on {MODEL}, {args.questions} MATH questions, max_new_tokens={args.max_new_tokens}, "
+        f"CPU, {torch.get_num_threads()} torch threads\n"
+    )
+    print(
+        "| batch | questions | wall s | generation s | grading s | questions/s | vs batch "
+        f"{rows[0]['batch']} | grading share | pass@1 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch']} | {r['questions']} | {r['wall_s']:.1f} | {r['generation_s']:.1f} | "
-              f"{r['grading_s']:.2f} | {r['questions_per_s']:.3f} | {r['questions_per_s'] / anchor:.1f}x | "
-              f"{100 * r['grading_share']:.2f}% | {100 * r['pass@1']:.1f} |")
+        print(
+            f"| {r['batch']} | {r['questions']} | {r['wall_s']:.1f} | {r['generation_s']:.1f} | "
+            f"{r['grading_s']:.2f} | {r['questions_per_s']:.3f} | {r['questions_per_s'] / anchor:.1f}x | "
+            f"{100 * r['grading_share']:.2f}% | {100 * r['pass@1']:.1f} |"
+        )
     worst = max(r["grading_share"] for r in rows)
     verdict = "meets" if worst < TARGET_GRADING_SHARE else "MISSES"
     print(f"\ngrading share at most {100 * worst:.2f}%: {verdict} the target of < {100 * TARGET_GRADING_SHARE:.0f}%")

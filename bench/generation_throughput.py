@@ -84,11 +84,18 @@ def cpu_seconds() -> float:
     return time.process_time() + children
 
 
-def measure(name: str, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list, batch_size: int,
-            sampling: SamplingParams) -> dict:
+def measure(
+    name: str,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list,
+    batch_size: int,
+    sampling: SamplingParams,
+) -> dict:
     """Generate for every prompt at ``batch_size`` with HFEngine; see :func:`measure_engine`."""
-    return measure_engine(name, HFEngine(model, tokenizer, batch_size=batch_size, progress=False), prompts,
-                          batch_size, sampling)
+    return measure_engine(
+        name, HFEngine(model, tokenizer, batch_size=batch_size, progress=False), prompts, batch_size, sampling
+    )
 
 
 def measure_engine(name: str, engine: Engine, prompts: list, batch_size: int, sampling: SamplingParams) -> dict:
@@ -98,14 +105,22 @@ def measure_engine(name: str, engine: Engine, prompts: list, batch_size: int, sa
     completions = [group[0] for group in engine.generate(prompts, sampling)]
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     tokens = sum(c.num_tokens for c in completions)
-    return {"name": name, "batch": batch_size, "tokens": tokens, "seconds": wall, "cpu_seconds": cpu,
-            "texts": [c.text for c in completions], "load": (load_before, load_average())}
+    return {
+        "name": name,
+        "batch": batch_size,
+        "tokens": tokens,
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "texts": [c.text for c in completions],
+        "load": (load_before, load_average()),
+    }
 
 
 def warm_up(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list) -> None:
     """One short generation, so one-time costs (lazy init, first allocations) stay out of the timings."""
-    HFEngine(model, tokenizer, batch_size=len(prompts), progress=False).generate(prompts,
-                                                                                 SamplingParams(max_new_tokens=4))
+    HFEngine(model, tokenizer, batch_size=len(prompts), progress=False).generate(
+        prompts, SamplingParams(max_new_tokens=4)
+    )
 
 
 def print_table(rows: list[dict], anchor: dict) -> None:
@@ -114,9 +129,11 @@ def print_table(rows: list[dict], anchor: dict) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         rate = r["tokens"] / r["seconds"]
-        print(f"| {r['name']} | {r['batch']} | {r['tokens']} | {r['seconds']:.1f} | {rate:.1f} | "
-              f"{rate / (anchor['tokens'] / anchor['seconds']):.1f}x | {r['tokens'] / r['cpu_seconds']:.1f} | "
-              f"{r['load'][0]:.2f}/{r['load'][1]:.2f} |")
+        print(
+            f"| {r['name']} | {r['batch']} | {r['tokens']} | {r['seconds']:.1f} | {rate:.1f} | "
+            f"{rate / (anchor['tokens'] / anchor['seconds']):.1f}x | {r['tokens'] / r['cpu_seconds']:.1f} | "
+            f"{r['load'][0]:.2f}/{r['load'][1]:.2f} |"
+        )
 
 
 def demo_round_prompts(n: int = 40) -> list:
@@ -138,15 +155,19 @@ def vllm_comparison(math_prompts: list, sampling: SamplingParams, swap_rounds: i
             if "lora_B" in name:
                 param.normal_(std=0.02)
     with student.disable_adapter():
-        hf_rows = [measure("HF fp32", student, tokenizer, math_prompts, 32, sampling),
-                   measure("HF fp32, demo round", student, tokenizer, demo, len(demo), sampling)]
+        hf_rows = [
+            measure("HF fp32", student, tokenizer, math_prompts, 32, sampling),
+            measure("HF fp32, demo round", student, tokenizer, demo, len(demo), sampling),
+        ]
 
     started = time.perf_counter()
     engine = VLLMEngine(MODEL, VLLMSettings(dtype="float32", max_model_len=1024, kv_cache_gib=1.0))
     startup = time.perf_counter() - started
     engine.generate(math_prompts[:2], SamplingParams(max_new_tokens=4))
-    vllm_rows = [measure_engine("vLLM fp32", engine, math_prompts, 32, sampling),
-                 measure_engine("vLLM fp32, demo round", engine, demo, len(demo), sampling)]
+    vllm_rows = [
+        measure_engine("vLLM fp32", engine, math_prompts, 32, sampling),
+        measure_engine("vLLM fp32, demo round", engine, demo, len(demo), sampling),
+    ]
     swaps = []
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(swap_rounds):
@@ -163,21 +184,27 @@ def vllm_comparison(math_prompts: list, sampling: SamplingParams, swap_rounds: i
         hf_rows.append(measure("HF fp32 + LoRA, demo round", student, tokenizer, demo, len(demo), sampling))
     engine.close()
 
-    print(f"\nVLLMEngine vs HFEngine, float32, greedy, max_new_tokens={sampling.max_new_tokens}; "
-          f"vLLM start-up {startup:.1f} s (enforce_eager=False)\n")
+    print(
+        f"\nVLLMEngine vs HFEngine, float32, greedy, max_new_tokens={sampling.max_new_tokens}; "
+        f"vLLM start-up {startup:.1f} s (enforce_eager=False)\n"
+    )
     print("| engine | prompts | tokens | wall s | tokens/s | vLLM / HF | tokens/CPU-s | identical texts | load |")
     print("|---|---|---|---|---|---|---|---|---|")
     for hf, ours in zip(hf_rows, vllm_rows, strict=True):
         same = sum(a == b for a, b in zip(hf["texts"], ours["texts"], strict=True))
         ratio = (ours["tokens"] / ours["seconds"]) / (hf["tokens"] / hf["seconds"])
         for r, versus, identical in ((hf, "", ""), (ours, f"{ratio:.1f}x", f"{same}/{len(hf['texts'])}")):
-            print(f"| {r['name']} | {len(r['texts'])} | {r['tokens']} | {r['seconds']:.1f} | "
-                  f"{r['tokens'] / r['seconds']:.1f} | {versus} | {r['tokens'] / r['cpu_seconds']:.1f} | {identical} | "
-                  f"{r['load'][0]:.2f}/{r['load'][1]:.2f} |")
+            print(
+                f"| {r['name']} | {len(r['texts'])} | {r['tokens']} | {r['seconds']:.1f} | "
+                f"{r['tokens'] / r['seconds']:.1f} | {versus} | {r['tokens'] / r['cpu_seconds']:.1f} | {identical} | "
+                f"{r['load'][0]:.2f}/{r['load'][1]:.2f} |"
+            )
     save = sum(s for s, _ in swaps) / len(swaps)
     load = sum(w for _, w in swaps) / len(swaps)
-    print(f"\nadapter swap per round ({len(swaps)} rounds, r 16, 7 projections): save_pretrained {save:.2f} s + "
-          f"VLLMEngine.set_adapter {load:.2f} s (each: " + ", ".join(f"{w:.2f}" for _, w in swaps) + " s)")
+    print(
+        f"\nadapter swap per round ({len(swaps)} rounds, r 16, 7 projections): save_pretrained {save:.2f} s + "
+        f"VLLMEngine.set_adapter {load:.2f} s (each: " + ", ".join(f"{w:.2f}" for _, w in swaps) + " s)"
+    )
 
 
 def main() -> None:
@@ -192,8 +219,9 @@ def main() -> None:
     if not MATH_TEST.is_file():
         sys.exit(f"{MATH_TEST} is absent; this bench reads the real MATH test problems from ../shared/data")
     torch.set_num_threads(args.threads)
-    prompts = [[{"role": "user", "content": r.problem}]
-               for r in RecordSource(str(MATH_TEST), limit=args.prompts).load()]
+    prompts = [
+        [{"role": "user", "content": r.problem}] for r in RecordSource(str(MATH_TEST), limit=args.prompts).load()
+    ]
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens)
     tokenizer = load_tokenizer(MODEL)
     start_load = load_average()
@@ -212,18 +240,24 @@ def main() -> None:
     warm_up(copy, tokenizer, prompts[:2])
     merged = measure("QLoRA merged copy", copy, tokenizer, prompts, largest, sampling)
 
-    print(f"\nHFEngine generation, {MODEL}, {args.prompts} MATH test prompts, greedy, "
-          f"max_new_tokens={args.max_new_tokens}")
+    print(
+        f"\nHFEngine generation, {MODEL}, {args.prompts} MATH test prompts, greedy, "
+        f"max_new_tokens={args.max_new_tokens}"
+    )
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} torch thread(s); load average {start_load:.2f} at start\n")
     print_table(rows + [live, merged], rows[0])
     anchor_rate = rows[0]["tokens"] / rows[0]["seconds"]
     at_largest = rows[-1]["tokens"] / rows[-1]["seconds"] / anchor_rate
     same = sum(a == b for a, b in zip(live["texts"], merged["texts"], strict=True))
-    print(f"\nbatch {rows[-1]['batch']} vs batch {rows[0]['batch']}: {at_largest:.1f}x tokens/s: "
-          f"{'meets' if at_largest >= TARGET_SPEEDUP_AT_32 else 'MISSES'} the target of >= {TARGET_SPEEDUP_AT_32:.0f}x")
+    print(
+        f"\nbatch {rows[-1]['batch']} vs batch {rows[0]['batch']}: {at_largest:.1f}x tokens/s: "
+        f"{'meets' if at_largest >= TARGET_SPEEDUP_AT_32 else 'MISSES'} the target of >= {TARGET_SPEEDUP_AT_32:.0f}x"
+    )
     copy_speedup = (merged["tokens"] / merged["seconds"]) / (live["tokens"] / live["seconds"])
-    print(f"QLoRA at batch {largest}: merged copy {copy_speedup:.1f}x the live NF4 model's tokens/s; "
-          f"{same}/{len(prompts)} completions identical")
+    print(
+        f"QLoRA at batch {largest}: merged copy {copy_speedup:.1f}x the live NF4 model's tokens/s; "
+        f"{same}/{len(prompts)} completions identical"
+    )
     if args.vllm:
         vllm_comparison(prompts, sampling, args.swap_rounds)
 

@@ -69,8 +69,12 @@ PROMPTS, GENERATIONS = 4, 4
 LEARNING_RATE, EPSILON, MAX_GRAD_NORM = 1e-6, 0.2, 1.0
 TARGET_STEP_RATIO, TARGET_RSS_RATIO = 0.5, 0.5
 WORKER_ARGS = ("steps", "warmup_steps", "max_new_tokens", "threads")
-ARMS = {"stat-pl": ("stat-pl, skipping off", "none", False), "stat-pl-skip": ("stat-pl, skipping on", "none", True),
-        "trl": ("TRL GRPOTrainer", None, None), "stat-pl-nf4": ("stat-pl QLoRA, skipping off", "nf4", False)}
+ARMS = {
+    "stat-pl": ("stat-pl, skipping off", "none", False),
+    "stat-pl-skip": ("stat-pl, skipping on", "none", True),
+    "trl": ("TRL GRPOTrainer", None, None),
+    "stat-pl-nf4": ("stat-pl QLoRA, skipping off", "nf4", False),
+}
 PHASES = ("generation", "reward", "train", "other")
 
 
@@ -90,10 +94,13 @@ def prompt_plan(args: argparse.Namespace) -> dict:
         if len(data.train_examples) >= needed:
             break
         rows += needed - len(data.train_examples)
-    batches = [[{"content": data.records[r].problem + PROMPT_SUFFIX, "answer": answer, "prompt_ids": ids}
-                for r, answer, ids in zip(batch["record"].tolist(), batch["answers"], batch["prompt_ids"],
-                                          strict=True)]
-               for batch in data.train_dataloader()]
+    batches = [
+        [
+            {"content": data.records[r].problem + PROMPT_SUFFIX, "answer": answer, "prompt_ids": ids}
+            for r, answer, ids in zip(batch["record"].tolist(), batch["answers"], batch["prompt_ids"], strict=True)
+        ]
+        for batch in data.train_dataloader()
+    ]
     return {"rows": rows, "batches": batches}
 
 
@@ -102,23 +109,33 @@ def prompt_data(rows: int):
     from stat_pl.data.prompt_datamodule import PromptDataModule
     from stat_pl.records import RecordSource
 
-    return PromptDataModule(MODEL, train=[RecordSource(str(MATH_TRAIN), limit=rows)], batch_size=PROMPTS,
-                            prompt_suffix=PROMPT_SUFFIX, skip_unanswered=True, seed=0)
+    return PromptDataModule(
+        MODEL,
+        train=[RecordSource(str(MATH_TRAIN), limit=rows)],
+        batch_size=PROMPTS,
+        prompt_suffix=PROMPT_SUFFIX,
+        skip_unanswered=True,
+        seed=0,
+    )
 
 
 def check_prompts(arm: str, step: int, got: list[list[int]], plan: dict) -> None:
     expected = [p["prompt_ids"] for p in plan["batches"][step]]
     if got != expected:
-        raise RuntimeError(f"{arm} step {step}: generated from other prompt ids than the plan's: got lengths "
-                           f"{[len(g) for g in got]}, expected {[len(e) for e in expected]}")
+        raise RuntimeError(
+            f"{arm} step {step}: generated from other prompt ids than the plan's: got lengths "
+            f"{[len(g) for g in got]}, expected {[len(e) for e in expected]}"
+        )
 
 
 def step_stats(lengths: list[list[int]], rewards: list[list[float]]) -> dict:
     """Generated tokens per step, mean reward and the share of groups whose rewards are all equal."""
     groups = [r[g : g + GENERATIONS] for r in rewards for g in range(0, len(r), GENERATIONS)]
-    return {"generated_tokens": sum(map(sum, lengths)) / max(1, len(lengths)),
-            "reward": statistics.fmean(x for r in rewards for x in r),
-            "zero_advantage_groups": sum(min(g) == max(g) for g in groups) / len(groups)}
+    return {
+        "generated_tokens": sum(map(sum, lengths)) / max(1, len(lengths)),
+        "reward": statistics.fmean(x for r in rewards for x in r),
+        "zero_advantage_groups": sum(min(g) == max(g) for g in groups) / len(groups),
+    }
 
 
 # ---- arm A: stat-pl ------------------------------------------------------------------------------
@@ -162,31 +179,59 @@ def run_stat_pl(args: argparse.Namespace, plan: dict, quantization: str, skip: b
     L.seed_everything(0, verbose=False)
     with tempfile.TemporaryDirectory() as out:
         data = prompt_data(plan["rows"])
-        module = GRPOModule(MODEL, quantization=quantization, compute_dtype="float32", lora=LoRAConfig(),
-                            num_generations=GENERATIONS, max_new_tokens=args.max_new_tokens, temperature=1.0,
-                            loss_aggregation="token_mean", epsilon=EPSILON, beta=0.0, num_iterations=1,
-                            skip_zero_advantage_groups=skip, max_grad_norm=MAX_GRAD_NORM, adapter_dir=out, seed=0,
-                            optimizer=lambda params: torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0))
+        module = GRPOModule(
+            MODEL,
+            quantization=quantization,
+            compute_dtype="float32",
+            lora=LoRAConfig(),
+            num_generations=GENERATIONS,
+            max_new_tokens=args.max_new_tokens,
+            temperature=1.0,
+            loss_aggregation="token_mean",
+            epsilon=EPSILON,
+            beta=0.0,
+            num_iterations=1,
+            skip_zero_advantage_groups=skip,
+            max_grad_norm=MAX_GRAD_NORM,
+            adapter_dir=out,
+            seed=0,
+            optimizer=lambda params: torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0),
+        )
         window = StepWindow()
-        trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=args.warmup_steps + args.steps,
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, use_distributed_sampler=False, default_root_dir=out,
-                            callbacks=[window])
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            precision="32-true",
+            max_steps=args.warmup_steps + args.steps,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            default_root_dir=out,
+            callbacks=[window],
+        )
         trainer.fit(module, data)
-    return {**timed_window(window.started, window.ended, window.phases, args.steps),
-            **step_stats(window.lengths, window.rewards),
-            "precision": "float32" + (" (NF4 base)" if quantization == "nf4" else ""),
-            "lora_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        **timed_window(window.started, window.ended, window.phases, args.steps),
+        **step_stats(window.lengths, window.rewards),
+        "precision": "float32" + (" (NF4 base)" if quantization == "nf4" else ""),
+        "lora_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
-def timed_window(started: tuple[float, float], ended: tuple[float, float], phases: dict[str, float],
-                 steps: int) -> dict:
+def timed_window(
+    started: tuple[float, float], ended: tuple[float, float], phases: dict[str, float], steps: int
+) -> dict:
     """Per-step wall and CPU seconds and phase seconds; ``other`` is the wall time the named phases leave."""
     wall = ended[0] - started[0]
     per_step = {phase: phases[phase] / steps for phase in ("generation", "reward", "train")}
-    return {"seconds_per_step": wall / steps, "cpu_seconds_per_step": (ended[1] - started[1]) / steps,
-            "phases": {**per_step, "other": wall / steps - sum(per_step.values())}}
+    return {
+        "seconds_per_step": wall / steps,
+        "cpu_seconds_per_step": (ended[1] - started[1]) / steps,
+        "phases": {**per_step, "other": wall / steps - sum(per_step.values())},
+    }
 
 
 # ---- arm B: TRL ----------------------------------------------------------------------------------
@@ -210,8 +255,15 @@ def run_trl(args: argparse.Namespace, plan: dict) -> dict:
 
     def correct(prompts, completions, completion_ids, answer, **kwargs) -> list[float]:
         """stat-pl's CorrectnessReward behind TRL's reward-function signature."""
-        done = [Completion(c[-1]["content"], len(ids), "stop" if ids and ids[-1] == tokenizer.eos_token_id
-                           else "length", tuple(ids)) for c, ids in zip(completions, completion_ids, strict=True)]
+        done = [
+            Completion(
+                c[-1]["content"],
+                len(ids),
+                "stop" if ids and ids[-1] == tokenizer.eos_token_id else "length",
+                tuple(ids),
+            )
+            for c, ids in zip(completions, completion_ids, strict=True)
+        ]
         scores = correctness.score(done, answer)
         rewards.append(scores)
         return scores
@@ -234,25 +286,62 @@ def run_trl(args: argparse.Namespace, plan: dict) -> dict:
                 self.ended = clocks()
 
     lora = LoRAConfig()
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=list(PAPER_TARGET_MODULES), task_type="CAUSAL_LM")
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p["content"]}], "answer": p["answer"]}
-                                 for batch in plan["batches"] for p in batch])
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(PAPER_TARGET_MODULES),
+        task_type="CAUSAL_LM",
+    )
+    dataset = Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": p["content"]}], "answer": p["answer"]}
+            for batch in plan["batches"]
+            for p in batch
+        ]
+    )
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
-        config = GRPOConfig(output_dir=out, use_cpu=True, bf16=False, gradient_checkpointing=False,
-                            per_device_train_batch_size=PROMPTS * GENERATIONS, gradient_accumulation_steps=1,
-                            num_generations=GENERATIONS, max_completion_length=args.max_new_tokens, temperature=1.0,
-                            top_p=1.0, beta=0.0, loss_type="dapo", epsilon=EPSILON, num_iterations=1,
-                            learning_rate=LEARNING_RATE, lr_scheduler_type="constant", weight_decay=0.0,
-                            max_grad_norm=MAX_GRAD_NORM, shuffle_dataset=False,
-                            max_steps=args.warmup_steps + args.steps, save_strategy="no", report_to="none",
-                            disable_tqdm=True, seed=0)
-        trainer = GRPOTrainer(model=resolve_model_path(MODEL), reward_funcs=[correct], args=config,
-                              train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
-                              callbacks=[clock])
-        generate, score, rollout = (trainer._generate_single_turn, trainer._calculate_rewards,
-                                    trainer._generate_and_score_completions)
+        config = GRPOConfig(
+            output_dir=out,
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            per_device_train_batch_size=PROMPTS * GENERATIONS,
+            gradient_accumulation_steps=1,
+            num_generations=GENERATIONS,
+            max_completion_length=args.max_new_tokens,
+            temperature=1.0,
+            top_p=1.0,
+            beta=0.0,
+            loss_type="dapo",
+            epsilon=EPSILON,
+            num_iterations=1,
+            learning_rate=LEARNING_RATE,
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+            max_grad_norm=MAX_GRAD_NORM,
+            shuffle_dataset=False,
+            max_steps=args.warmup_steps + args.steps,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            seed=0,
+        )
+        trainer = GRPOTrainer(
+            model=resolve_model_path(MODEL),
+            reward_funcs=[correct],
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[clock],
+        )
+        generate, score, rollout = (
+            trainer._generate_single_turn,
+            trainer._calculate_rewards,
+            trainer._generate_and_score_completions,
+        )
 
         def timed_generate(prompt_ids, *rest, **kwargs):
             check_prompts("TRL", len(lengths), [list(p) for p in prompt_ids[::GENERATIONS]], plan)
@@ -273,14 +362,22 @@ def run_trl(args: argparse.Namespace, plan: dict) -> dict:
         trainer._generate_and_score_completions = timed_rollout
         trainer.train()
     wall = clock.ended[0] - clock.started[0]
-    phases = {"generation": timer.seconds["generation"], "reward": timer.seconds["reward"],
-              "train": wall - timer.seconds["rollout"]}
+    phases = {
+        "generation": timer.seconds["generation"],
+        "reward": timer.seconds["reward"],
+        "train": wall - timer.seconds["rollout"],
+    }
     result = timed_window(clock.started, clock.ended, phases, args.steps)
     result["phases"]["other"] = (timer.seconds["rollout"] - phases["generation"] - phases["reward"]) / args.steps
-    return {**result, **step_stats(lengths[args.warmup_steps :], rewards[args.warmup_steps :]),
-            "precision": "bf16 autocast" if trainer.args.bf16 else "float32", "loss_type": trainer.loss_type,
-            "steps_per_generation": trainer.args.steps_per_generation, "torch_threads": torch.get_num_threads(),
-            "lora_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
+    return {
+        **result,
+        **step_stats(lengths[args.warmup_steps :], rewards[args.warmup_steps :]),
+        "precision": "bf16 autocast" if trainer.args.bf16 else "float32",
+        "loss_type": trainer.loss_type,
+        "steps_per_generation": trainer.args.steps_per_generation,
+        "torch_threads": torch.get_num_threads(),
+        "lora_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+    }
 
 
 # ---- the parent: interleave the arms, print the table --------------------------------------------
@@ -288,8 +385,17 @@ def run_arm(arm: str, args: argparse.Namespace, plan_file: str) -> dict:
     """One arm in a fresh subprocess (its own peak RSS), with the load average before and after."""
     with tempfile.NamedTemporaryFile(suffix=".json") as result:
         load_before = load_average()
-        command = [sys.executable, __file__, "--worker", arm, "--plan", plan_file, "--result", result.name,
-                   *[f"--{name.replace('_', '-')}={getattr(args, name)}" for name in WORKER_ARGS]]
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            arm,
+            "--plan",
+            plan_file,
+            "--result",
+            result.name,
+            *[f"--{name.replace('_', '-')}={getattr(args, name)}" for name in WORKER_ARGS],
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"arm {arm} failed:\n{done.stderr[-4000:]}")
@@ -315,8 +421,12 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed optimizer steps first")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="completion budget in tokens")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every arm")
-    parser.add_argument("--quantization", choices=["none", "nf4"], default="none",
-                        help="nf4: also run stat-pl with QLoRA (skipping off) as another row")
+    parser.add_argument(
+        "--quantization",
+        choices=["none", "nf4"],
+        default="none",
+        help="nf4: also run stat-pl with QLoRA (skipping off) as another row",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per arm (the same for every arm)")
     parser.add_argument("--worker", choices=list(ARMS), help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
@@ -345,20 +455,29 @@ def main() -> None:
 
 def report(rows: list[dict], args: argparse.Namespace, load_start: float) -> None:
     """The table and the verdict on the targets."""
-    print(f"\nGRPO throughput, {MODEL} + LoRA r16, {PROMPTS} MATH prompts x {GENERATIONS} completions, <= "
-          f"{args.max_new_tokens} new tokens, T = 1.0, beta 0, token-mean loss, one optimizer step per rollout "
-          f"batch, {args.warmup_steps} warm-up + {args.steps} timed steps, {args.rounds} round(s)")
-    print(f"CPU: {cpu_model()}, {rows[0]['torch_threads']} torch threads; load average {load_start:.2f} at start; "
-          f"{rows[0]['lora_params'] / 1e6:.2f}M trainable LoRA parameters\n")
-    print("| round | arm | precision | s/step | CPU-s/step | generated tokens/step | reward | zero-adv. groups | "
-          + " | ".join(f"{p} s/step" for p in PHASES) + " | peak RSS MiB | load before/after |")
+    print(
+        f"\nGRPO throughput, {MODEL} + LoRA r16, {PROMPTS} MATH prompts x {GENERATIONS} completions, <= "
+        f"{args.max_new_tokens} new tokens, T = 1.0, beta 0, token-mean loss, one optimizer step per rollout "
+        f"batch, {args.warmup_steps} warm-up + {args.steps} timed steps, {args.rounds} round(s)"
+    )
+    print(
+        f"CPU: {cpu_model()}, {rows[0]['torch_threads']} torch threads; load average {load_start:.2f} at start; "
+        f"{rows[0]['lora_params'] / 1e6:.2f}M trainable LoRA parameters\n"
+    )
+    print(
+        "| round | arm | precision | s/step | CPU-s/step | generated tokens/step | reward | zero-adv. groups | "
+        + " | ".join(f"{p} s/step" for p in PHASES)
+        + " | peak RSS MiB | load before/after |"
+    )
     print("|---" * (10 + len(PHASES)) + "|")
     for r in rows:
-        print(f"| {r['round']} | {ARMS[r['arm']][0]} | {r['precision']} | {r['seconds_per_step']:.2f} | "
-              f"{r['cpu_seconds_per_step']:.2f} | {r['generated_tokens']:.0f} | {r['reward']:.3f} | "
-              f"{100 * r['zero_advantage_groups']:.0f}% | "
-              + " | ".join(f"{r['phases'][p]:.2f}" for p in PHASES)
-              + f" | {r['peak_rss_mib']:.0f} | {r['load_before']:.2f}/{r['load_after']:.2f} |")
+        print(
+            f"| {r['round']} | {ARMS[r['arm']][0]} | {r['precision']} | {r['seconds_per_step']:.2f} | "
+            f"{r['cpu_seconds_per_step']:.2f} | {r['generated_tokens']:.0f} | {r['reward']:.3f} | "
+            f"{100 * r['zero_advantage_groups']:.0f}% | "
+            + " | ".join(f"{r['phases'][p]:.2f}" for p in PHASES)
+            + f" | {r['peak_rss_mib']:.0f} | {r['load_before']:.2f}/{r['load_after']:.2f} |"
+        )
     print()
     verdicts(rows)
 
@@ -371,12 +490,15 @@ def paired_ratio(arm_rows: list[dict], anchor_rows: list[dict], key: str) -> flo
 
 def verdicts(rows: list[dict]) -> None:
     """Each stat-pl arm against TRL: paired seconds per step, peak RSS; the target on the skipping-off arm."""
+
     def of(arm: str) -> list[dict]:
         return [r for r in rows if r["arm"] == arm]
 
     trl = of("trl")
-    print(f"TRL: loss_type={trl[0]['loss_type']}, steps_per_generation={trl[0]['steps_per_generation']}, "
-          f"precision {trl[0]['precision']}")
+    print(
+        f"TRL: loss_type={trl[0]['loss_type']}, steps_per_generation={trl[0]['steps_per_generation']}, "
+        f"precision {trl[0]['precision']}"
+    )
     for arm in (a for a in ARMS if a != "trl" and of(a)):
         step = paired_ratio(of(arm), trl, "seconds_per_step")
         cpu = paired_ratio(of(arm), trl, "cpu_seconds_per_step")
@@ -384,8 +506,10 @@ def verdicts(rows: list[dict]) -> None:
         line = f"{ARMS[arm][0]} vs TRL: {step:.2f}x s/step ({cpu:.2f}x CPU-s/step), {rss:.2f}x peak RSS"
         if arm == "stat-pl":
             met = step <= TARGET_STEP_RATIO and rss <= TARGET_RSS_RATIO
-            line += (f": {'meets' if met else 'MISSES'} the target (<= {TARGET_STEP_RATIO}x s/step, "
-                     f"<= {TARGET_RSS_RATIO}x peak RSS)")
+            line += (
+                f": {'meets' if met else 'MISSES'} the target (<= {TARGET_STEP_RATIO}x s/step, "
+                f"<= {TARGET_RSS_RATIO}x peak RSS)"
+            )
         print(line)
 
 

@@ -38,16 +38,27 @@ ARMS = {  # name -> (trainer.precision, model compute_dtype)
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
-def run_arm(precision: str, compute_dtype: str, steps: int, threads: int, emulate_avx2: bool,
-            timeout_s: float) -> dict:
+def run_arm(precision: str, compute_dtype: str, steps: int, threads: int, emulate_avx2: bool, timeout_s: float) -> dict:
     """Train ``steps`` optimizer steps of the demo config in a subprocess; tokens/s and what auto chose."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "stat_pl", "fit", "--config", CONFIG,
-               f"--trainer.precision={precision}", f"--model.init_args.compute_dtype={compute_dtype}",
-               f"--trainer.max_steps={steps}", "--trainer.callbacks=[]", "--trainer.log_every_n_steps=1",
-               f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
-               "--trainer.logger.init_args.flush_logs_every_n_steps=1", "--trainer.enable_checkpointing=false",
-               f"--model.init_args.adapter_dir={out}/adapter"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "stat_pl",
+            "fit",
+            "--config",
+            CONFIG,
+            f"--trainer.precision={precision}",
+            f"--model.init_args.compute_dtype={compute_dtype}",
+            f"--trainer.max_steps={steps}",
+            "--trainer.callbacks=[]",
+            "--trainer.log_every_n_steps=1",
+            f"--trainer.default_root_dir={out}",
+            f"--trainer.logger.init_args.save_dir={out}",
+            "--trainer.logger.init_args.flush_logs_every_n_steps=1",
+            "--trainer.enable_checkpointing=false",
+            f"--model.init_args.adapter_dir={out}/adapter",
+        ]
         env = {**os.environ, "STAT_PL_THREADS": str(threads), **(AVX2_ENV if emulate_avx2 else {})}
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -64,11 +75,17 @@ def run_arm(precision: str, compute_dtype: str, steps: int, threads: int, emulat
         rates = [float(row["train/tokens_per_s"]) for row in _metrics(Path(out)) if row.get("train/tokens_per_s")]
         if not rates and not stopped:
             raise RuntimeError(f"arm {precision}/{compute_dtype} finished but logged no train/tokens_per_s")
-        chosen = next((line.split("precision auto -> ", 1)[1] for line in output.splitlines()
-                       if "precision auto -> " in line), "")
+        chosen = next(
+            (line.split("precision auto -> ", 1)[1] for line in output.splitlines() if "precision auto -> " in line), ""
+        )
     # An arm stopped before its first micro-batch (emulated bf16) has no rate: the table says so.
-    return {"tokens_per_s": statistics.median(rates[1:] or rates) if rates else None, "micro_batches": len(rates),
-            "wall_s": wall, "stopped": stopped, "auto_chose": chosen}
+    return {
+        "tokens_per_s": statistics.median(rates[1:] or rates) if rates else None,
+        "micro_batches": len(rates),
+        "wall_s": wall,
+        "stopped": stopped,
+        "auto_chose": chosen,
+    }
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -90,24 +107,38 @@ def main() -> None:
     import torch
 
     env = AVX2_ENV if args.emulate_avx2 else {}
-    capability = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                                env={**os.environ, **env}, capture_output=True, text=True).stdout.strip()
-    print(f"torch {torch.__version__}, CPU capability {capability}"
-          f"{' (AVX2 emulated with ONEDNN_MAX_CPU_ISA/ATEN_CPU_CAPABILITY)' if args.emulate_avx2 else ''}, "
-          f"load average {os.getloadavg()[0]:.2f} at start, {args.steps} optimizer steps per arm\n")
+    capability = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    print(
+        f"torch {torch.__version__}, CPU capability {capability}"
+        f"{' (AVX2 emulated with ONEDNN_MAX_CPU_ISA/ATEN_CPU_CAPABILITY)' if args.emulate_avx2 else ''}, "
+        f"load average {os.getloadavg()[0]:.2f} at start, {args.steps} optimizer steps per arm\n"
+    )
     print("| threads | arm | tokens/s | micro-batches | wall s (incl. load) | vs float32 | auto chose |")
     print("|---|---|---|---|---|---|---|")
     for threads in args.threads:
-        rows = {name: run_arm(p, d, args.steps, threads, args.emulate_avx2, args.arm_timeout_s)
-                for name, (p, d) in ARMS.items()}
+        rows = {
+            name: run_arm(p, d, args.steps, threads, args.emulate_avx2, args.arm_timeout_s)
+            for name, (p, d) in ARMS.items()
+        }
         fp32 = rows["float32 (forced)"]["tokens_per_s"]
         for name, row in rows.items():
             stopped = " (stopped)" if row["stopped"] else ""
             rate = row["tokens_per_s"]
-            figures = (f"{rate:.1f}", f"{rate / fp32:.2f}x") if rate is not None else \
-                (f"no micro-batch in {args.arm_timeout_s:.0f} s", "-")
-            print(f"| {threads} | {name} | {figures[0]} | {row['micro_batches']}{stopped} | "
-                  f"{row['wall_s']:.0f} | {figures[1]} | {row['auto_chose']} |", flush=True)
+            figures = (
+                (f"{rate:.1f}", f"{rate / fp32:.2f}x")
+                if rate is not None
+                else (f"no micro-batch in {args.arm_timeout_s:.0f} s", "-")
+            )
+            print(
+                f"| {threads} | {name} | {figures[0]} | {row['micro_batches']}{stopped} | "
+                f"{row['wall_s']:.0f} | {figures[1]} | {row['auto_chose']} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,16 @@ sys.path.insert(0, str(REPO))
 MODEL = "offline:smollm2-135m-instruct"
 MATH_TRAIN = REPO.parent / "shared" / "data" / "math" / "train.jsonl"
 TARGET_SPEEDUP = 1.3
-WORKER_ARGS = ("rows", "steps", "warmup_steps", "micro_batch", "accumulation", "max_length", "loss_tolerance",
-               "threads")
+WORKER_ARGS = (
+    "rows",
+    "steps",
+    "warmup_steps",
+    "micro_batch",
+    "accumulation",
+    "max_length",
+    "loss_tolerance",
+    "threads",
+)
 
 
 # ---- the machine -----------------------------------------------------------------------------------
@@ -128,8 +136,13 @@ def clocks() -> tuple[float, float]:
 
 def window(started: tuple[float, float], ended: tuple[float, float], tokens: int, padded: int) -> dict:
     """The timed steps' figures, and the peak RSS they reached (before the longest-batch probe raises it)."""
-    return {"seconds": ended[0] - started[0], "cpu_seconds": ended[1] - started[1], "tokens": tokens,
-            "padded": padded, "window_rss_mib": peak_rss_mib()}
+    return {
+        "seconds": ended[0] - started[0],
+        "cpu_seconds": ended[1] - started[1],
+        "tokens": tokens,
+        "padded": padded,
+        "window_rss_mib": peak_rss_mib(),
+    }
 
 
 def two_longest(lengths: list[int]) -> list[int]:
@@ -168,19 +181,38 @@ def run_stat_pl(args: argparse.Namespace, quantization: str) -> dict:
 
     L.seed_everything(0, verbose=False)
     with tempfile.TemporaryDirectory() as out:
-        data = SFTDataModule(MODEL, train=[RecordSource(str(MATH_TRAIN), limit=args.rows)],
-                             max_length=args.max_length, batch_size=args.micro_batch, group_by_length=True, seed=0)
+        data = SFTDataModule(
+            MODEL,
+            train=[RecordSource(str(MATH_TRAIN), limit=args.rows)],
+            max_length=args.max_length,
+            batch_size=args.micro_batch,
+            group_by_length=True,
+            seed=0,
+        )
         module = SFTModule(MODEL, quantization=quantization, lora=LoRAConfig(), adapter_dir=out)
         data.setup("fit")
         module.configure_model()
-        check = bf16_loss_check(module, next(iter(data.train_dataloader())), args.loss_tolerance) \
-            if quantization == "none" else {}
+        check = (
+            bf16_loss_check(module, next(iter(data.train_dataloader())), args.loss_tolerance)
+            if quantization == "none"
+            else {}
+        )
         steps = StepWindow()
-        trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed",
-                            max_steps=args.warmup_steps + args.steps, accumulate_grad_batches=args.accumulation,
-                            gradient_clip_val=1.0, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=out,
-                            callbacks=[steps])
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            precision="bf16-mixed",
+            max_steps=args.warmup_steps + args.steps,
+            accumulate_grad_batches=args.accumulation,
+            gradient_clip_val=1.0,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=out,
+            callbacks=[steps],
+        )
         trainer.fit(module, data)
         result = window(steps.started, steps.ended, steps.tokens, steps.padded)
         longest = [data.train_examples[i] for i in two_longest([len(e["input_ids"]) for e in data.train_examples])]
@@ -188,10 +220,14 @@ def run_stat_pl(args: argparse.Namespace, quantization: str) -> dict:
         with trainer.precision_plugin.forward_context():
             loss = module.masked_lm_loss(batch)
         loss.backward()
-    return {**result, "longest_batch": batch["input_ids"].numel(), **check,
-            "precision": "bf16-mixed" + (" (NF4 base)" if quantization == "nf4" else ""),
-            "lora_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        **result,
+        "longest_batch": batch["input_ids"].numel(),
+        **check,
+        "precision": "bf16-mixed" + (" (NF4 base)" if quantization == "nf4" else ""),
+        "lora_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def bf16_loss_check(module: SFTModule, batch: dict, tolerance: float) -> dict:
@@ -219,18 +255,46 @@ def trl_trainer(args: argparse.Namespace, out: str, callbacks: list) -> SFTTrain
     from stat_pl.records import RecordSource
 
     records = RecordSource(str(MATH_TRAIN), limit=args.rows).load()
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r.problem}],
-                                  "completion": [{"role": "assistant", "content": r.solutions[0]}]}
-                                 for r in records])
+    dataset = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": r.problem}],
+                "completion": [{"role": "assistant", "content": r.solutions[0]}],
+            }
+            for r in records
+        ]
+    )
     lora = LoRAConfig()
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=list(PAPER_TARGET_MODULES), task_type="CAUSAL_LM")
-    config = SFTConfig(output_dir=out, use_cpu=True, per_device_train_batch_size=args.micro_batch,
-                       gradient_accumulation_steps=args.accumulation, max_length=args.max_length,
-                       max_steps=args.warmup_steps + args.steps, learning_rate=2e-4, max_grad_norm=1.0,
-                       gradient_checkpointing=False, save_strategy="no", report_to="none", disable_tqdm=True, seed=0)
-    return SFTTrainer(model=resolve_model_path(MODEL), args=config, train_dataset=dataset,
-                      processing_class=load_tokenizer(MODEL), peft_config=peft_config, callbacks=callbacks)
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(PAPER_TARGET_MODULES),
+        task_type="CAUSAL_LM",
+    )
+    config = SFTConfig(
+        output_dir=out,
+        use_cpu=True,
+        per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=args.accumulation,
+        max_length=args.max_length,
+        max_steps=args.warmup_steps + args.steps,
+        learning_rate=2e-4,
+        max_grad_norm=1.0,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
+    return SFTTrainer(
+        model=resolve_model_path(MODEL),
+        args=config,
+        train_dataset=dataset,
+        processing_class=load_tokenizer(MODEL),
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
 
 
 def run_trl(args: argparse.Namespace) -> dict:
@@ -265,16 +329,24 @@ def run_trl(args: argparse.Namespace) -> dict:
         # are the slice after the warm-up's.
         trainer.data_collator = counting_collate
         trainer.train()
-        timed = batches[args.warmup_steps * args.accumulation:(args.warmup_steps + args.steps) * args.accumulation]
+        timed = batches[args.warmup_steps * args.accumulation : (args.warmup_steps + args.steps) * args.accumulation]
         result = window(clock.started, clock.ended, sum(t for t, _ in timed), sum(p for _, p in timed))
         rows = trainer.train_dataset
-        longest = collate([{"input_ids": rows[i]["input_ids"], "labels": rows[i]["labels"]}
-                           for i in two_longest([len(ids) for ids in rows["input_ids"]])])
+        longest = collate(
+            [
+                {"input_ids": rows[i]["input_ids"], "labels": rows[i]["labels"]}
+                for i in two_longest([len(ids) for ids in rows["input_ids"]])
+            ]
+        )
         trainer.training_step(trainer.model_wrapped, longest)
-    return {**result, "longest_batch": longest["input_ids"].numel(),
-            "precision": "bf16-mixed" if trainer.args.bf16 else "fp32",
-            "completion_only_loss": trainer.completion_only_loss, "torch_threads": torch.get_num_threads(),
-            "lora_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
+    return {
+        **result,
+        "longest_batch": longest["input_ids"].numel(),
+        "precision": "bf16-mixed" if trainer.args.bf16 else "fp32",
+        "completion_only_loss": trainer.completion_only_loss,
+        "torch_threads": torch.get_num_threads(),
+        "lora_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+    }
 
 
 # ---- the parent: interleave the arms, print the table -------------------------------------------------
@@ -285,8 +357,15 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
     """One arm in a fresh subprocess (its own peak RSS), with the load average before and after."""
     with tempfile.NamedTemporaryFile(suffix=".json") as result:
         load_before = load_average()
-        command = [sys.executable, __file__, "--worker", arm, "--result", result.name,
-                   *[f"--{name.replace('_', '-')}={getattr(args, name)}" for name in WORKER_ARGS]]
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            arm,
+            "--result",
+            result.name,
+            *[f"--{name.replace('_', '-')}={getattr(args, name)}" for name in WORKER_ARGS],
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"arm {arm} failed:\n{done.stderr[-4000:]}")
@@ -314,12 +393,24 @@ def main() -> None:
     parser.add_argument("--accumulation", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every arm")
-    parser.add_argument("--quantization", choices=["none", "nf4"], default="none",
-                        help="nf4: also run stat-pl with QLoRA as a third row")
-    parser.add_argument("--loss-tolerance", type=float, default=0.01,
-                        help="allowed relative gap between the bf16-autocast and float32 first-batch loss")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per arm (and for the matmul peak); see the module docstring")
+    parser.add_argument(
+        "--quantization",
+        choices=["none", "nf4"],
+        default="none",
+        help="nf4: also run stat-pl with QLoRA as a third row",
+    )
+    parser.add_argument(
+        "--loss-tolerance",
+        type=float,
+        default=0.01,
+        help="allowed relative gap between the bf16-autocast and float32 first-batch loss",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per arm (and for the matmul peak); see the module docstring",
+    )
     parser.add_argument("--worker", choices=list(ARMS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -342,38 +433,49 @@ def main() -> None:
     for round_index in range(args.rounds):
         for arm in arms if round_index % 2 == 0 else arms[::-1]:
             rows.append({"round": round_index + 1, **run_arm(arm, args)})
-            print(f"round {round_index + 1} {arm}: {rows[-1]['tokens'] / rows[-1]['seconds']:.0f} tokens/s",
-                  file=sys.stderr)
+            print(
+                f"round {round_index + 1} {arm}: {rows[-1]['tokens'] / rows[-1]['seconds']:.0f} tokens/s",
+                file=sys.stderr,
+            )
     report(rows, args, peaks, frozen, load_start)
 
 
-def report(rows: list[dict], args: argparse.Namespace, peaks: dict[str, float], frozen: int,
-           load_start: float) -> None:
+def report(rows: list[dict], args: argparse.Namespace, peaks: dict[str, float], frozen: int, load_start: float) -> None:
     """The table, the bf16 loss check and the verdict on the targets."""
-    print(f"\nSFT throughput, {MODEL} + LoRA r16, {args.rows} MATH rows, micro-batch {args.micro_batch} x "
-          f"{args.accumulation} accumulation, max length {args.max_length}, {args.warmup_steps} warm-up + "
-          f"{args.steps} timed steps, {args.rounds} round(s)")
+    print(
+        f"\nSFT throughput, {MODEL} + LoRA r16, {args.rows} MATH rows, micro-batch {args.micro_batch} x "
+        f"{args.accumulation} accumulation, max length {args.max_length}, {args.warmup_steps} warm-up + "
+        f"{args.steps} timed steps, {args.rounds} round(s)"
+    )
     print(f"CPU: {cpu_model()}, {rows[0]['torch_threads']} torch threads; load average {load_start:.2f} at start")
-    print(f"matmul peak: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s; "
-          f"N = {frozen / 1e6:.1f}M matmul weights, N_lora = {rows[0]['lora_params'] / 1e6:.2f}M; "
-          "FLOPs per trained token = 4 N + 6 N_lora\n")
-    print("| round | arm | precision | tokens | padding | wall s | tokens/s | tokens/CPU-s | MFU | "
-          "peak RSS MiB, steps | peak RSS MiB, longest batch (tokens) | load before/after |")
+    print(
+        f"matmul peak: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s; "
+        f"N = {frozen / 1e6:.1f}M matmul weights, N_lora = {rows[0]['lora_params'] / 1e6:.2f}M; "
+        "FLOPs per trained token = 4 N + 6 N_lora\n"
+    )
+    print(
+        "| round | arm | precision | tokens | padding | wall s | tokens/s | tokens/CPU-s | MFU | "
+        "peak RSS MiB, steps | peak RSS MiB, longest batch (tokens) | load before/after |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         rate = r["tokens"] / r["seconds"]
         peak = peaks["bfloat16" if r["precision"].startswith("bf16") else "float32"]
         mfu = rate * (4 * frozen + 6 * r["lora_params"]) / peak
-        print(f"| {r['round']} | {ARMS[r['arm']][0]} | {r['precision']} | {r['tokens']} | "
-              f"{100 * (1 - r['tokens'] / r['padded']):.1f}% | {r['seconds']:.1f} | {rate:.1f} | "
-              f"{r['tokens'] / r['cpu_seconds']:.1f} | {100 * mfu:.1f}% | {r['window_rss_mib']:.0f} | "
-              f"{r['peak_rss_mib']:.0f} ({r['longest_batch']}) | {r['load_before']:.2f}/{r['load_after']:.2f} |")
+        print(
+            f"| {r['round']} | {ARMS[r['arm']][0]} | {r['precision']} | {r['tokens']} | "
+            f"{100 * (1 - r['tokens'] / r['padded']):.1f}% | {r['seconds']:.1f} | {rate:.1f} | "
+            f"{r['tokens'] / r['cpu_seconds']:.1f} | {100 * mfu:.1f}% | {r['window_rss_mib']:.0f} | "
+            f"{r['peak_rss_mib']:.0f} ({r['longest_batch']}) | {r['load_before']:.2f}/{r['load_after']:.2f} |"
+        )
     print()
     for check in (r for r in rows if "loss_fp32" in r):
         gap = abs(check["loss_bf16"] - check["loss_fp32"]) / check["loss_fp32"]
-        print(f"bf16 autocast, first batch loss: fp32 {check['loss_fp32']:.4f}, bf16 {check['loss_bf16']:.4f} "
-              f"({100 * gap:.2f}% apart): {'within' if check['loss_ok'] else 'OUTSIDE'} the "
-              f"{100 * args.loss_tolerance:.0f}% tolerance")
+        print(
+            f"bf16 autocast, first batch loss: fp32 {check['loss_fp32']:.4f}, bf16 {check['loss_bf16']:.4f} "
+            f"({100 * gap:.2f}% apart): {'within' if check['loss_ok'] else 'OUTSIDE'} the "
+            f"{100 * args.loss_tolerance:.0f}% tolerance"
+        )
     verdicts(rows)
 
 
@@ -385,6 +487,7 @@ def paired_speedup(arm_rows: list[dict], anchor_rows: list[dict], clock: str) ->
 
 def verdicts(rows: list[dict]) -> None:
     """Each stat-pl arm against TRL: paired per-round speed-ups and the peak RSS at the longest batch."""
+
     def of(arm: str) -> list[dict]:
         return [r for r in rows if r["arm"] == arm]
 
@@ -393,12 +496,15 @@ def verdicts(rows: list[dict]) -> None:
     for arm in (a for a in ARMS if a != "trl" and of(a)):
         wall, cpu = paired_speedup(of(arm), trl, "seconds"), paired_speedup(of(arm), trl, "cpu_seconds")
         rss = max(r["peak_rss_mib"] for r in of(arm)) / max(r["peak_rss_mib"] for r in trl)
-        line = (f"{ARMS[arm][0]} vs TRL: {wall:.2f}x tokens/s ({cpu:.2f}x tokens per CPU-second), "
-                f"{rss:.2f}x peak RSS at the longest batch")
+        line = (
+            f"{ARMS[arm][0]} vs TRL: {wall:.2f}x tokens/s ({cpu:.2f}x tokens per CPU-second), "
+            f"{rss:.2f}x peak RSS at the longest batch"
+        )
         if arm == "stat-pl":
             met = wall >= TARGET_SPEEDUP and rss <= 1.0
             line += f": {'meets' if met else 'MISSES'} the target (>= {TARGET_SPEEDUP}x tokens/s, RSS <= TRL's)"
         print(line)
+
 
 if __name__ == "__main__":
     main()

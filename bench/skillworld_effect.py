@@ -40,7 +40,8 @@ WORLD = {"levels": (1, 2), "max_skills": 2}
 
 def per_skill_accuracy(model: torch.nn.Module, tokenizer, test: list[ProblemRecord], max_new_tokens: int) -> dict:
     completions = HFEngine(model, tokenizer, batch_size=48).generate(
-        [prompt_messages(r.problem) for r in test], SamplingParams(max_new_tokens=max_new_tokens))
+        [prompt_messages(r.problem) for r in test], SamplingParams(max_new_tokens=max_new_tokens)
+    )
     right: dict[str, list[bool]] = defaultdict(list)
     for record, (completion,) in zip(test, completions, strict=True):
         for skill in record.skills:
@@ -50,19 +51,50 @@ def per_skill_accuracy(model: torch.nn.Module, tokenizer, test: list[ProblemReco
 
 def train_arm(arm: str, args: argparse.Namespace, out: Path) -> SFTModule:
     L.seed_everything(args.seed)
-    module = SFTModule(MODEL, quantization="nf4", lora=LoRAConfig(),
-                       optimizer=functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.1))
-    data = SFTDataModule(MODEL, train=[SkillWorldSource("train", 2000, seed=args.seed, **WORLD)], batch_size=8,
-                         samples_per_epoch=args.samples_per_epoch, max_length=192, weight_floor=0.2, seed=args.seed)
+    module = SFTModule(
+        MODEL,
+        quantization="nf4",
+        lora=LoRAConfig(),
+        optimizer=functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.1),
+    )
+    data = SFTDataModule(
+        MODEL,
+        train=[SkillWorldSource("train", 2000, seed=args.seed, **WORLD)],
+        batch_size=8,
+        samples_per_epoch=args.samples_per_epoch,
+        max_length=192,
+        weight_floor=0.2,
+        seed=args.seed,
+    )
     callbacks = []
     if arm != "uniform":
-        callbacks.append(SkillReprofiler(
-            SkillWorldSource("validation", 500, seed=args.seed, **WORLD), GroundTruthDetector(), SkillWorldOracle(),
-            num_questions=args.validation_questions, one_shot=arm == "static", combine="ema", ema_alpha=0.7,
-            max_new_tokens=args.max_new_tokens, batch_size=48, seed=args.seed))
-    trainer = StatTrainer(accelerator="cpu", max_epochs=args.epochs, precision="auto", accumulate_grad_batches=2,
-                        gradient_clip_val=0.3, default_root_dir=out / arm, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+        callbacks.append(
+            SkillReprofiler(
+                SkillWorldSource("validation", 500, seed=args.seed, **WORLD),
+                GroundTruthDetector(),
+                SkillWorldOracle(),
+                num_questions=args.validation_questions,
+                one_shot=arm == "static",
+                combine="ema",
+                ema_alpha=0.7,
+                max_new_tokens=args.max_new_tokens,
+                batch_size=48,
+                seed=args.seed,
+            )
+        )
+    trainer = StatTrainer(
+        accelerator="cpu",
+        max_epochs=args.epochs,
+        precision="auto",
+        accumulate_grad_batches=2,
+        gradient_clip_val=0.3,
+        default_root_dir=out / arm,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
     trainer.fit(module, data)
     module.tokenizer = data.tokenizer
     return module
@@ -77,14 +109,21 @@ def report(before: dict[str, float], after: dict[str, dict[str, float]]) -> str:
     lines = ["| skill | before | " + " | ".join(after) + " |", "|---|---|" + "---|" * len(after)]
     for skill in before:
         mark = " (weak)" if skill in weak else ""
-        lines.append(f"| {skill}{mark} | {before[skill]:.2f} | " + " | ".join(f"{a[skill]:.2f}" for a in after.values())
-                     + " |")
+        lines.append(
+            f"| {skill}{mark} | {before[skill]:.2f} | " + " | ".join(f"{a[skill]:.2f}" for a in after.values()) + " |"
+        )
     mean = lambda acc, skills: sum(acc[s] for s in skills) / len(skills)  # noqa: E731
     others = [s for s in before if s not in weak]
-    lines.append(f"| **mean, 3 weakest at start** | {mean(before, weak):.3f} | "
-                 + " | ".join(f"{mean(a, weak):.3f}" for a in after.values()) + " |")
-    lines.append(f"| **mean, other skills** | {mean(before, others):.3f} | "
-                 + " | ".join(f"{mean(a, others):.3f}" for a in after.values()) + " |")
+    lines.append(
+        f"| **mean, 3 weakest at start** | {mean(before, weak):.3f} | "
+        + " | ".join(f"{mean(a, weak):.3f}" for a in after.values())
+        + " |"
+    )
+    lines.append(
+        f"| **mean, other skills** | {mean(before, others):.3f} | "
+        + " | ".join(f"{mean(a, others):.3f}" for a in after.values())
+        + " |"
+    )
     return "\n".join(lines)
 
 
@@ -99,8 +138,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arms", nargs="+", default=["uniform", "static", "online"])
     parser.add_argument("--out", type=Path, default=Path("runs/bench_skillworld_effect"))
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: $STAT_PL_THREADS, else torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: $STAT_PL_THREADS, else torch's choice)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,8 +163,12 @@ def main() -> None:
     print(table)
     print("train+profile seconds per arm:", {k: round(v) for k, v in seconds.items()})
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "result.json").write_text(json.dumps({"before": before, "after": after, "seconds": seconds,
-                                                      "args": {k: str(v) for k, v in vars(args).items()}}, indent=1))
+    (args.out / "result.json").write_text(
+        json.dumps(
+            {"before": before, "after": after, "seconds": seconds, "args": {k: str(v) for k, v in vars(args).items()}},
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

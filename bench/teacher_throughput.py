@@ -41,16 +41,31 @@ def catalog() -> SkillCatalog:
 
 
 def records(count: int, tag: str) -> list[ProblemRecord]:
-    return [ProblemRecord(id=f"{tag}/{i}", problem=f"Solve x + {i} = {count} ({tag}).",
-                          answer=str(count - i), subject="algebra",
-                          solutions=(f"x = \\boxed{{{count - i}}}",)) for i in range(count)]
+    return [
+        ProblemRecord(
+            id=f"{tag}/{i}",
+            problem=f"Solve x + {i} = {count} ({tag}).",
+            answer=str(count - i),
+            subject="algebra",
+            solutions=(f"x = \\boxed{{{count - i}}}",),
+        )
+        for i in range(count)
+    ]
 
 
-def run(server: LoopbackTeacherServer, cache_dir: str, concurrency: int, batch: list[ProblemRecord],
-        skills: SkillCatalog) -> tuple[float, int, int]:
+def run(
+    server: LoopbackTeacherServer, cache_dir: str, concurrency: int, batch: list[ProblemRecord], skills: SkillCatalog
+) -> tuple[float, int, int]:
     """Label ``batch``; returns (wall seconds, labelled, server requests made)."""
-    teacher = OpenAICompatibleTeacher(model="bench-teacher", base_url=server.base_url, api_key_env=KEY_ENV,
-                                      timeout=30, max_retries=2, concurrency=concurrency, cache_dir=cache_dir)
+    teacher = OpenAICompatibleTeacher(
+        model="bench-teacher",
+        base_url=server.base_url,
+        api_key_env=KEY_ENV,
+        timeout=30,
+        max_retries=2,
+        concurrency=concurrency,
+        cache_dir=cache_dir,
+    )
     before = server.count
     start = time.perf_counter()
     _, stats = label_skills(batch, teacher, skills)
@@ -66,28 +81,38 @@ def main() -> None:
     skills = catalog()
     answer = f"<skill>{skills.skills('algebra')[0]}</skill>"
     sizes = {1: 64, 4: 64, 16: 256, 64: 256}
-    with LoopbackTeacherServer(lambda body: answer, latency_s=args.latency_s) as server, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        LoopbackTeacherServer(lambda body: answer, latency_s=args.latency_s) as server,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         print(f"server latency {args.latency_s * 1000:.0f} ms; anchor = concurrency / latency")
-        print(f"{'concurrency':>11} {'labels':>6} {'wall s':>7} {'labels/s':>9} {'anchor/s':>9} "
-              f"{'of anchor':>9}")
+        print(f"{'concurrency':>11} {'labels':>6} {'wall s':>7} {'labels/s':>9} {'anchor/s':>9} {'of anchor':>9}")
         rates = {}
         for concurrency, count in sizes.items():
-            wall, labelled, _ = run(server, f"{tmp}/c{concurrency}", concurrency,
-                                    records(count, f"c{concurrency}"), skills)
+            wall, labelled, _ = run(
+                server, f"{tmp}/c{concurrency}", concurrency, records(count, f"c{concurrency}"), skills
+            )
             rates[concurrency] = labelled / wall
             anchor = concurrency / args.latency_s
-            print(f"{concurrency:>11} {labelled:>6} {wall:>7.2f} {rates[concurrency]:>9.1f} {anchor:>9.1f} "
-                  f"{rates[concurrency] / anchor:>9.0%}")
+            print(
+                f"{concurrency:>11} {labelled:>6} {wall:>7.2f} {rates[concurrency]:>9.1f} {anchor:>9.1f} "
+                f"{rates[concurrency] / anchor:>9.0%}"
+            )
         batch = records(args.rerun_labels, "rerun")
         first_wall, _, first_requests = run(server, f"{tmp}/rerun", 64, batch, skills)
         rerun_wall, rerun_labelled, rerun_requests = run(server, f"{tmp}/rerun", 64, batch, skills)
-    print(f"\n{args.rerun_labels} labels: first run {first_wall:.2f} s ({first_requests} requests); "
-          f"cached rerun {rerun_wall:.2f} s ({rerun_requests} requests, {rerun_labelled} labelled)")
-    print(f"target >= {TARGET_LABELS_PER_S_AT_16:.0f} labels/s at concurrency 16: "
-          f"{'met' if rates[16] >= TARGET_LABELS_PER_S_AT_16 else 'MISSED'} ({rates[16]:.1f})")
-    print(f"target cached rerun of {args.rerun_labels} labels < {TARGET_CACHED_RERUN_S:.0f} s, 0 requests: "
-          f"{'met' if rerun_wall < TARGET_CACHED_RERUN_S and rerun_requests == 0 else 'MISSED'}")
+    print(
+        f"\n{args.rerun_labels} labels: first run {first_wall:.2f} s ({first_requests} requests); "
+        f"cached rerun {rerun_wall:.2f} s ({rerun_requests} requests, {rerun_labelled} labelled)"
+    )
+    print(
+        f"target >= {TARGET_LABELS_PER_S_AT_16:.0f} labels/s at concurrency 16: "
+        f"{'met' if rates[16] >= TARGET_LABELS_PER_S_AT_16 else 'MISSED'} ({rates[16]:.1f})"
+    )
+    print(
+        f"target cached rerun of {args.rerun_labels} labels < {TARGET_CACHED_RERUN_S:.0f} s, 0 requests: "
+        f"{'met' if rerun_wall < TARGET_CACHED_RERUN_S and rerun_requests == 0 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -38,19 +38,35 @@ class BenchmarkEvaluator(Callback):
         seed: the sampling seed.
     """
 
-    def __init__(self, benchmarks: list[BenchmarkSpec], subset_size: int = 16, every_n_epochs: int = 1,
-                 temperature: float = EvalSettings.temperature,
-                 sample_temperature: float = EvalSettings.sample_temperature, max_new_tokens: int = 256,
-                 top_p: float = EvalSettings.top_p, batch_size: int = 16, tokenizer: str | None = None,
-                 system_prompt: str | None = EvalSettings.system_prompt, seed: int = EvalSettings.seed) -> None:
+    def __init__(
+        self,
+        benchmarks: list[BenchmarkSpec],
+        subset_size: int = 16,
+        every_n_epochs: int = 1,
+        temperature: float = EvalSettings.temperature,
+        sample_temperature: float = EvalSettings.sample_temperature,
+        max_new_tokens: int = 256,
+        top_p: float = EvalSettings.top_p,
+        batch_size: int = 16,
+        tokenizer: str | None = None,
+        system_prompt: str | None = EvalSettings.system_prompt,
+        seed: int = EvalSettings.seed,
+    ) -> None:
         if subset_size < 1:
             raise ValueError(f"BenchmarkEvaluator.subset_size must be >= 1, got {subset_size}")
         self.benchmarks = list(benchmarks)
         self.subset_size = subset_size
         self.every_n_epochs = every_n_epochs
-        self.settings = EvalSettings(temperature=temperature, sample_temperature=sample_temperature, top_p=top_p,
-                                     max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                     system_prompt=system_prompt, seed=seed, progress=False)
+        self.settings = EvalSettings(
+            temperature=temperature,
+            sample_temperature=sample_temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            system_prompt=system_prompt,
+            seed=seed,
+            progress=False,
+        )
         self.tokenizer_name = tokenizer
         self._tokenizer = None
         self._questions: dict[str, list[ProblemRecord]] | None = None
@@ -67,8 +83,9 @@ class BenchmarkEvaluator(Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.evaluate(trainer, pl_module, prefix="bench", limit=None)
 
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: str,
-                 limit: int | None) -> dict[str, float]:
+    def evaluate(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: str, limit: int | None
+    ) -> dict[str, float]:
         """Generate, grade, log ``<prefix>/<benchmark>/<metric>`` and return the logged values."""
         engine = self._engine(trainer, pl_module)
         rank, world = trainer.global_rank, trainer.world_size
@@ -85,8 +102,15 @@ class BenchmarkEvaluator(Callback):
 
     def _answer(self, engine, records: list[ProblemRecord], setting: SampleSetting) -> list[QuestionResult]:
         results: list[QuestionResult] = []
-        generate_and_grade(engine, records, setting, max(1, self.settings.batch_size // setting.n),
-                           lambda _chunk, graded: results.extend(graded), Timing(), self.settings.grading_timeout_s)
+        generate_and_grade(
+            engine,
+            records,
+            setting,
+            max(1, self.settings.batch_size // setting.n),
+            lambda _chunk, graded: results.extend(graded),
+            Timing(),
+            self.settings.grading_timeout_s,
+        )
         return results
 
     def _engine(self, trainer: L.Trainer, pl_module: L.LightningModule):
@@ -94,10 +118,14 @@ class BenchmarkEvaluator(Callback):
         from stat_pl.models import load_tokenizer
 
         if self._tokenizer is None:
-            name = (self.tokenizer_name or getattr(trainer.datamodule, "tokenizer_name", None)
-                    or pl_module.hparams.get("model"))
+            name = (
+                self.tokenizer_name
+                or getattr(trainer.datamodule, "tokenizer_name", None)
+                or pl_module.hparams.get("model")
+            )
             if name is None:
                 raise ValueError("BenchmarkEvaluator: no tokenizer; pass `tokenizer:` (the model's name or path)")
             self._tokenizer = load_tokenizer(name)
-        return live_engine(pl_module, self._tokenizer, self.settings.batch_size, progress=False,
-                           caller="BenchmarkEvaluator")
+        return live_engine(
+            pl_module, self._tokenizer, self.settings.batch_size, progress=False, caller="BenchmarkEvaluator"
+        )

@@ -47,8 +47,9 @@ class LineProgress(ProgressBar):
         epochs = f"{trainer.max_epochs} epoch(s)" if _bounded(trainer.max_epochs) else "epochs until max_steps"
         self._print(f"training: {epochs}, {total} optimizer steps")
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         every = self.every_n_steps or trainer.log_every_n_steps
         if step == self._last_printed_step or step == 0 or step % max(1, every):
@@ -56,12 +57,15 @@ class LineProgress(ProgressBar):
         self._last_printed_step = step
         metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num")
         elapsed = time.perf_counter() - self._started
-        self._print(f"epoch {_of(trainer.current_epoch + 1, trainer.max_epochs)}  "
-                    f"step {step}/{trainer.estimated_stepping_batches}  {elapsed:.0f}s  {metrics}")
+        self._print(
+            f"epoch {_of(trainer.current_epoch + 1, trainer.max_epochs)}  "
+            f"step {step}/{trainer.estimated_stepping_batches}  {elapsed:.0f}s  {metrics}"
+        )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._print(f"training done: {trainer.global_step} optimizer steps in "
-                    f"{time.perf_counter() - self._started:.0f}s")
+        self._print(
+            f"training done: {trainer.global_step} optimizer steps in {time.perf_counter() - self._started:.0f}s"
+        )
 
 
 def _fmt(value: Any) -> str:

@@ -25,23 +25,39 @@ class ReprofileWriter:
     def __init__(self, ema: bool = False) -> None:
         self.ema = ema
 
-    def write(self, run_dir: Path, profile: MissingSkillProfile, rounds: Sequence[dict[str, Any]],
-              loggers: Sequence[Logger], step: int) -> None:
+    def write(
+        self,
+        run_dir: Path,
+        profile: MissingSkillProfile,
+        rounds: Sequence[dict[str, Any]],
+        loggers: Sequence[Logger],
+        step: int,
+    ) -> None:
         """The files of the last of ``rounds`` (each a history entry), the history so far, and the metrics."""
         round_ = rounds[-1]
         epoch = round_["epoch"]
         profile.to_json(run_dir / f"profile-epoch{epoch}.json")
         when = "before training" if epoch == 0 else f"after epoch {epoch}"
-        plot_bars({f"epoch {epoch}": profile.histogram}, run_dir / f"profile-epoch{epoch}.png",
-                        f"Missing-Skill-Profile {when}", "count (difficult questions, EMA over rounds)"
-                        if self.ema else "count (difficult questions)")
-        plot_bars({f"epoch {r['epoch']}": r["skill_accuracy"] for r in rounds},
-                        run_dir / "skill-accuracy.png", "Per-skill accuracy on the validation subset", "accuracy")
+        plot_bars(
+            {f"epoch {epoch}": profile.histogram},
+            run_dir / f"profile-epoch{epoch}.png",
+            f"Missing-Skill-Profile {when}",
+            "count (difficult questions, EMA over rounds)" if self.ema else "count (difficult questions)",
+        )
+        plot_bars(
+            {f"epoch {r['epoch']}": r["skill_accuracy"] for r in rounds},
+            run_dir / "skill-accuracy.png",
+            "Per-skill accuracy on the validation subset",
+            "accuracy",
+        )
         (run_dir / "reprofile-history.json").write_text(json.dumps(list(rounds), indent=1))
         metrics = {f"reprofile/{k}": float(v) for k, v in round_["metrics"].items()}
         metrics.update({f"reprofile/missing/{s}": c for s, c in profile.histogram.items()})
         for logger in loggers:
             logger.log_metrics(metrics, step=step)
             if hasattr(logger, "log_table"):  # e.g. WandbLogger
-                logger.log_table(key="reprofile/histogram", columns=["skill", "count"],
-                                 data=[[s, c] for s, c in profile.top_k(len(profile.histogram))])
+                logger.log_table(
+                    key="reprofile/histogram",
+                    columns=["skill", "count"],
+                    data=[[s, c] for s, c in profile.top_k(len(profile.histogram))],
+                )

@@ -41,8 +41,14 @@ class RolloutProfiler(Callback):
         ema_alpha: weight of the new round in the moving average of the histogram (1: replace).
     """
 
-    def __init__(self, profiler: Profiler | None = None, accuracy_threshold: float = 0.25,
-                 reward_part: str = "correct", every_n_epochs: int = 1, ema_alpha: float = 0.5) -> None:
+    def __init__(
+        self,
+        profiler: Profiler | None = None,
+        accuracy_threshold: float = 0.25,
+        reward_part: str = "correct",
+        every_n_epochs: int = 1,
+        ema_alpha: float = 0.5,
+    ) -> None:
         self.profiler = profiler or SkillMapProxy()
         self.accuracy_threshold = accuracy_threshold
         self.reward_part = reward_part
@@ -80,14 +86,22 @@ class RolloutProfiler(Callback):
     def _profile(self, trainer: L.Trainer, buffer: dict[int, dict[str, list]], epoch: int) -> dict:
         records = trainer.datamodule.records
         accuracy = {i: sum(e["correct"]) / len(e["correct"]) for i, e in buffer.items()}
-        difficult = [Attempt(records[i], tuple(buffer[i]["responses"])) for i in sorted(buffer)
-                     if accuracy[i] <= self.accuracy_threshold]
+        difficult = [
+            Attempt(records[i], tuple(buffer[i]["responses"]))
+            for i in sorted(buffer)
+            if accuracy[i] <= self.accuracy_threshold
+        ]
         diagnoses = self.profiler.diagnose(difficult)
         new = MissingSkillProfile.from_questions({d.question_id: d.skills for d in diagnoses}, epoch=epoch)
         profile = new if self.profile is None else self.profile.ema(new, self.ema_alpha)
         profile.meta.update(epoch=epoch, source="rollouts", questions=len(buffer), difficult=len(difficult))
-        round_ = {"epoch": epoch, "questions": len(buffer), "difficult": len(difficult),
-                  "skill_reward": _skill_accuracy(records, accuracy), "histogram": profile.histogram}
+        round_ = {
+            "epoch": epoch,
+            "questions": len(buffer),
+            "difficult": len(difficult),
+            "skill_reward": _skill_accuracy(records, accuracy),
+            "histogram": profile.histogram,
+        }
         self._write(trainer, profile, round_)
         return {"profile": profile.to_dict(), "round": round_}
 
@@ -96,18 +110,27 @@ class RolloutProfiler(Callback):
         run_dir = Path(trainer.default_root_dir)
         epoch = round_["epoch"]
         profile.to_json(run_dir / f"profile-epoch{epoch}.json")
-        plot_bars({f"epoch {epoch}": profile.histogram}, run_dir / f"profile-epoch{epoch}.png",
-                        f"Missing-Skill-Profile from the rollouts of epoch {epoch}", "count (EMA over rounds)")
+        plot_bars(
+            {f"epoch {epoch}": profile.histogram},
+            run_dir / f"profile-epoch{epoch}.png",
+            f"Missing-Skill-Profile from the rollouts of epoch {epoch}",
+            "count (EMA over rounds)",
+        )
         (run_dir / "rollout-profile-history.json").write_text(json.dumps([*self.history, round_], indent=1))
-        metrics = {"rollout_profile/difficult": float(round_["difficult"]),
-                   **{f"rollout_profile/accuracy/{s}": a for s, a in round_["skill_reward"].items()}}
+        metrics = {
+            "rollout_profile/difficult": float(round_["difficult"]),
+            **{f"rollout_profile/accuracy/{s}": a for s, a in round_["skill_reward"].items()},
+        }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"profile": self.profile.to_dict() if self.profile else None, "history": self.history,
-                "buffer": {str(k): v for k, v in self.buffer.items()}}
+        return {
+            "profile": self.profile.to_dict() if self.profile else None,
+            "history": self.history,
+            "buffer": {str(k): v for k, v in self.buffer.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.history = list(state.get("history", []))

@@ -109,15 +109,17 @@ class SkillReprofiler(Callback):
         self.one_shot = one_shot
         self.combine = combine
         self.ema_alpha = ema_alpha
-        self.sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                       n=detector.samples_per_question, seed=seed)
+        self.sampling = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, n=detector.samples_per_question, seed=seed
+        )
         self.batch_size = batch_size
         self.seed = seed
         self.teacher = teacher
         self.synthesize_per_round = synthesize_per_round
         self.contamination: list[DataSource] = [
             *(contamination or []),
-            *(contamination_sources(contamination_benchmarks, benchmark_paths) if contamination_benchmarks else [])]
+            *(contamination_sources(contamination_benchmarks, benchmark_paths) if contamination_benchmarks else []),
+        ]
         self._guard = None
         self.profile: MissingSkillProfile | None = None
         self.history: list[dict[str, Any]] = []
@@ -128,8 +130,10 @@ class SkillReprofiler(Callback):
     # ---- hooks -----------------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(trainer.datamodule, "sampling", "weighted") == "permutation":
-            raise ValueError("SkillReprofiler re-weights the training data, but data.sampling is to 'permutation' "
-                             "(every row once per epoch, no weights); set data.sampling: weighted")
+            raise ValueError(
+                "SkillReprofiler re-weights the training data, but data.sampling is to 'permutation' "
+                "(every row once per epoch, no weights); set data.sampling: weighted"
+            )
         if self.at_fit_start and not self.history:
             self.run_round(trainer, pl_module, epoch=0)
 
@@ -168,20 +172,33 @@ class SkillReprofiler(Callback):
     def _profile_on_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> dict:
         subset = self._validation_subset()
         attempts, difficult, diagnoses = profile_round(
-            self._engine(trainer, pl_module), subset, self.detector, self.profiler, self.sampling,
-            getattr(trainer.datamodule, "system_prompt", None))
+            self._engine(trainer, pl_module),
+            subset,
+            self.detector,
+            self.profiler,
+            self.sampling,
+            getattr(trainer.datamodule, "system_prompt", None),
+        )
         new = MissingSkillProfile.from_questions({d.question_id: d.skills for d in diagnoses}, epoch=epoch)
         profile = new if self.profile is None or self.combine == "replace" else self.profile.ema(new, self.ema_alpha)
-        profile.meta.update(epoch=epoch, questions=len(subset), difficult=len(difficult),
-                            statuses=dict(Counter(d.status for d in diagnoses)))
+        profile.meta.update(
+            epoch=epoch,
+            questions=len(subset),
+            difficult=len(difficult),
+            statuses=dict(Counter(d.status for d in diagnoses)),
+        )
         accuracy, skill_accuracy = _accuracy(attempts)
-        round_ = {"epoch": epoch, "skill_accuracy": skill_accuracy,
-                  "metrics": {"accuracy": accuracy, "difficult": len(difficult)},
-                  "histogram": profile.histogram}
+        round_ = {
+            "epoch": epoch,
+            "skill_accuracy": skill_accuracy,
+            "metrics": {"accuracy": accuracy, "difficult": len(difficult)},
+            "histogram": profile.histogram,
+        }
         synthetic = self._synthesize(trainer, profile) if self.synthesize_per_round else []
         round_["metrics"]["synthetic_added"] = len(synthetic)
-        self.writer.write(Path(trainer.default_root_dir), profile, [*self.history, round_], trainer.loggers,
-                          trainer.global_step)
+        self.writer.write(
+            Path(trainer.default_root_dir), profile, [*self.history, round_], trainer.loggers, trainer.global_step
+        )
         return {"profile": profile.to_dict(), "round": round_, "synthetic": synthetic}
 
     def _synthesize(self, trainer: L.Trainer, profile: MissingSkillProfile) -> list:
@@ -194,8 +211,9 @@ class SkillReprofiler(Callback):
             references = [*pool, *self.questions.load(), *(r for s in self.contamination for r in s.load())]
             self._guard = ContaminationGuard.from_records(references)
             self._guard.add_records(data.synthetic_rows(), synthetic=True)
-        return StatSyn(seed=self.seed).synthesize_for_profile(profile, self.teacher, pool, self.synthesize_per_round,
-                                                              self._guard, round_index=len(self.history))
+        return StatSyn(seed=self.seed).synthesize_for_profile(
+            profile, self.teacher, pool, self.synthesize_per_round, self._guard, round_index=len(self.history)
+        )
 
     def _validation_subset(self) -> list[ProblemRecord]:
         if self._subset is None:
@@ -215,16 +233,22 @@ class SkillReprofiler(Callback):
         """Per-skill accuracy of the first and the last round, and where the files are."""
         first, last = self.history[0], self.history[-1]
         skills = sorted(set(first["skill_accuracy"]) | set(last["skill_accuracy"]))
-        rows = [f"| {s} | {first['skill_accuracy'].get(s, 0):.2f} | {last['skill_accuracy'].get(s, 0):.2f} | "
-                f"{self.profile.histogram.get(s, 0):.1f} |" for s in skills]
+        rows = [
+            f"| {s} | {first['skill_accuracy'].get(s, 0):.2f} | {last['skill_accuracy'].get(s, 0):.2f} | "
+            f"{self.profile.histogram.get(s, 0):.1f} |"
+            for s in skills
+        ]
         run_dir = Path(trainer.default_root_dir)
-        return "\n".join([
-            f"\nSkillReprofiler: {len(self.history)} rounds; accuracy {first['metrics']['accuracy']:.3f} "
-            f"(epoch {first['epoch']}) -> {last['metrics']['accuracy']:.3f} (epoch {last['epoch']})",
-            f"| skill | acc epoch {first['epoch']} | acc epoch {last['epoch']} | missing (last profile) |",
-            "|---|---|---|---|", *rows,
-            f"profiles: {run_dir}/profile-epoch*.json (+ .png); accuracy plot: {run_dir}/skill-accuracy.png",
-        ])
+        return "\n".join(
+            [
+                f"\nSkillReprofiler: {len(self.history)} rounds; accuracy {first['metrics']['accuracy']:.3f} "
+                f"(epoch {first['epoch']}) -> {last['metrics']['accuracy']:.3f} (epoch {last['epoch']})",
+                f"| skill | acc epoch {first['epoch']} | acc epoch {last['epoch']} | missing (last profile) |",
+                "|---|---|---|---|",
+                *rows,
+                f"profiles: {run_dir}/profile-epoch*.json (+ .png); accuracy plot: {run_dir}/skill-accuracy.png",
+            ]
+        )
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -236,10 +260,10 @@ class SkillReprofiler(Callback):
             self.profile = MissingSkillProfile(**state["profile"])
 
 
-
 def _accuracy(attempts: list[Attempt]) -> tuple[float, dict[str, float]]:
     """(accuracy, accuracy per labelled skill) over all responses, the skills' from the evaluation breakdowns."""
-    scores = [fmean(grade(response, a.record.answer) for response in a.responses) if a.responses else 0.0
-              for a in attempts]
+    scores = [
+        fmean(grade(response, a.record.answer) for response in a.responses) if a.responses else 0.0 for a in attempts
+    ]
     per_skill = breakdowns([a.record for a in attempts], scores).get("skill", {})
     return fmean(scores) if scores else 0.0, {skill: row["accuracy"] for skill, row in per_skill.items()}

@@ -29,10 +29,14 @@ LIGHTNING_SUBCOMMANDS = {
 #: name -> (import path "module:function", one-line help). Later stages register here.
 OFFLINE_STAGES: dict[str, tuple[str, str]] = {
     "evaluate": ("stat_pl.evaluation.evaluate:evaluate", "base model + adapters on benchmarks: Table 3 and plots"),
-    "profile": ("stat_pl.profiling.profile_stage:profile",
-                "Stages 1-2: difficult validation questions and the student's Missing-Skill-Profile"),
-    "label-skills": ("stat_pl.profiling.label_stage:build_skill_map",
-                     "Stage 0: label a dataset's questions with catalog skills (a Skill-Map)"),
+    "profile": (
+        "stat_pl.profiling.profile_stage:profile",
+        "Stages 1-2: difficult validation questions and the student's Missing-Skill-Profile",
+    ),
+    "label-skills": (
+        "stat_pl.profiling.label_stage:build_skill_map",
+        "Stage 0: label a dataset's questions with catalog skills (a Skill-Map)",
+    ),
     "build": ("stat_pl.building.run:build", "Stage 3: targeted training data (STAT-Sel, STAT-Syn, baselines)"),
 }
 

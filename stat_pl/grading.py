@@ -232,9 +232,7 @@ def grade(response: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> boo
     return is_equivalent(extract_answer(response), gold, timeout_s)
 
 
-def majority_answer(
-    answers: Sequence[str | None], timeout_s: float = DEFAULT_TIMEOUT_S
-) -> tuple[str | None, int]:
+def majority_answer(answers: Sequence[str | None], timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[str | None, int]:
     """The most common answer, counting equivalent answers as one, and its number of votes.
 
     Used by the consistency detector (DESIGN.md Stage 1: difficult if the top answer has < 2 votes)

@@ -113,8 +113,9 @@ def warn_if_bf16_emulated(precision: str | int | None, accelerator: str) -> None
         return
     fast, reason = cpu_bf16_is_fast()
     if not fast:
-        log.warning("precision %s on this CPU is slow (%s); 'auto' or '32-true' trains many times faster",
-                    precision, reason)
+        log.warning(
+            "precision %s on this CPU is slow (%s); 'auto' or '32-true' trains many times faster", precision, reason
+        )
 
 
 def configure_threads() -> int | None:

@@ -138,13 +138,24 @@ def load_trainable_adapter(model: torch.nn.Module, adapter_dir: str, lora: LoRAC
 
     path = Path(adapter_dir).expanduser()
     if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"init_adapter: {path} has no adapter_config.json; give the folder a PEFT "
-                                "save_pretrained wrote (e.g. <run>/adapter of `python -m stat_pl fit`)")
+        raise FileNotFoundError(
+            f"init_adapter: {path} has no adapter_config.json; give the folder a PEFT "
+            "save_pretrained wrote (e.g. <run>/adapter of `python -m stat_pl fit`)"
+        )
     saved = PeftConfig.from_pretrained(str(path))
     if lora is not None and (lora.r, lora.alpha, sorted(lora.target_modules)) != (
-            saved.r, saved.lora_alpha, sorted(saved.target_modules)):
-        logger.warning("init_adapter %s has r=%s, alpha=%s, targets=%s; those are used, not the configured lora %s",
-                       path, saved.r, saved.lora_alpha, sorted(saved.target_modules), lora)
+        saved.r,
+        saved.lora_alpha,
+        sorted(saved.target_modules),
+    ):
+        logger.warning(
+            "init_adapter %s has r=%s, alpha=%s, targets=%s; those are used, not the configured lora %s",
+            path,
+            saved.r,
+            saved.lora_alpha,
+            sorted(saved.target_modules),
+            lora,
+        )
     return PeftModel.from_pretrained(model, str(path), is_trainable=True)
 
 
@@ -195,8 +206,9 @@ class MergedCopy:
             plain = name.removesuffix(".base_layer")  # where the twin, which has no PEFT wrappers, keeps it
             for param_name, param in module.named_parameters(recurse=False):
                 if not (plain in self._lora_layers and param_name == "weight"):
-                    state[f"{plain}.{param_name}" if plain else param_name] = \
+                    state[f"{plain}.{param_name}" if plain else param_name] = (
                         _float_weight(module) if param_name == "weight" else param
+                    )
         missing = set(self.model.state_dict()) - set(state) - {"lm_head.weight"}
         if missing:
             raise RuntimeError(f"MergedCopy: no weights for {sorted(missing)[:5]}")

@@ -12,10 +12,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
-def plot_bars(series: Mapping[str, Mapping[str, float]], path: str | Path, title: str, value_label: str,
-              rows: Sequence[str] | None = None, top_k: int | None = None, scale: float = 1.0,
-              row_labels: Mapping[str, str] | None = None,
-              value_range: tuple[float, float] | None = None) -> Path:
+def plot_bars(
+    series: Mapping[str, Mapping[str, float]],
+    path: str | Path,
+    title: str,
+    value_label: str,
+    rows: Sequence[str] | None = None,
+    top_k: int | None = None,
+    scale: float = 1.0,
+    row_labels: Mapping[str, str] | None = None,
+    value_range: tuple[float, float] | None = None,
+) -> Path:
     """Write a PNG of ``series`` (name -> row -> value) and return its path.
 
     Args:

@@ -75,17 +75,16 @@ class MissingSkillProfile:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"ema alpha must be in [0, 1], got {alpha}")
         skills = set(self.histogram) | set(other.histogram)
-        histogram = {
-            s: alpha * other.histogram.get(s, 0.0) + (1 - alpha) * self.histogram.get(s, 0.0) for s in skills
-        }
+        histogram = {s: alpha * other.histogram.get(s, 0.0) + (1 - alpha) * self.histogram.get(s, 0.0) for s in skills}
         profile = MissingSkillProfile(dict(other.questions), histogram, {**self.meta, **other.meta})
         if not profile.histogram:  # both empty: keep an explicitly empty histogram, not a recount
             profile.histogram = {}
         return profile
 
     # ---- STAT-Sel weights ----------------------------------------------------------------------
-    def to_weights(self, records: Sequence[ProblemRecord], skill_map: SkillMap | None = None,
-                   floor: float = 0.05) -> list[float]:
+    def to_weights(
+        self, records: Sequence[ProblemRecord], skill_map: SkillMap | None = None, floor: float = 0.05
+    ) -> list[float]:
         """A sampling weight per training record so each skill's share of the data follows the profile.
 
         STAT-Sel (paper Algorithm 1) draws training questions per missing skill, so a skill's share of

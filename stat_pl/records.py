@@ -42,7 +42,13 @@ def problem_key(text: str) -> str:
 
 #: Provenance keys a row may carry besides the record's own fields (written flat into the JSONL row).
 PROVENANCE_KEYS = (
-    "builder", "difficult_question", "target_skill", "origin", "origin_id", "example_ids", "votes",
+    "builder",
+    "difficult_question",
+    "target_skill",
+    "origin",
+    "origin_id",
+    "example_ids",
+    "votes",
     "similarity",
 )
 #: Where a row's question and answer came from: a pool solution, a teacher solution of a pool
@@ -92,9 +98,17 @@ class BuiltRow:
         """The JSONL row: the record's fields (as :class:`~stat_pl.records.RecordSource` reads them) and the
         provenance fields beside them."""
         r = self.record
-        return {"id": r.id, "problem": r.problem, "answer": r.answer, "solutions": list(r.solutions),
-                "subject": r.subject, "level": r.level, "skills": list(r.skills), "source": r.source,
-                **self.provenance}
+        return {
+            "id": r.id,
+            "problem": r.problem,
+            "answer": r.answer,
+            "solutions": list(r.solutions),
+            "subject": r.subject,
+            "level": r.level,
+            "skills": list(r.skills),
+            "source": r.source,
+            **self.provenance,
+        }
 
 
 class DataSource(ABC):
@@ -132,8 +146,9 @@ class RecordSource(DataSource):
     def __post_init__(self) -> None:
         unknown = sorted(set(self.fields) - set(RECORD_FIELDS))
         if unknown:
-            raise ValueError(f"RecordSource({self.path}).fields: unknown record field(s) {unknown}; "
-                             f"known: {list(RECORD_FIELDS)}")
+            raise ValueError(
+                f"RecordSource({self.path}).fields: unknown record field(s) {unknown}; known: {list(RECORD_FIELDS)}"
+            )
 
     def load(self) -> list[ProblemRecord]:
         return load_records(self)
@@ -208,8 +223,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
             yield where, row
 
 
-def _to_record(row: Mapping[str, Any], source: RecordSource, where: str, default_id: str,
-               name: str) -> ProblemRecord:
+def _to_record(row: Mapping[str, Any], source: RecordSource, where: str, default_id: str, name: str) -> ProblemRecord:
     def column(field_name: str) -> str:
         return source.fields.get(field_name, "solution" if field_name == "solutions" else field_name)
 

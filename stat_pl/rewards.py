@@ -78,17 +78,22 @@ class OverlongPenalty:
 
     def __post_init__(self) -> None:
         if not 0 < self.buffer_tokens <= self.max_new_tokens:
-            raise ValueError(f"OverlongPenalty.buffer_tokens must be in (0, max_new_tokens={self.max_new_tokens}], "
-                             f"got {self.buffer_tokens}")
+            raise ValueError(
+                f"OverlongPenalty.buffer_tokens must be in (0, max_new_tokens={self.max_new_tokens}], "
+                f"got {self.buffer_tokens}"
+            )
 
     def score(self, completions: Sequence[Completion], answers: Sequence[str]) -> list[float]:
         start = self.max_new_tokens - self.buffer_tokens
-        return [-1.0 if c.finish_reason == "length" else min(0.0, (start - c.num_tokens) / self.buffer_tokens)
-                for c in completions]
+        return [
+            -1.0 if c.finish_reason == "length" else min(0.0, (start - c.num_tokens) / self.buffer_tokens)
+            for c in completions
+        ]
 
 
-def combine(rewards: Sequence[Reward], completions: Sequence[Completion],
-            answers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def combine(
+    rewards: Sequence[Reward], completions: Sequence[Completion], answers: Sequence[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted total reward per completion ``[N]`` and each part's unweighted scores ``{name: [N]}``."""
     if not rewards:
         raise ValueError("model.rewards is empty: give at least one reward (e.g. CorrectnessReward)")

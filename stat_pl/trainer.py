@@ -35,9 +35,15 @@ class StatTrainer(L.Trainer):
         **kwargs: every other ``lightning.Trainer`` argument.
     """
 
-    def __init__(self, *, accelerator: str = "auto", precision: str | int | None = "auto",
-                 callbacks: list[Callback] | Callback | None = None, enable_progress_bar: bool | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        accelerator: str = "auto",
+        precision: str | int | None = "auto",
+        callbacks: list[Callback] | Callback | None = None,
+        enable_progress_bar: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
         if precision == "auto":
             choice = resolve_precision(str(accelerator))
             rank_zero_info(f"stat_pl: precision auto -> {choice.lightning} ({choice.reason})")
@@ -48,5 +54,10 @@ class StatTrainer(L.Trainer):
         has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if enable_progress_bar is not False and not has_bar and not sys.stdout.isatty():
             callbacks.append(LineProgress())
-        super().__init__(accelerator=accelerator, precision=precision, callbacks=callbacks,
-                         enable_progress_bar=enable_progress_bar, **kwargs)
+        super().__init__(
+            accelerator=accelerator,
+            precision=precision,
+            callbacks=callbacks,
+            enable_progress_bar=enable_progress_bar,
+            **kwargs,
+        )

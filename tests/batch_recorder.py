@@ -16,8 +16,13 @@ class BatchRecorder(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         weights = getattr(trainer.datamodule._batch_sampler.sampler, "weights", None)  # None: permutation sampling
         digest = hashlib.sha1(weights.numpy().tobytes()).hexdigest() if weights is not None else None
-        row = {"step": trainer.global_step, "epoch": trainer.current_epoch, "index": batch["index"].tolist(),
-               "rank": trainer.global_rank, "weights": digest}
+        row = {
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "index": batch["index"].tolist(),
+            "rank": trainer.global_rank,
+            "weights": digest,
+        }
         path = self.path.with_suffix(f".rank{trainer.global_rank}.jsonl") if trainer.world_size > 1 else self.path
         with path.open("a") as f:
             f.write(json.dumps(row) + "\n")

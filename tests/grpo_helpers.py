@@ -32,9 +32,13 @@ class RolloutRecorder(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         rollouts = outputs["rollouts"]
-        row = {"step": trainer.global_step, "rank": trainer.global_rank, "index": batch["index"].tolist(),
-               "ids": [[list(c.token_ids) for c in group] for group in rollouts.completions],
-               "rewards": rollouts.rewards.tolist()}
+        row = {
+            "step": trainer.global_step,
+            "rank": trainer.global_rank,
+            "index": batch["index"].tolist(),
+            "ids": [[list(c.token_ids) for c in group] for group in rollouts.completions],
+            "rewards": rollouts.rewards.tolist(),
+        }
         path = self.path.with_suffix(f".rank{trainer.global_rank}.jsonl") if trainer.world_size > 1 else self.path
         with path.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -69,6 +73,12 @@ class FirstStepRecorder(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == 0:
             rollouts = outputs["rollouts"]
-            torch.save({"prompt_ids": rollouts.prompt_ids, "advantages": rollouts.advantages,
-                        "ids": [[list(c.token_ids) for c in group] for group in rollouts.completions],
-                        "grads": self.grads}, self.path.with_suffix(f".rank{trainer.global_rank}.pt"))
+            torch.save(
+                {
+                    "prompt_ids": rollouts.prompt_ids,
+                    "advantages": rollouts.advantages,
+                    "ids": [[list(c.token_ids) for c in group] for group in rollouts.completions],
+                    "grads": self.grads,
+                },
+                self.path.with_suffix(f".rank{trainer.global_rank}.pt"),
+            )

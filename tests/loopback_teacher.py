@@ -116,8 +116,7 @@ class LoopbackTeacherServer:
     def start(self) -> LoopbackTeacherServer:
         self._httpd.server_bind()
         self._httpd.server_activate()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
@@ -146,15 +145,24 @@ class LoopbackTeacherServer:
         n = int(body.get("n") or 1)
         texts = self.script(body)
         texts = [texts] * n if isinstance(texts, str) else list(texts)
-        return json.dumps({
-            "id": f"chatcmpl-loopback-{time.monotonic_ns()}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", ""),
-            "choices": [{"index": i, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop", "logprobs": None} for i, text in enumerate(texts)],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }).encode()
+        return json.dumps(
+            {
+                "id": f"chatcmpl-loopback-{time.monotonic_ns()}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", ""),
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                    for i, text in enumerate(texts)
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        ).encode()
 
 
 def _handler_for(server: LoopbackTeacherServer) -> type[BaseHTTPRequestHandler]:
@@ -185,8 +193,9 @@ def _handler_for(server: LoopbackTeacherServer) -> type[BaseHTTPRequestHandler]:
             elif fault.kind == "status":
                 self._send(fault.status, b'{"error": {"message": "injected server error"}}')
             elif fault.kind == "rate_limit":
-                self._send(429, b'{"error": {"message": "injected rate limit"}}',
-                           {"Retry-After": f"{fault.retry_after_s:g}"})
+                self._send(
+                    429, b'{"error": {"message": "injected rate limit"}}', {"Retry-After": f"{fault.retry_after_s:g}"}
+                )
             elif fault.kind == "slow":
                 time.sleep(fault.delay_s)
                 self._send(200, server.completion(body))

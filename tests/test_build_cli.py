@@ -25,8 +25,14 @@ KEY_ENV = "STAT_PL_TEST_BUILD_CLI_KEY"
 
 def run_build(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), KEY_ENV: "sk-test"}
-    return subprocess.run([sys.executable, "-m", "stat_pl", "build", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "stat_pl", "build", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_the_shipped_stat_sel_config_builds_the_profiles_skill_mix(shared_data, tmp_path):
@@ -66,8 +72,13 @@ def script_for(test_question: str):
 
 def test_the_shipped_stat_syn_config_runs_against_a_teacher_url_and_resumes_from_the_cache(shared_data, tmp_path):
     test_question = json.loads((shared_data / "math/test.jsonl").read_text().splitlines()[0])["problem"]
-    args = ["--config", "configs/build_stat_syn.yaml", f"--output_dir={tmp_path / 'syn'}",
-            f"--teacher.api_key_env={KEY_ENV}", f"--teacher.cache_dir={tmp_path / 'cache'}"]
+    args = [
+        "--config",
+        "configs/build_stat_syn.yaml",
+        f"--output_dir={tmp_path / 'syn'}",
+        f"--teacher.api_key_env={KEY_ENV}",
+        f"--teacher.cache_dir={tmp_path / 'cache'}",
+    ]
     with LoopbackTeacherServer(script_for(test_question)) as server:
         first = run_build(*args, f"--teacher.base_url={server.base_url}")
         assert first.returncode == 0, first.stderr[-3000:]

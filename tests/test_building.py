@@ -37,18 +37,35 @@ KEY_ENV = "STAT_PL_TEST_BUILD_KEY"
 
 
 def pool_records(per_skill: dict[str, int]) -> list[ProblemRecord]:
-    return [ProblemRecord(id=f"train/{skill}/{i}", problem=f"A {skill} question number {i}: what is {i} + 1?",
-                          answer=str(i + 1), solutions=(f"{i} + 1 = \\boxed{{{i + 1}}}",), subject="algebra",
-                          level=1 + i % 5, skills=(skill,))
-            for skill, n in per_skill.items() for i in range(n)]
+    return [
+        ProblemRecord(
+            id=f"train/{skill}/{i}",
+            problem=f"A {skill} question number {i}: what is {i} + 1?",
+            answer=str(i + 1),
+            solutions=(f"{i} + 1 = \\boxed{{{i + 1}}}",),
+            subject="algebra",
+            level=1 + i % 5,
+            skills=(skill,),
+        )
+        for skill, n in per_skill.items()
+        for i in range(n)
+    ]
 
 
 def hand_profile() -> MissingSkillProfile:
     """Histogram a: 5, b: 3, c: 2 over 8 difficult questions (two of them miss two skills)."""
-    return MissingSkillProfile.from_questions({
-        "test/1": ["a"], "test/2": ["a"], "test/3": ["a", "b"], "test/4": ["a"], "test/5": ["a", "c"],
-        "test/6": ["b"], "test/7": ["b"], "test/8": ["c"],
-    })
+    return MissingSkillProfile.from_questions(
+        {
+            "test/1": ["a"],
+            "test/2": ["a"],
+            "test/3": ["a", "b"],
+            "test/4": ["a"],
+            "test/5": ["a", "c"],
+            "test/6": ["b"],
+            "test/7": ["b"],
+            "test/8": ["c"],
+        }
+    )
 
 
 def inputs_for(pool: list[ProblemRecord], profile: MissingSkillProfile | None = None, **extra) -> BuildInputs:
@@ -63,7 +80,8 @@ def target_counts(rows) -> Counter[str]:
 def test_each_skills_share_matches_the_profile_and_the_target_is_met_exactly(target):
     profile = hand_profile()
     dataset = StatSel(questions_per_skill=5, target_size=target).build(
-        inputs_for(pool_records({"a": 20, "b": 20, "c": 20, "unrelated": 20}), profile))
+        inputs_for(pool_records({"a": 20, "b": 20, "c": 20, "unrelated": 20}), profile)
+    )
 
     assert len(dataset.rows) == target and dataset.stats["shortfall"] == 0
     counts = target_counts(dataset.rows)
@@ -101,7 +119,8 @@ def test_the_same_seed_builds_the_same_data_and_another_seed_other_data():
 def test_a_short_skill_gives_all_it_has_and_the_others_fill_the_target():
     # c has 2 linked questions: its 2 pairs give at most 4 rows, it wants 40 * 0.2 = 8
     dataset = StatSel(questions_per_skill=5, target_size=40).build(
-        inputs_for(pool_records({"a": 20, "b": 20, "c": 2}), hand_profile()))
+        inputs_for(pool_records({"a": 20, "b": 20, "c": 2}), hand_profile())
+    )
 
     counts = target_counts(dataset.rows)
     assert len(dataset.rows) == 40 and dataset.stats["shortfall"] == 0
@@ -113,7 +132,8 @@ def test_a_short_skill_gives_all_it_has_and_the_others_fill_the_target():
 
 def test_when_the_pool_cannot_meet_the_target_everything_is_kept_and_the_shortfall_reported():
     dataset = StatSel(questions_per_skill=5, target_size=100).build(
-        inputs_for(pool_records({"a": 20, "b": 20, "c": 2}), hand_profile()))
+        inputs_for(pool_records({"a": 20, "b": 20, "c": 2}), hand_profile())
+    )
 
     assert len(dataset.rows) == 5 * 5 + 3 * 5 + 2 * 2
     assert dataset.stats["shortfall"] == 100 - len(dataset.rows)
@@ -132,8 +152,9 @@ def test_algorithm1_draws_k_linked_questions_per_pair_independently_of_other_pai
 
     draws, unlinked = draw_per_missing_skill(hand_profile(), inputs.skill_map, k=5, seed=0)
 
-    assert [(d.question_id, d.skill) for d in draws] == [(q, s) for q in sorted(hand_profile().questions)
-                                                        for s in hand_profile().questions[q]]
+    assert [(d.question_id, d.skill) for d in draws] == [
+        (q, s) for q in sorted(hand_profile().questions) for s in hand_profile().questions[q]
+    ]
     for d in draws:
         assert len(set(d.drawn_ids)) == min(5, len(inputs.skill_map.problems_with(d.skill)))
         assert all(d.skill in inputs.pool_by_id[p].skills for p in d.drawn_ids)
@@ -150,13 +171,16 @@ def test_stat_sel_and_stat_syn_use_the_one_algorithm1_draw():
     syn_draws, _ = draw_per_missing_skill(hand_profile(), inputs.skill_map, k=3, seed=3)
 
     picks, _ = StatSel(questions_per_skill=5, seed=3).picks(hand_profile(), inputs)
-    tasks, _ = stat_syn_tasks(hand_profile(), inputs, PromptTemplates(), examples_per_prompt=3,
-                              questions_per_pair=2, seed=3)
+    tasks, _ = stat_syn_tasks(
+        hand_profile(), inputs, PromptTemplates(), examples_per_prompt=3, questions_per_pair=2, seed=3
+    )
 
     picked = Counter((p.provenance["difficult_question"], p.group, p.record.id) for p in picks)
     assert picked == Counter((d.question_id, d.skill, pid) for d in sel_draws for pid in d.drawn_ids)
-    assert [(t.provenance["difficult_question"], t.provenance["target_skill"], tuple(t.provenance["example_ids"]))
-            for t in tasks] == [(d.question_id, d.skill, d.drawn_ids) for d in syn_draws]
+    assert [
+        (t.provenance["difficult_question"], t.provenance["target_skill"], tuple(t.provenance["example_ids"]))
+        for t in tasks
+    ] == [(d.question_id, d.skill, d.drawn_ids) for d in syn_draws]
 
 
 def solve_script(body: Body) -> list[str]:
@@ -169,10 +193,17 @@ def solve_script(body: Body) -> list[str]:
 def test_teacher_answers_join_only_when_their_final_answer_is_the_gold_one(tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-test")
     with LoopbackTeacherServer(solve_script) as server:
-        teacher = OpenAICompatibleTeacher(model="loop", base_url=server.base_url, api_key_env=KEY_ENV,
-                                          cache_dir=str(tmp_path), concurrency=4, max_retries=0)
+        teacher = OpenAICompatibleTeacher(
+            model="loop",
+            base_url=server.base_url,
+            api_key_env=KEY_ENV,
+            cache_dir=str(tmp_path),
+            concurrency=4,
+            max_retries=0,
+        )
         dataset = StatSel(questions_per_skill=2, answers_per_question=3, target_size=None).build(
-            inputs_for(pool_records({"a": 10, "b": 10, "c": 10}), hand_profile(), teacher=teacher))
+            inputs_for(pool_records({"a": 10, "b": 10, "c": 10}), hand_profile(), teacher=teacher)
+        )
 
     origins = Counter(r.provenance["origin"] for r in dataset.rows)
     assert origins["pool"] == origins["teacher_answer"] == 10 * 2  # 10 pairs x 2 questions, 1 right answer each
@@ -197,10 +228,15 @@ PROFILE_BUILDERS = [StatSel(), StatSyn(), EmbedSel(), EmbedSyn()]
 
 @pytest.mark.parametrize("builder", ALL_BUILDERS, ids=lambda b: b.name)
 def test_every_builder_refuses_a_pool_question_without_solution(builder):
-    pool = pool_records({"a": 5, "b": 5, "c": 5}) + [ProblemRecord(id="train/bare", problem="1+1?", answer="2",
-                                                                   skills=("a",), level=5)]
-    inputs = inputs_for(pool, hand_profile(), teacher=_NeverCalled(),
-                        questions={f"test/{i}": ProblemRecord(f"test/{i}", "q", "1") for i in range(1, 9)})
+    pool = pool_records({"a": 5, "b": 5, "c": 5}) + [
+        ProblemRecord(id="train/bare", problem="1+1?", answer="2", skills=("a",), level=5)
+    ]
+    inputs = inputs_for(
+        pool,
+        hand_profile(),
+        teacher=_NeverCalled(),
+        questions={f"test/{i}": ProblemRecord(f"test/{i}", "q", "1") for i in range(1, 9)},
+    )
     with pytest.raises(BuildInputError, match=r"pool pool\.jsonl: question 'train/bare' has no 'solution'"):
         builder.build(inputs)
 
@@ -223,16 +259,25 @@ def test_skill_builders_refuse_an_unlabelled_pool_or_a_profile_from_another_cata
 
 @pytest.mark.parametrize("builder", [EmbedSel(), EmbedSyn()], ids=lambda b: b.name)
 def test_embedding_builders_name_the_questions_file_when_a_difficult_question_is_missing(builder):
-    inputs = inputs_for(pool_records({"a": 5}), hand_profile(), teacher=_NeverCalled(),
-                        questions={"test/1": ProblemRecord("test/1", "q", "1")}, questions_path="test.jsonl")
+    inputs = inputs_for(
+        pool_records({"a": 5}),
+        hand_profile(),
+        teacher=_NeverCalled(),
+        questions={"test/1": ProblemRecord("test/1", "q", "1")},
+        questions_path="test.jsonl",
+    )
     with pytest.raises(BuildInputError, match=r"names 7 question\(s\) not in test\.jsonl \(field 'id'\)"):
         builder.build(inputs)
 
 
 def test_the_build_stage_names_the_file_and_field_of_a_malformed_profile_or_pool(tmp_path):
     pool = tmp_path / "pool.jsonl"
-    pool.write_text("".join(json.dumps({"id": r.id, "problem": r.problem, "solution": r.solutions[0],
-                                        "skills": list(r.skills)}) + "\n" for r in pool_records({"a": 3})))
+    pool.write_text(
+        "".join(
+            json.dumps({"id": r.id, "problem": r.problem, "solution": r.solutions[0], "skills": list(r.skills)}) + "\n"
+            for r in pool_records({"a": 3})
+        )
+    )
     bad_profile = tmp_path / "profile.json"
     bad_profile.write_text(json.dumps({"questions": {"test/1": "a"}}))
     with pytest.raises(ValueError, match=rf"{bad_profile}: field 'questions' must map question ids to lists"):
@@ -254,18 +299,31 @@ def rewrite_script(body: Body) -> list[str]:
 
 
 def loopback_teacher(server: LoopbackTeacherServer, tmp_path: Path) -> OpenAICompatibleTeacher:
-    return OpenAICompatibleTeacher(model="loop", base_url=server.base_url, api_key_env=KEY_ENV,
-                                   cache_dir=str(tmp_path), concurrency=4, max_retries=0)
+    return OpenAICompatibleTeacher(
+        model="loop",
+        base_url=server.base_url,
+        api_key_env=KEY_ENV,
+        cache_dir=str(tmp_path),
+        concurrency=4,
+        max_retries=0,
+    )
 
 
 def test_baselines_default_to_the_papers_comparable_sizes():
     assert (MathHard().levels, MathHard().answers_per_question, MathHard().target_size) == ([4, 5], 3, 9500)
     assert (MathAugment().rewrites_per_solution, MathAugment().include_original, MathAugment().target_size) == (
-        3, False, 9500)
+        3,
+        False,
+        9500,
+    )
     assert (EmbedSel().neighbours, EmbedSel().answers_per_question, EmbedSel().target_size) == (5, 3, 9500)
     embed_syn = EmbedSyn()
-    assert (embed_syn.neighbours, embed_syn.questions_per_question, embed_syn.examples_per_prompt,
-            embed_syn.target_size) == (5, 5, 3, 9500)
+    assert (
+        embed_syn.neighbours,
+        embed_syn.questions_per_question,
+        embed_syn.examples_per_prompt,
+        embed_syn.target_size,
+    ) == (5, 5, 3, 9500)
 
 
 def test_math_hard_gives_hard_questions_three_verified_answers_cut_to_the_target(tmp_path, monkeypatch):

@@ -68,8 +68,10 @@ def subcommand_of(path: Path) -> str:
         if keys <= accepted and required <= keys:
             fitting.append(stage)
     if len(fitting) != 1:
-        pytest.fail(f"{path}: cannot tell which subcommand reads this config (stages whose arguments fit its keys: "
-                    f"{fitting}); add a line `# stat_pl: <subcommand>` to it")
+        pytest.fail(
+            f"{path}: cannot tell which subcommand reads this config (stages whose arguments fit its keys: "
+            f"{fitting}); add a line `# stat_pl: <subcommand>` to it"
+        )
     return fitting[0]
 
 
@@ -93,8 +95,9 @@ def test_config_parses_and_builds(config: str, monkeypatch: pytest.MonkeyPatch) 
         assert all(key in built for key in yaml.safe_load(path.read_text()))
         return
     assert subcommand in ("fit", "validate", "test"), f"{config}: unknown subcommand {subcommand!r}"
-    accelerators = [((yaml.safe_load((ROOT / c).read_text()) or {}).get("trainer") or {}).get("accelerator")
-                    for c in chain]
+    accelerators = [
+        ((yaml.safe_load((ROOT / c).read_text()) or {}).get("trainer") or {}).get("accelerator") for c in chain
+    ]
     if {"gpu", "cuda"} & set(accelerators) and not torch.cuda.is_available():
         args.append("--trainer.accelerator=cpu")
     monkeypatch.setattr(sys, "argv", ["stat_pl"])  # LightningCLI warns when pytest's own arguments are there
@@ -112,10 +115,15 @@ def test_configs_can_name_classes_by_their_package(tmp_path: Path) -> None:
     from stat_pl.profiling import ConsistencyDetector, SkillMapProxy
 
     config = tmp_path / "profile.yaml"
-    config.write_text(yaml.safe_dump({
-        "questions": {"path": "questions.jsonl"},
-        "detector": {"class_path": "stat_pl.profiling.ConsistencyDetector", "init_args": {"k": 3}},
-        "profiler": {"class_path": "stat_pl.profiling.SkillMapProxy"}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "questions": {"path": "questions.jsonl"},
+                "detector": {"class_path": "stat_pl.profiling.ConsistencyDetector", "init_args": {"k": 3}},
+                "profiler": {"class_path": "stat_pl.profiling.SkillMapProxy"},
+            }
+        )
+    )
     parser = stage_parser("profile")
     built = parser.instantiate(parser.parse_args(["--config", str(config)]))
     assert isinstance(built.detector, ConsistencyDetector) and built.detector.samples_per_question == 3

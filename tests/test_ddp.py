@@ -12,12 +12,19 @@ def test_two_process_ddp_shards_the_sampler_and_broadcasts_the_profile(tmp_path,
     config["data"]["init_args"]["samples_per_epoch"] = 8
     config["trainer"]["callbacks"] = [
         {"class_path": "batch_recorder.BatchRecorder", "init_args": {"path": str(tmp_path / "batches.jsonl")}},
-        {"class_path": "stat_pl.callbacks.skill_reprofiler.SkillReprofiler",
-         "init_args": {"questions": {"class_path": "stat_pl.data.skillworld.SkillWorldSource",
-                                     "init_args": {"split": "validation", "n": 20, "levels": [1]}},
-                       "detector": {"class_path": "stat_pl.profiling.detectors.GroundTruthDetector"},
-                       "profiler": {"class_path": "stat_pl.profiling.oracle.SkillWorldOracle"},
-                       "num_questions": 4, "max_new_tokens": 4}},
+        {
+            "class_path": "stat_pl.callbacks.skill_reprofiler.SkillReprofiler",
+            "init_args": {
+                "questions": {
+                    "class_path": "stat_pl.data.skillworld.SkillWorldSource",
+                    "init_args": {"split": "validation", "n": 20, "levels": [1]},
+                },
+                "detector": {"class_path": "stat_pl.profiling.detectors.GroundTruthDetector"},
+                "profiler": {"class_path": "stat_pl.profiling.oracle.SkillWorldOracle"},
+                "num_questions": 4,
+                "max_new_tokens": 4,
+            },
+        },
     ]
     config_path.write_text(yaml.safe_dump(config))
     out = run_cli("fit", "--config", str(config_path))

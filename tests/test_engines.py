@@ -9,8 +9,10 @@ from stat_pl.engines.base import SamplingParams
 from stat_pl.engines.hf import HFEngine
 from stat_pl.models import LoRAConfig, add_lora, load_causal_lm, load_tokenizer
 
-PROMPTS = [[{"role": "user", "content": q}] for q in
-           ("what is 2+3", "compute the sum of 12 and 30 and then the product", "x", "find the value of y = 7 * 8")]
+PROMPTS = [
+    [{"role": "user", "content": q}]
+    for q in ("what is 2+3", "compute the sum of 12 and 30 and then the product", "x", "find the value of y = 7 * 8")
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,9 @@ def test_n_samples_come_back_grouped_per_prompt_and_are_seeded(engine):
     sampling = SamplingParams(max_new_tokens=8, temperature=1.0, n=3, seed=7)
     out = engine.generate(PROMPTS[:2], sampling)
     assert [len(c) for c in out] == [3, 3]
-    assert [[c.text for c in cs] for cs in out] == [[c.text for c in cs] for cs in engine.generate(PROMPTS[:2],
-                                                                                                   sampling)]
+    assert [[c.text for c in cs] for cs in out] == [
+        [c.text for c in cs] for cs in engine.generate(PROMPTS[:2], sampling)
+    ]
     assert len({c.text for c in out[0]}) > 1
 
 
@@ -53,14 +56,17 @@ def test_live_training_model_is_back_in_train_mode_with_gradients_and_rng_intact
     expected_next = torch.rand(1)
     torch.manual_seed(123)
     HFEngine(model, load_tokenizer(str(tiny_model_dir)), progress=False).generate(
-        PROMPTS, SamplingParams(max_new_tokens=5, temperature=1.0))
+        PROMPTS, SamplingParams(max_new_tokens=5, temperature=1.0)
+    )
     assert torch.rand(1) == expected_next  # generation did not consume the training RNG
     assert model.training and all(m.training for m in model.modules() if hasattr(m, "lora_A"))
     assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters() if n in grads)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None,
-                    reason="vLLM is installed here; tests/test_vllm_engine.py runs it for real")
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is not None,
+    reason="vLLM is installed here; tests/test_vllm_engine.py runs it for real",
+)
 def test_vllm_engine_says_how_to_install_vllm_where_it_is_missing():
     from stat_pl.engines.vllm import VLLMEngine
 
@@ -88,8 +94,7 @@ def test_generation_does_not_break_qlora_gradients_on_cpu(tiny_model_dir):
         model.zero_grad()
         model.train()
         model(input_ids=batch, labels=batch).loss.backward()
-        return sum(float(p.grad.norm()) for n, p in model.named_parameters()
-                   if "layers.0." in n and "lora_B" in n)
+        return sum(float(p.grad.norm()) for n, p in model.named_parameters() if "layers.0." in n and "lora_B" in n)
 
     before = first_layer_grad()
     HFEngine(model, tokenizer, progress=False).generate(PROMPTS[:2], SamplingParams(max_new_tokens=4))
@@ -101,8 +106,9 @@ def test_merged_copy_computes_what_the_lora_model_computes(tiny_model_dir, quant
     from stat_pl.models import MergedCopy
 
     # float32 compute: with bf16 compute, bitsandbytes rounds the live model's (large, here) LoRA output to bf16
-    model = load_causal_lm(str(tiny_model_dir), quantization=quantization, compute_dtype="float32",
-                           lora=LoRAConfig(r=4, dropout=0.0)).eval()
+    model = load_causal_lm(
+        str(tiny_model_dir), quantization=quantization, compute_dtype="float32", lora=LoRAConfig(r=4, dropout=0.0)
+    ).eval()
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5)

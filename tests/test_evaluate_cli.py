@@ -20,22 +20,37 @@ import yaml
 from stat_pl.models import LoRAConfig, load_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = {"math": "math/test.jsonl", "gsm8k": "eval/gsm8k.jsonl", "aime24": "eval/aime24.jsonl",
-              "amc23": "eval/amc23.jsonl"}
+BENCHMARKS = {
+    "math": "math/test.jsonl",
+    "gsm8k": "eval/gsm8k.jsonl",
+    "aime24": "eval/aime24.jsonl",
+    "amc23": "eval/amc23.jsonl",
+}
 METRICS = {"math": ["pass@1"], "gsm8k": ["pass@1"], "aime24": ["pass@1", "pass@2"], "amc23": ["avg@2"]}
 
 
 def _run(*args: str) -> str:
     """``python -m stat_pl ...`` with one torch thread, several times faster on a shared CPU."""
-    done = subprocess.run([sys.executable, "-m", "stat_pl", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "stat_pl", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
 def _fit_adapter(out: Path) -> Path:
-    _run("fit", "--config", "configs/sft_smollm2_math.yaml", "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
-         f"--trainer.default_root_dir={out}")
+    _run(
+        "fit",
+        "--config",
+        "configs/sft_smollm2_math.yaml",
+        "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=0",
+        f"--trainer.default_root_dir={out}",
+    )
     return out / "adapter"
 
 
@@ -53,18 +68,28 @@ def _perturbed_adapter(base: Path, out: Path) -> Path:
 def _table_cells(table: str) -> dict[str, dict[str, float]]:
     header, _, *rows = [line for line in table.splitlines() if line.startswith("|")]
     names = header.strip("| ").split(" | ")
-    return {cells[0]: {n: float(c) for n, c in zip(names[1:], cells[1:], strict=True)}
-            for cells in (row.strip("| ").split(" | ") for row in rows)}
+    return {
+        cells[0]: {n: float(c) for n, c in zip(names[1:], cells[1:], strict=True)}
+        for cells in (row.strip("| ").split(" | ") for row in rows)
+    }
 
 
 @pytest.mark.slow
 def test_evaluate_base_and_adapters_on_smollm2(smollm2_dir: Path, shared_data: Path, tmp_path: Path) -> None:
-    adapters = {"sft": str(_fit_adapter(tmp_path / "fit")),
-                "perturbed": str(_perturbed_adapter(smollm2_dir, tmp_path / "perturbed"))}
-    config = {"model": "offline:smollm2-135m-instruct", "adapters": adapters, "max_new_tokens": 6,
-              "batch_size": 16, "progress": False,
-              "benchmarks": [{"name": n, "path": str(shared_data / p), "metrics": METRICS[n], "limit": 10}
-                             for n, p in BENCHMARKS.items()]}
+    adapters = {
+        "sft": str(_fit_adapter(tmp_path / "fit")),
+        "perturbed": str(_perturbed_adapter(smollm2_dir, tmp_path / "perturbed")),
+    }
+    config = {
+        "model": "offline:smollm2-135m-instruct",
+        "adapters": adapters,
+        "max_new_tokens": 6,
+        "batch_size": 16,
+        "progress": False,
+        "benchmarks": [
+            {"name": n, "path": str(shared_data / p), "metrics": METRICS[n], "limit": 10} for n, p in BENCHMARKS.items()
+        ],
+    }
     config_path = tmp_path / "eval.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     out = tmp_path / "eval"
@@ -80,8 +105,7 @@ def test_evaluate_base_and_adapters_on_smollm2(smollm2_dir: Path, shared_data: P
         for benchmark, metrics in per_benchmark.items():
             for metric, value in metrics.items():
                 assert cells[model][f"{benchmark.upper()} {metric}"] == pytest.approx(100 * value, abs=0.05)
-    responses = {(q["model"], q["benchmark"], q["id"], q["setting"]["n"]): q["responses"]
-                 for q in results["questions"]}
+    responses = {(q["model"], q["benchmark"], q["id"], q["setting"]["n"]): q["responses"] for q in results["questions"]}
     assert len(responses) == 3 * 50
     assert any(responses[("perturbed", *key[1:])] != text for key, text in responses.items() if key[0] == "base")
     assert (out / "plots" / "math_subject.png").is_file() and (out / "plots" / "math_skill.png").is_file()

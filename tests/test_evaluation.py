@@ -88,11 +88,15 @@ def test_grouped_accuracy_counts_a_question_in_each_of_its_skills() -> None:
 def test_breakdowns_by_level_count_only_questions_with_a_level() -> None:
     levels = [1, 1, 5, None]
     records = [ProblemRecord(f"q{i}", "p", "1", subject="algebra", level=level) for i, level in enumerate(levels)]
-    results = [QuestionResult(r.id, ["r"] * 2, ["1"] * 2, correct, [1, 1], ["stop"] * 2)
-               for r, correct in zip(records, [[True, True], [False, True], [False, False], [True, True]], strict=True)]
+    results = [
+        QuestionResult(r.id, ["r"] * 2, ["1"] * 2, correct, [1, 1], ["stop"] * 2)
+        for r, correct in zip(records, [[True, True], [False, True], [False, False], [True, True]], strict=True)
+    ]
     tables = breakdowns(records, [r.score for r in results])
-    assert tables["level"] == {"level 1": {"accuracy": 0.75, "questions": 2},
-                               "level 5": {"accuracy": 0.0, "questions": 1}}
+    assert tables["level"] == {
+        "level 1": {"accuracy": 0.75, "questions": 2},
+        "level 5": {"accuracy": 0.0, "questions": 1},
+    }
     assert tables["subject"] == {"algebra": {"accuracy": 0.625, "questions": 4}}
     assert "skill" not in tables
 
@@ -109,10 +113,12 @@ def test_math_split_is_seeded_disjoint_and_order_free(shared_data: Path) -> None
     random.Random(1).shuffle(shuffled)
     assert [r.id for r in split_math_test(shuffled, seed=0)[0]] == [r.id for r in validation]
     assert [r.id for r in split_math_test(records, seed=1)[0]] != [r.id for r in validation]
-    hub_like = [dataclasses.replace(r, id=str(n), problem=f"  {r.problem}\n")
-                for n, r in enumerate(shuffled)]  # row-number ids, padding: a Hub copy of the same questions
-    assert ([problem_key(r.problem) for r in split_math_test(hub_like, seed=0)[0]]
-            == [problem_key(r.problem) for r in validation])
+    hub_like = [
+        dataclasses.replace(r, id=str(n), problem=f"  {r.problem}\n") for n, r in enumerate(shuffled)
+    ]  # row-number ids, padding: a Hub copy of the same questions
+    assert [problem_key(r.problem) for r in split_math_test(hub_like, seed=0)[0]] == [
+        problem_key(r.problem) for r in validation
+    ]
     twice = split_math_test([*records, dataclasses.replace(validation[0], id="copy")], seed=0)
     assert "copy" in {r.id for r in twice[0]} and len(twice[1]) == 3000  # a repeated question stays on one side
     math_bench = load_benchmark(BenchmarkSpec("math", path=str(shared_data / "math" / "test.jsonl"), limit=5))
@@ -138,8 +144,11 @@ def test_math_d_keeps_the_difficult_questions_of_the_evaluation_split(shared_dat
 def test_registry_names_hub_sources_and_rejects_unknown_names() -> None:
     assert BENCHMARKS["gsm8k"].hub.answer_delimiter == "####"
     assert BENCHMARKS["math500"].hub.path == "HuggingFaceH4/MATH-500"
-    assert {b.name for b in BENCHMARKS.values() if not b.verified} == {"math2", "math_perturb_simple",
-                                                                       "math_perturb_hard"}
+    assert {b.name for b in BENCHMARKS.values() if not b.verified} == {
+        "math2",
+        "math_perturb_simple",
+        "math_perturb_hard",
+    }
     with pytest.raises(ValueError, match="unknown benchmark 'gsm9k'; known: .*'gsm8k'"):
         BenchmarkSpec("gsm9k")
     with pytest.raises(ValueError, match="needs `difficult:`"):
@@ -183,15 +192,19 @@ class ScriptedEngine:
             raise KeyboardInterrupt
         self.calls += 1
         self.completions += len(prompts) * sampling.n
-        return [[Completion(f"So the answer is \\boxed{{{self.answers[p[-1]['content']]}}}.", 8, "stop")] * sampling.n
-                for p in prompts]
+        return [
+            [Completion(f"So the answer is \\boxed{{{self.answers[p[-1]['content']]}}}.", 8, "stop")] * sampling.n
+            for p in prompts
+        ]
 
 
 @pytest.fixture
 def scripted_benchmark(tmp_path: Path) -> BenchmarkSpec:
     path = tmp_path / "scripted.jsonl"
-    rows = [{"id": i, "problem": f"question {i}", "answer": gold, "subject": s, "skills": sk}
-            for i, s, sk, gold, _ in QUESTIONS]
+    rows = [
+        {"id": i, "problem": f"question {i}", "answer": gold, "subject": s, "skills": sk}
+        for i, s, sk, gold, _ in QUESTIONS
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return BenchmarkSpec("scripted", path=str(path), metrics=["pass@1", "pass@2", "avg@2"])
 
@@ -202,7 +215,8 @@ def _run(spec: BenchmarkSpec, out: Path, engine: ScriptedEngine) -> dict:
 
 
 def test_scripted_run_tables_match_hand_counts_and_a_rerun_generates_nothing(
-        scripted_benchmark: BenchmarkSpec, tmp_path: Path) -> None:
+    scripted_benchmark: BenchmarkSpec, tmp_path: Path
+) -> None:
     answers = {f"question {i}": said for i, *_, said in QUESTIONS}
     first = ScriptedEngine(answers)
     results = _run(scripted_benchmark, tmp_path / "out", first)
@@ -243,8 +257,15 @@ def test_an_interrupted_run_resumes_with_what_is_missing(scripted_benchmark: Ben
 
 def test_a_line_cut_short_by_an_interruption_is_dropped(tmp_path: Path) -> None:
     path = tmp_path / "generations.jsonl"
-    good = {"key": "k1", "question_id": "q", "responses": ["r"], "answers": ["1"], "correct": [True],
-            "num_tokens": [1], "finish_reasons": ["stop"]}
+    good = {
+        "key": "k1",
+        "question_id": "q",
+        "responses": ["r"],
+        "answers": ["1"],
+        "correct": [True],
+        "num_tokens": [1],
+        "finish_reasons": ["stop"],
+    }
     path.write_text(json.dumps(good) + "\n" + '{"key": "k2", "resp')
     store = ResultStore(path)
     assert len(store) == 1 and store.get("k1").correct == [True]
@@ -263,11 +284,19 @@ def _tiny_adapter(base: Path, out: Path) -> Path:
     return out
 
 
-def test_evaluate_on_the_tiny_model_with_an_adapter(tiny_model_dir: Path, scripted_benchmark: BenchmarkSpec,
-                                                    tmp_path: Path) -> None:
+def test_evaluate_on_the_tiny_model_with_an_adapter(
+    tiny_model_dir: Path, scripted_benchmark: BenchmarkSpec, tmp_path: Path
+) -> None:
     adapter = _tiny_adapter(tiny_model_dir, tmp_path / "adapter")
-    results = evaluate(str(tiny_model_dir), [scripted_benchmark], adapters={"sft": str(adapter)},
-                       output_dir=str(tmp_path / "out"), max_new_tokens=3, batch_size=8, progress=False)
+    results = evaluate(
+        str(tiny_model_dir),
+        [scripted_benchmark],
+        adapters={"sft": str(adapter)},
+        output_dir=str(tmp_path / "out"),
+        max_new_tokens=3,
+        batch_size=8,
+        progress=False,
+    )
     assert list(results["summary"]) == ["base", "sft"]
     assert results["generation"]["completions_generated"] == 2 * (5 + 10)
     assert results["settings"]["max_new_tokens"] == 3 and results["benchmarks"][0]["name"] == scripted_benchmark.name
@@ -275,14 +304,20 @@ def test_evaluate_on_the_tiny_model_with_an_adapter(tiny_model_dir: Path, script
     assert len(rows) == 10 and all(len(q["responses"]) == q["setting"]["n"] for q in rows)
 
 
-def test_an_adapter_of_another_base_model_is_an_error(tiny_model_dir: Path, tmp_path: Path,
-                                                      scripted_benchmark: BenchmarkSpec) -> None:
+def test_an_adapter_of_another_base_model_is_an_error(
+    tiny_model_dir: Path, tmp_path: Path, scripted_benchmark: BenchmarkSpec
+) -> None:
     from conftest import build_tiny_llama
 
     other = build_tiny_llama(tmp_path / "wider-llama", hidden=64)
     adapter = _tiny_adapter(other, tmp_path / "adapter")
-    run = dict(benchmarks=[scripted_benchmark], adapters={"sft": str(adapter)}, output_dir=str(tmp_path / "o"),
-               max_new_tokens=2, progress=False)
+    run = dict(
+        benchmarks=[scripted_benchmark],
+        adapters={"sft": str(adapter)},
+        output_dir=str(tmp_path / "o"),
+        max_new_tokens=2,
+        progress=False,
+    )
     with pytest.raises(AdapterMismatchError, match="was trained on .*wider-llama.* but is evaluated on"):
         evaluate(str(tiny_model_dir), **run)
     config_path = adapter / "adapter_config.json"
@@ -292,8 +327,9 @@ def test_an_adapter_of_another_base_model_is_an_error(tiny_model_dir: Path, tmp_
         evaluate(str(tiny_model_dir), **run)
 
 
-def test_config_mistakes_are_errors_before_any_model_loads(tiny_model_dir: Path, scripted_benchmark: BenchmarkSpec,
-                                                           tmp_path: Path) -> None:
+def test_config_mistakes_are_errors_before_any_model_loads(
+    tiny_model_dir: Path, scripted_benchmark: BenchmarkSpec, tmp_path: Path
+) -> None:
     with pytest.raises(ValueError, match="'base' is the base model's row"):
         evaluate("no-such-model", [scripted_benchmark], adapters={"base": "x"}, output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="benchmarks: each name may appear once"):
@@ -302,8 +338,9 @@ def test_config_mistakes_are_errors_before_any_model_loads(tiny_model_dir: Path,
         evaluate(str(tiny_model_dir), [scripted_benchmark], adapters={"sft": str(tmp_path)}, output_dir=str(tmp_path))
 
 
-def test_vllm_without_vllm_is_a_clear_error(tiny_model_dir: Path, scripted_benchmark: BenchmarkSpec,
-                                            tmp_path: Path) -> None:
+def test_vllm_without_vllm_is_a_clear_error(
+    tiny_model_dir: Path, scripted_benchmark: BenchmarkSpec, tmp_path: Path
+) -> None:
     import importlib.util
 
     if importlib.util.find_spec("vllm") is not None:
@@ -336,11 +373,19 @@ class TinyLM(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def test_benchmark_evaluator_logs_subset_in_fit_and_full_set_in_test(tiny_model_dir: Path,
-                                                                      scripted_benchmark: BenchmarkSpec) -> None:
+def test_benchmark_evaluator_logs_subset_in_fit_and_full_set_in_test(
+    tiny_model_dir: Path, scripted_benchmark: BenchmarkSpec
+) -> None:
     evaluator = BenchmarkEvaluator([scripted_benchmark], subset_size=2, max_new_tokens=2, batch_size=4)
-    trainer = L.Trainer(max_epochs=1, callbacks=[evaluator], accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[evaluator],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     module = TinyLM(str(tiny_model_dir))
     data = DataLoader(TensorDataset(torch.randint(0, 100, (2, 8))), batch_size=2)
     trainer.fit(module, train_dataloaders=data)
@@ -370,8 +415,12 @@ def test_contamination_covers_every_registry_benchmark_whole_and_matches_by_text
     hub = contamination_sources(["all"])
     hub_names = {s.name for s in hub}
     assert hub_names | {"math_d"} == set(BENCHMARKS) and "math_d" not in hub_names  # MATH-D is MATH's questions
-    local = {"math": str(shared_data / "math" / "test.jsonl"), "gsm8k": str(shared_data / "eval" / "gsm8k.jsonl"),
-             "amc23": str(shared_data / "eval" / "amc23.jsonl"), "aime24": str(shared_data / "eval" / "aime24.jsonl")}
+    local = {
+        "math": str(shared_data / "math" / "test.jsonl"),
+        "gsm8k": str(shared_data / "eval" / "gsm8k.jsonl"),
+        "amc23": str(shared_data / "eval" / "amc23.jsonl"),
+        "aime24": str(shared_data / "eval" / "aime24.jsonl"),
+    }
     sources = contamination_sources(list(local), local)
     guard = ContaminationGuard.from_records(r for s in sources for r in load_records(s))
     assert len(guard) == 4000 + sum(len(load_records(local[n])) for n in ("gsm8k", "amc23", "aime24"))  # MATH whole

@@ -165,9 +165,7 @@ MAJORITY_CASES = [
 
 
 @pytest.mark.parametrize(("answers", "expected"), MAJORITY_CASES)
-def test_majority_answer_groups_equivalent_answers(
-    answers: list[str | None], expected: tuple[str | None, int]
-) -> None:
+def test_majority_answer_groups_equivalent_answers(answers: list[str | None], expected: tuple[str | None, int]) -> None:
     assert majority_answer(answers) == expected
 
 

@@ -10,8 +10,11 @@ from safetensors.torch import load_file
 from test_sft_cli import recorded, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-GRPO_CONFIGS = ["configs/grpo_smollm2_math.yaml", "configs/paper/grpo_qlora_llama32_3b.yaml",
-                "configs/grpo_skillworld.yaml"]
+GRPO_CONFIGS = [
+    "configs/grpo_smollm2_math.yaml",
+    "configs/paper/grpo_qlora_llama32_3b.yaml",
+    "configs/grpo_skillworld.yaml",
+]
 
 
 def grpo_config(tmp_path: Path, model_dir: Path, **trainer) -> Path:
@@ -19,15 +22,36 @@ def grpo_config(tmp_path: Path, model_dir: Path, **trainer) -> Path:
 
     float32 throughout (not the config's ``auto``), so the tests' exact comparisons hold on any CPU."""
     config = yaml.safe_load((ROOT / "configs/grpo_smollm2_math.yaml").read_text())
-    config["trainer"].update({"max_steps": 4, "precision": "32-true", "logger": False, "enable_progress_bar": False,
-                              "enable_model_summary": False, "default_root_dir": str(tmp_path / "run"), **trainer})
-    config["model"]["init_args"].update({
-        "model": str(model_dir), "quantization": "none", "compute_dtype": "float32",
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.1}, "max_new_tokens": 12,
-        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-2}},
-        "rewards": [{"class_path": "grpo_helpers.CharReward"}]})
-    config["data"]["init_args"].update({"train": [{"class_path": "stat_pl.data.skillworld.SkillWorldSource",
-                                                   "init_args": {"n": 40, "levels": [1]}}], "catalog": None})
+    config["trainer"].update(
+        {
+            "max_steps": 4,
+            "precision": "32-true",
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(tmp_path / "run"),
+            **trainer,
+        }
+    )
+    config["model"]["init_args"].update(
+        {
+            "model": str(model_dir),
+            "quantization": "none",
+            "compute_dtype": "float32",
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+            "max_new_tokens": 12,
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-2}},
+            "rewards": [{"class_path": "grpo_helpers.CharReward"}],
+        }
+    )
+    config["data"]["init_args"].update(
+        {
+            "train": [
+                {"class_path": "stat_pl.data.skillworld.SkillWorldSource", "init_args": {"n": 40, "levels": [1]}}
+            ],
+            "catalog": None,
+        }
+    )
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -36,8 +60,12 @@ def grpo_config(tmp_path: Path, model_dir: Path, **trainer) -> Path:
 def callbacks(record: Path, every_n_steps: int | None = None) -> str:
     items = [{"class_path": "grpo_helpers.RolloutRecorder", "init_args": {"path": str(record)}}]
     if every_n_steps:
-        items.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                      "init_args": {"every_n_train_steps": every_n_steps, "save_top_k": -1}})
+        items.append(
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"every_n_train_steps": every_n_steps, "save_top_k": -1},
+            }
+        )
     return json.dumps(items)
 
 
@@ -48,12 +76,24 @@ def test_fit_trains_the_adapter_and_resumes_exactly(tmp_path, tiny_model_dir):
     out = run_cli("fit", "--config", str(config), f"--trainer.callbacks={callbacks(full)}")
     assert out.returncode == 0, out.stderr[-3000:]
     part = tmp_path / "part"
-    out = run_cli("fit", "--config", str(config), "--trainer.max_steps=2", f"--trainer.default_root_dir={part}",
-                  f"--trainer.callbacks={callbacks(tmp_path / 'first.jsonl', every_n_steps=2)}")
+    out = run_cli(
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.max_steps=2",
+        f"--trainer.default_root_dir={part}",
+        f"--trainer.callbacks={callbacks(tmp_path / 'first.jsonl', every_n_steps=2)}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     (ckpt,) = part.rglob("*.ckpt")
-    out = run_cli("fit", "--config", str(config), f"--ckpt_path={ckpt}", f"--trainer.default_root_dir={part}",
-                  f"--trainer.callbacks={callbacks(resumed)}")
+    out = run_cli(
+        "fit",
+        "--config",
+        str(config),
+        f"--ckpt_path={ckpt}",
+        f"--trainer.default_root_dir={part}",
+        f"--trainer.callbacks={callbacks(resumed)}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
 
     straight = recorded(full)

@@ -21,10 +21,16 @@ def test_two_ranks_sum_to_the_single_process_gradient_with_uneven_skipping(tmp_p
     config_path = grpo_config(tmp_path, tiny_model_dir, devices=2, strategy="ddp", max_steps=2)
     config = yaml.safe_load(config_path.read_text())
     settings = config["model"]["init_args"]
-    settings.update({"lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "max_grad_norm": None,
-                     "rewards": [{"class_path": "grpo_helpers.QuietOnRankOne"}]})
-    config["trainer"]["callbacks"] = [{"class_path": "grpo_helpers.FirstStepRecorder",
-                                       "init_args": {"path": str(tmp_path / "step.pt")}}]
+    settings.update(
+        {
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "max_grad_norm": None,
+            "rewards": [{"class_path": "grpo_helpers.QuietOnRankOne"}],
+        }
+    )
+    config["trainer"]["callbacks"] = [
+        {"class_path": "grpo_helpers.FirstStepRecorder", "init_args": {"path": str(tmp_path / "step.pt")}}
+    ]
     config_path.write_text(yaml.safe_dump(config))
     out = run_cli("fit", "--config", str(config_path))
     assert out.returncode == 0, out.stderr[-3000:]  # rank 1 skipped every group of both steps and nothing hung
@@ -36,13 +42,33 @@ def test_two_ranks_sum_to_the_single_process_gradient_with_uneven_skipping(tmp_p
 
     model = load_causal_lm(str(tiny_model_dir), quantization="none", lora=LoRAConfig(r=4, alpha=8, dropout=0.0))
     set_peft_model_state_dict(model, torch.load(tmp_path / "step.initial.pt", weights_only=False))
-    rollouts = [Rollouts(r["prompt_ids"], [[Completion("", len(ids), "stop", tuple(ids)) for ids in group]
-                                           for group in r["ids"]], torch.zeros(4), [""] * 4,
-                         torch.zeros_like(r["advantages"]), {}, r["advantages"]) for r in ranks]
-    hparams = SimpleNamespace(**{"shared_prompt_forward": True, "gradient_checkpointing": False,
-                                 "logit_chunk_tokens": None, "epsilon_high": None, "beta": 0.0, **settings})
-    normaliser = sum(update_normaliser(right_pad(r.completion_ids([g]), 0)[1], hparams.loss_aggregation,
-                                       hparams.max_new_tokens) for r in rollouts for g in range(4))
+    rollouts = [
+        Rollouts(
+            r["prompt_ids"],
+            [[Completion("", len(ids), "stop", tuple(ids)) for ids in group] for group in r["ids"]],
+            torch.zeros(4),
+            [""] * 4,
+            torch.zeros_like(r["advantages"]),
+            {},
+            r["advantages"],
+        )
+        for r in ranks
+    ]
+    hparams = SimpleNamespace(
+        **{
+            "shared_prompt_forward": True,
+            "gradient_checkpointing": False,
+            "logit_chunk_tokens": None,
+            "epsilon_high": None,
+            "beta": 0.0,
+            **settings,
+        }
+    )
+    normaliser = sum(
+        update_normaliser(right_pad(r.completion_ids([g]), 0)[1], hparams.loss_aggregation, hparams.max_new_tokens)
+        for r in rollouts
+        for g in range(4)
+    )
     pad = load_tokenizer(str(tiny_model_dir)).pad_token_id
     for r in rollouts:  # one process, every group of both ranks (no skipping), one backward each
         loss, _ = micro_batch_loss(model, r, list(range(4)), normaliser, None, {}, pad, hparams)

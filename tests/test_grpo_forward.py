@@ -18,14 +18,22 @@ def policy(tiny_model_dir):
 
 
 PROMPTS = [[5, 17, 33, 8, 90, 41], [7, 3], [12, 60, 61, 2]]  # different lengths: left padding
-COMPLETIONS = [[4, 9, 2], [30], [5, 6, 7, 8, 1], [11, 12], [44, 45, 46, 47], [3],
-               [70, 71], [80, 81, 82], [90]]  # 3 per prompt, different lengths: right padding
+COMPLETIONS = [
+    [4, 9, 2],
+    [30],
+    [5, 6, 7, 8, 1],
+    [11, 12],
+    [44, 45, 46, 47],
+    [3],
+    [70, 71],
+    [80, 81, 82],
+    [90],
+]  # 3 per prompt, different lengths: right padding
 
 
 def logprobs_and_grads(model, **options):
     model.zero_grad()
-    logp, entropy, mask = completion_logprobs(model, PROMPTS, COMPLETIONS, temperature=0.7, pad_token_id=0,
-                                              **options)
+    logp, entropy, mask = completion_logprobs(model, PROMPTS, COMPLETIONS, temperature=0.7, pad_token_id=0, **options)
     weights = torch.linspace(-1, 1, logp.numel()).view_as(logp)
     (logp * mask * weights).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -69,13 +69,16 @@ def test_k3_kl_by_hand():
     assert kl.tolist() == pytest.approx([2 - math.log(2.0) - 1, 0.0], abs=1e-6)
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("token_mean", 10 / 4), ("seq_mean_token_mean", (2 + 4) / 2), ("seq_mean_token_sum_norm", 10 / (2 * 4))])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [("token_mean", 10 / 4), ("seq_mean_token_mean", (2 + 4) / 2), ("seq_mean_token_sum_norm", 10 / (2 * 4))],
+)
 def test_aggregations_by_hand(mode, expected):
     per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    assert aggregate(per_token, mask, mode, update_normaliser(mask, mode, max_new_tokens=4)).item() == \
-        pytest.approx(expected)
+    assert aggregate(per_token, mask, mode, update_normaliser(mask, mode, max_new_tokens=4)).item() == pytest.approx(
+        expected
+    )
 
 
 @pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])

@@ -34,17 +34,33 @@ class Collect(Callback):
 
 def fit(model_dir, steps: int = 2, trainer_args: dict | None = None, callbacks: list | None = None, **module_args):
     L.seed_everything(0)
-    args = {"quantization": "none", "compute_dtype": "float32", "lora": LoRAConfig(r=4, alpha=8, dropout=0.0),
-            "optimizer": lambda params: torch.optim.AdamW(params, lr=1e-2), "num_generations": 4,
-            "max_new_tokens": 12, "rewards": [CharReward()], **module_args}
+    args = {
+        "quantization": "none",
+        "compute_dtype": "float32",
+        "lora": LoRAConfig(r=4, alpha=8, dropout=0.0),
+        "optimizer": lambda params: torch.optim.AdamW(params, lr=1e-2),
+        "num_generations": 4,
+        "max_new_tokens": 12,
+        "rewards": [CharReward()],
+        **module_args,
+    }
     trainer_args = {"default_root_dir": tempfile.mkdtemp(prefix="grpo-fit-"), **(trainer_args or {})}
     module = GRPOModule(str(model_dir), **args)
-    data = PromptDataModule(str(model_dir), train=[SkillWorldSource(n=40, levels=(1,))], batch_size=4,
-                            samples_per_epoch=16)
+    data = PromptDataModule(
+        str(model_dir), train=[SkillWorldSource(n=40, levels=(1,))], batch_size=4, samples_per_epoch=16
+    )
     collect = Collect()
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                        callbacks=[collect, *(callbacks or [])], **trainer_args)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[collect, *(callbacks or [])],
+        **trainer_args,
+    )
     trainer.fit(module, data)
     adapter = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
     return module, adapter, collect
@@ -88,8 +104,10 @@ def test_old_log_probs_only_when_off_policy(tiny_model_dir, monkeypatch):
     assert calls == [2] and module.global_step == 2  # the second mini-batch of 2 groups is off-policy
 
 
-@pytest.mark.parametrize("setting, field", [({"gradient_clip_val": 0.5}, "model.max_grad_norm"),
-                                            ({"accumulate_grad_batches": 2}, "model.mini_batch_groups")])
+@pytest.mark.parametrize(
+    "setting, field",
+    [({"gradient_clip_val": 0.5}, "model.max_grad_norm"), ({"accumulate_grad_batches": 2}, "model.mini_batch_groups")],
+)
 def test_trainer_settings_that_manual_optimisation_ignores_name_the_module_field(tiny_model_dir, setting, field):
     with pytest.raises(ValueError, match=field):
         fit(tiny_model_dir, steps=1, trainer_args=setting)

@@ -64,8 +64,16 @@ def test_auto_on_cuda_follows_bf16_support(monkeypatch):
     assert resolve_precision("gpu").lightning == "32-true"
 
 
-@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", "bfloat16"), ("bf16-true", "bfloat16"),
-                                              ("32-true", "float32"), ("16-mixed", "float16"), (32, "float32")])
+@pytest.mark.parametrize(
+    "precision, dtype",
+    [
+        ("bf16-mixed", "bfloat16"),
+        ("bf16-true", "bfloat16"),
+        ("32-true", "float32"),
+        ("16-mixed", "float16"),
+        (32, "float32"),
+    ],
+)
 def test_the_module_dtype_follows_the_trainer(precision, dtype):
     assert compute_dtype_for(precision) == dtype
 
@@ -116,10 +124,17 @@ def test_threads_come_from_the_environment(monkeypatch):
 
 def test_fit_with_output_to_a_file_prints_progress_lines_and_flushes_metrics(tmp_path, tiny_model_dir):
     """Off a terminal the run prints a line every log_every_n_steps with loss and tokens/s."""
-    config = tiny_config(tmp_path, tiny_model_dir, max_steps=4, log_every_n_steps=2, enable_progress_bar=None,
-                         logger={"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                 "init_args": {"save_dir": str(tmp_path / "run"), "name": "logs",
-                                               "flush_logs_every_n_steps": 2}})
+    config = tiny_config(
+        tmp_path,
+        tiny_model_dir,
+        max_steps=4,
+        log_every_n_steps=2,
+        enable_progress_bar=None,
+        logger={
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(tmp_path / "run"), "name": "logs", "flush_logs_every_n_steps": 2},
+        },
+    )
     out = run_cli("fit", "--config", str(config), "--trainer.precision=32-true")
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("epoch ")]

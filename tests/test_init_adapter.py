@@ -57,8 +57,9 @@ def test_sft_module_init_adapter_starts_where_the_adapter_left_off(tiny_model_di
         assert torch.allclose(continued(ids, torch.ones_like(ids)), reference(input_ids=ids).logits)
         assert not torch.allclose(fresh(ids, torch.ones_like(ids)), reference(input_ids=ids).logits)
     with caplog.at_level(logging.WARNING, logger="stat_pl.models"):
-        SFTModule(str(tiny_model_dir), quantization="none", init_adapter=str(path),
-                  lora=LoRAConfig(r=8)).configure_model()
+        SFTModule(
+            str(tiny_model_dir), quantization="none", init_adapter=str(path), lora=LoRAConfig(r=8)
+        ).configure_model()
     assert "r=4" in caplog.text and "those are used" in caplog.text
 
 

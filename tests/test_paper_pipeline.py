@@ -31,8 +31,11 @@ def parsed(stage: str, *configs: str) -> dict:
     """The config ``python -m stat_pl <stage> --config A --config B`` would run with (its --print_config)."""
     out = io.StringIO()
     argv = [stage, *(a for c in configs for a in ("--config", str(PAPER / c))), "--print_config"]
-    with (mock.patch.object(sys, "argv", ["stat_pl", *argv]), contextlib.redirect_stdout(out),
-          pytest.raises(SystemExit) as done):
+    with (
+        mock.patch.object(sys, "argv", ["stat_pl", *argv]),
+        contextlib.redirect_stdout(out),
+        pytest.raises(SystemExit) as done,
+    ):
         main(argv)
     assert done.value.code in (0, None), out.getvalue()
     return yaml.safe_load(out.getvalue())
@@ -73,11 +76,16 @@ def test_the_paper_stages_read_each_others_files_with_the_papers_settings():
 def test_the_continual_stages_start_from_the_stat_models_and_hold_out_what_they_profile():
     profile = parsed("profile", "profile_llama32_3b.yaml", "continual_profile.yaml")
     build = parsed("build", "build_llama32_3b.yaml", "continual_build.yaml")
-    fits = {name: parsed("fit", "sft_qlora_llama32_3b.yaml", f"continual_fit_{name}.yaml")
-            for name in ("consel", "consyn")}
-    stat = {name: parsed("fit", *configs) for name, configs in
-            {"sel": ("sft_qlora_llama32_3b.yaml",),
-             "syn": ("sft_qlora_llama32_3b.yaml", "fit_stat_syn.yaml")}.items()}
+    fits = {
+        name: parsed("fit", "sft_qlora_llama32_3b.yaml", f"continual_fit_{name}.yaml") for name in ("consel", "consyn")
+    }
+    stat = {
+        name: parsed("fit", *configs)
+        for name, configs in {
+            "sel": ("sft_qlora_llama32_3b.yaml",),
+            "syn": ("sft_qlora_llama32_3b.yaml", "fit_stat_syn.yaml"),
+        }.items()
+    }
     evaluate = parsed("evaluate", "eval_table3.yaml", "continual_eval.yaml")
 
     assert profile["adapter"] == f"{stat['sel']['trainer']['default_root_dir']}/adapter"
@@ -85,8 +93,9 @@ def test_the_continual_stages_start_from_the_stat_models_and_hold_out_what_they_
     assert build["pool"]["init_args"]["path"] == "../shared/data/math/train.jsonl"  # training data still come from MATH
     for name, source in (("consel", "sel"), ("consyn", "syn")):
         assert train_path(fits[name]) == f"{build['output_dir']}/stat_{name}/data.jsonl"
-        assert fits[name]["model"]["init_args"]["init_adapter"] == \
-            f"{stat[source]['trainer']['default_root_dir']}/adapter"
+        assert (
+            fits[name]["model"]["init_args"]["init_adapter"] == f"{stat[source]['trainer']['default_root_dir']}/adapter"
+        )
         assert evaluate["adapters"][f"stat_{name}"] == f"{fits[name]['trainer']['default_root_dir']}/adapter"
     held_out = next(b for b in evaluate["benchmarks"] if b["name"] == "math_perturb_hard")
     assert held_out["path"] == profile["questions"]["init_args"]["path"]
@@ -130,29 +139,93 @@ def test_the_chain_runs_in_miniature_through_the_shipped_configs(tmp_path, tiny_
     tiny = str(tiny_model_dir)
     with LoopbackTeacherServer(teacher_script) as server:
         teacher = {"init_args": {"base_url": server.base_url, "api_key_env": KEY_ENV, "max_retries": 0}}
-        run("profile", "profile_llama32_3b.yaml", overlay(tmp_path, "profile", {
-            "questions": {"init_args": {"path": "../shared/data/math/test.jsonl", "fields": {}}},
-            "student": tiny, "num_questions": 6, "max_new_tokens": 12, "temperature": 0.0, "batch_size": 6,
-            "detector": {"init_args": {"scorer": {"model": tiny, "compute_dtype": "float32", "progress": False}}},
-            "teacher": teacher}))
-        run("build", "build_llama32_3b.yaml", overlay(tmp_path, "build", {
-            "contamination_benchmarks": ["math", "gsm8k", "amc23", "aime24"], "teacher": teacher, "plot": False,
-            "builders": [{"class_path": "stat_pl.building.StatSel", "init_args": {"target_size": 24}},
-                         {"class_path": "stat_pl.building.StatSyn", "init_args": {"target_size": 6}}]}))
-    fit_overlay = overlay(tmp_path, "fit", {
-        "trainer": {"accelerator": "cpu", "precision": "32-true", "max_steps": 3,
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                               "init_args": {"save_dir": str(tmp_path / "logs")}},
-                    "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False},
-        "model": {"init_args": {"model": tiny, "quantization": "none", "gradient_checkpointing": False,
-                                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 2e-4}}}},
-        "data": {"init_args": {"max_length": 1024, "num_workers": 0}}})
+        run(
+            "profile",
+            "profile_llama32_3b.yaml",
+            overlay(
+                tmp_path,
+                "profile",
+                {
+                    "questions": {"init_args": {"path": "../shared/data/math/test.jsonl", "fields": {}}},
+                    "student": tiny,
+                    "num_questions": 6,
+                    "max_new_tokens": 12,
+                    "temperature": 0.0,
+                    "batch_size": 6,
+                    "detector": {
+                        "init_args": {"scorer": {"model": tiny, "compute_dtype": "float32", "progress": False}}
+                    },
+                    "teacher": teacher,
+                },
+            ),
+        )
+        run(
+            "build",
+            "build_llama32_3b.yaml",
+            overlay(
+                tmp_path,
+                "build",
+                {
+                    "contamination_benchmarks": ["math", "gsm8k", "amc23", "aime24"],
+                    "teacher": teacher,
+                    "plot": False,
+                    "builders": [
+                        {"class_path": "stat_pl.building.StatSel", "init_args": {"target_size": 24}},
+                        {"class_path": "stat_pl.building.StatSyn", "init_args": {"target_size": 6}},
+                    ],
+                },
+            ),
+        )
+    fit_overlay = overlay(
+        tmp_path,
+        "fit",
+        {
+            "trainer": {
+                "accelerator": "cpu",
+                "precision": "32-true",
+                "max_steps": 3,
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(tmp_path / "logs")},
+                },
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "enable_checkpointing": False,
+            },
+            "model": {
+                "init_args": {
+                    "model": tiny,
+                    "quantization": "none",
+                    "gradient_checkpointing": False,
+                    "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 2e-4}},
+                }
+            },
+            "data": {"init_args": {"max_length": 1024, "num_workers": 0}},
+        },
+    )
     run("fit", "sft_qlora_llama32_3b.yaml", fit_overlay)
     run("fit", "sft_qlora_llama32_3b.yaml", "fit_stat_syn.yaml", fit_overlay)
-    run("evaluate", "eval_table3.yaml", overlay(tmp_path, "evaluate", {
-        "model": tiny, "engine": "hf", "max_new_tokens": 8, "batch_size": 8, "progress": False, "threads": 1,
-        "adapters": {"stat_sel": "runs/paper/fit/stat_sel/adapter", "stat_syn": "runs/paper/fit/stat_syn/adapter"},
-        "benchmarks": [{"name": "math", "path": "../shared/data/math/test.jsonl", "limit": 3}]}))
+    run(
+        "evaluate",
+        "eval_table3.yaml",
+        overlay(
+            tmp_path,
+            "evaluate",
+            {
+                "model": tiny,
+                "engine": "hf",
+                "max_new_tokens": 8,
+                "batch_size": 8,
+                "progress": False,
+                "threads": 1,
+                "adapters": {
+                    "stat_sel": "runs/paper/fit/stat_sel/adapter",
+                    "stat_syn": "runs/paper/fit/stat_syn/adapter",
+                },
+                "benchmarks": [{"name": "math", "path": "../shared/data/math/test.jsonl", "limit": 3}],
+            },
+        ),
+    )
 
     runs = work / "runs" / "paper"
     profile = json.loads((runs / "profile" / "profile.json").read_text())

@@ -45,8 +45,10 @@ def teacher_script(body: Body) -> str:
     if 'Skills of "prealgebra"' in prompt:
         return "I would rather not say."
     listed = re.findall(r"^- (\w+)$", prompt, flags=re.MULTILINE)
-    return (f"<judge>incorrect</judge><reason>it stops early</reason><skill>{listed[0]}</skill>"
-            f"<skill>{listed[1]}</skill><skill>made_up_skill</skill>")
+    return (
+        f"<judge>incorrect</judge><reason>it stops early</reason><skill>{listed[0]}</skill>"
+        f"<skill>{listed[1]}</skill><skill>made_up_skill</skill>"
+    )
 
 
 @pytest.fixture
@@ -64,10 +66,21 @@ def api_key(monkeypatch) -> str:
 
 def run_profile_command(server: LoopbackTeacherServer, out: Path, cache: Path) -> subprocess.CompletedProcess:
     """The command users type (README), plus a small test budget."""
-    command = [sys.executable, "-m", "stat_pl", "profile", "--config", "configs/profile_math.yaml",
-               f"--teacher.base_url={server.base_url}", f"--teacher.api_key_env={KEY_ENV}", "--teacher.timeout=10",
-               "--num_questions=3", f"--output_dir={out}",
-               f"--teacher.cache_dir={cache}", "--max_new_tokens=8"]
+    command = [
+        sys.executable,
+        "-m",
+        "stat_pl",
+        "profile",
+        "--config",
+        "configs/profile_math.yaml",
+        f"--teacher.base_url={server.base_url}",
+        f"--teacher.api_key_env={KEY_ENV}",
+        "--teacher.timeout=10",
+        "--num_questions=3",
+        f"--output_dir={out}",
+        f"--teacher.cache_dir={cache}",
+        "--max_new_tokens=8",
+    ]
     done = subprocess.run(command, cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -109,10 +122,15 @@ def test_profile_command_end_to_end_then_a_free_rerun(server, api_key, shared_da
     assert all(api_key not in text for text in (first.stdout, first.stderr, second.stdout, second.stderr))
 
 
-def test_without_a_teacher_the_skill_map_proxy_profiles_and_responses_are_reused(tiny_model_dir, shared_data,
-                                                                                tmp_path):
-    args = dict(questions=RecordSource(path=str(shared_data / "math" / "test.jsonl")), student=str(tiny_model_dir),
-                profiler=SkillMapProxy(), num_questions=4, max_new_tokens=4, output_dir=str(tmp_path))
+def test_without_a_teacher_the_skill_map_proxy_profiles_and_responses_are_reused(tiny_model_dir, shared_data, tmp_path):
+    args = dict(
+        questions=RecordSource(path=str(shared_data / "math" / "test.jsonl")),
+        student=str(tiny_model_dir),
+        profiler=SkillMapProxy(),
+        num_questions=4,
+        max_new_tokens=4,
+        output_dir=str(tmp_path),
+    )
     counts = profile(**args)
     again = profile(**args)
     longer = profile(**{**args, "max_new_tokens": 5})
@@ -151,8 +169,9 @@ def test_an_interrupted_generation_resumes_with_the_missing_questions_only(tmp_p
     path = tmp_path / "generations.jsonl"
 
     def generate(store: ResultStore, engine: InterruptedEngine) -> int:
-        return store.generate_missing("student", "profile", records, setting, lambda: engine, chunk_size=2,
-                                      timing=Timing(), progress=False)
+        return store.generate_missing(
+            "student", "profile", records, setting, lambda: engine, chunk_size=2, timing=Timing(), progress=False
+        )
 
     with pytest.raises(KeyboardInterrupt):
         generate(ResultStore(path), InterruptedEngine(chunks=2))
@@ -190,11 +209,17 @@ def few_training_rows(shared_data: Path, path: Path) -> Path:
 
 def test_label_skills_command_labels_rows_and_a_rerun_is_free(server, api_key, shared_data, tmp_path):
     out = tmp_path / "labels"
-    argv = ["label-skills", "--config", str(ROOT / "configs" / "label_skills.yaml"),
-            f"--records.path={few_training_rows(shared_data, tmp_path / 'rows.jsonl')}",
-            f"--teacher.base_url={server.base_url}", f"--teacher.api_key_env={KEY_ENV}",
-            f"--teacher.cache_dir={tmp_path / 'cache'}", f"--catalog={shared_data / 'skills' / 'catalog.json'}",
-            f"--output_dir={out}"]
+    argv = [
+        "label-skills",
+        "--config",
+        str(ROOT / "configs" / "label_skills.yaml"),
+        f"--records.path={few_training_rows(shared_data, tmp_path / 'rows.jsonl')}",
+        f"--teacher.base_url={server.base_url}",
+        f"--teacher.api_key_env={KEY_ENV}",
+        f"--teacher.cache_dir={tmp_path / 'cache'}",
+        f"--catalog={shared_data / 'skills' / 'catalog.json'}",
+        f"--output_dir={out}",
+    ]
     main(argv)
     calls = server.count
 

@@ -69,8 +69,9 @@ def test_right_steps_with_a_wrong_final_answer_blame_the_last_step() -> None:
 def test_oracle_is_lenient_on_layout_but_exact_on_values() -> None:
     problem = next(p for p in _three_step_problems(300) if "/" in p.answer and int(p.steps[0].value) > 999)
     numerator, denominator = problem.answer.split("/")
-    plain = [f"  step {i}:   {s.work.rpartition(' = ')[0]} =   {s.value}  "
-             for i, s in enumerate(problem.steps, start=1)]
+    plain = [
+        f"  step {i}:   {s.work.rpartition(' = ')[0]} =   {s.value}  " for i, s in enumerate(problem.steps, start=1)
+    ]
     plain[0] = f"**Step 1 {problem.steps[0].skill}**: = {int(problem.steps[0].value):,}"
     plain[2] = f"Step 3 [{problem.steps[2].skill}: = \\frac{{{numerator}}}{{{denominator}}}"
     response = "\n".join([*plain, f"So the answer is \\boxed{{{problem.answer}}}."])
@@ -86,8 +87,9 @@ def test_missing_steps_blame_the_first_missing_skill() -> None:
     assert diagnosis.skills == (problem.steps[2].skill,)
 
 
-@pytest.mark.parametrize("garbage", ["", "I don't know.", "42", "\\boxed{}", "Step one: think hard",
-                                     "Step 1: 1 = 0\nStep 2: 2 = 0"])
+@pytest.mark.parametrize(
+    "garbage", ["", "I don't know.", "42", "\\boxed{}", "Step one: think hard", "Step 1: 1 = 0\nStep 2: 2 = 0"]
+)
 def test_garbage_is_unreadable_and_falls_back_to_the_question_labels(garbage: str) -> None:
     problem = _three_step_problems(1)[0]
     (with_labels,) = SkillWorldOracle().diagnose([_attempt(problem, garbage)])
@@ -98,8 +100,13 @@ def test_garbage_is_unreadable_and_falls_back_to_the_question_labels(garbage: st
 
 def test_several_responses_name_each_wrong_skill_once_and_ignore_unreadable_ones() -> None:
     problem = _three_step_problems(1)[0]
-    responses = (_corrupted(problem, 2, False), "gibberish", _corrupted(problem, 0, True),
-                 _corrupted(problem, 2, True), problem.solution)
+    responses = (
+        _corrupted(problem, 2, False),
+        "gibberish",
+        _corrupted(problem, 0, True),
+        _corrupted(problem, 2, True),
+        problem.solution,
+    )
     (diagnosis,) = SkillWorldOracle().diagnose([_attempt(problem, *responses)])
     assert diagnosis == Diagnosis(problem.id, (problem.steps[2].skill, problem.steps[0].skill), "labelled")
 
@@ -126,8 +133,9 @@ def _record(answer: str = "1/2") -> ProblemRecord:
 def test_ground_truth_detector_flags_wrong_answers_and_unreliable_majorities() -> None:
     detector = GroundTruthDetector()
     assert detector.samples_per_question == 1
-    assert detector.detect([Attempt(_record(), ("so \\boxed{\\frac{1}{2}}",)),
-                            Attempt(_record(), ("so \\boxed{2}",))]) == [False, True]
+    assert detector.detect(
+        [Attempt(_record(), ("so \\boxed{\\frac{1}{2}}",)), Attempt(_record(), ("so \\boxed{2}",))]
+    ) == [False, True]
     voting = GroundTruthDetector(samples_per_question=3)
     two_of_three = ("\\boxed{0.5}", "\\boxed{1/2}", "\\boxed{3}")
     one_of_two = ("\\boxed{1/2}", "\\boxed{3}")
@@ -148,11 +156,15 @@ def test_consistency_detector_counts_equivalent_answers_as_one_vote_cluster() ->
 
 
 def test_length_detector_flags_a_mean_of_exactly_min_words() -> None:
-    assert LengthDetector().detect([Attempt(_record(), ("word " * 800,)),
-                                    Attempt(_record(), ("word " * 799,))]) == [True, False]
+    assert LengthDetector().detect([Attempt(_record(), ("word " * 800,)), Attempt(_record(), ("word " * 799,))]) == [
+        True,
+        False,
+    ]
     detector = LengthDetector(min_words=10, samples_per_question=2)
-    assert detector.detect([Attempt(_record(), ("a " * 9, "a " * 11)),
-                            Attempt(_record(), ("a " * 9, "a " * 10))]) == [True, False]
+    assert detector.detect([Attempt(_record(), ("a " * 9, "a " * 11)), Attempt(_record(), ("a " * 9, "a " * 10))]) == [
+        True,
+        False,
+    ]
 
 
 def test_detectors_refuse_a_question_without_responses() -> None:

@@ -19,16 +19,19 @@ class Rows(DataSource):
 
 
 def test_a_record_without_gold_answer_is_named(tiny_model_dir):
-    dm = PromptDataModule(str(tiny_model_dir), train=[Rows([ProblemRecord("q1", "1+1", "2", source="mine"),
-                                                             ProblemRecord("q2", "2+2", " ", source="mine")])])
+    dm = PromptDataModule(
+        str(tiny_model_dir),
+        train=[Rows([ProblemRecord("q1", "1+1", "2", source="mine"), ProblemRecord("q2", "2+2", " ", source="mine")])],
+    )
     with pytest.raises(ValueError, match="record 'q2' \\(source 'mine'\\) has an empty field 'answer'"):
         dm.setup()
 
 
 def test_prompts_are_chat_formatted_with_the_suffix_and_long_ones_skipped(tiny_model_dir):
     rows = [ProblemRecord("short", "1+1", "2"), ProblemRecord("long", "what is the sum " * 40, "3")]
-    dm = PromptDataModule(str(tiny_model_dir), train=[Rows(rows)], prompt_suffix=" Answer: boxed",
-                          max_prompt_length=40, batch_size=1)
+    dm = PromptDataModule(
+        str(tiny_model_dir), train=[Rows(rows)], prompt_suffix=" Answer: boxed", max_prompt_length=40, batch_size=1
+    )
     with pytest.warns(UserWarning, match="skipped 1 prompt.*'long'"):
         dm.setup()
     (batch,) = list(dm.train_dataloader())
@@ -38,8 +41,12 @@ def test_prompts_are_chat_formatted_with_the_suffix_and_long_ones_skipped(tiny_m
 
 
 def test_set_profile_reweights_the_next_epoch(tiny_model_dir):
-    dm = PromptDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=200, levels=(1,), max_skills=1)],
-                          batch_size=4, samples_per_epoch=400)
+    dm = PromptDataModule(
+        str(tiny_model_dir),
+        train=[SkillWorldSource(n=200, levels=(1,), max_skills=1)],
+        batch_size=4,
+        samples_per_epoch=400,
+    )
     dm.setup()
     skill = dm.records[0].skills[0]
     dm.train_dataloader()
@@ -53,8 +60,9 @@ def test_set_profile_reweights_the_next_epoch(tiny_model_dir):
 def test_ddp_ranks_draw_disjoint_whole_groups(tiny_model_dir):
     shares = []
     for rank in (0, 1):
-        dm = PromptDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=500, levels=(1,))], batch_size=3,
-                              samples_per_epoch=12)
+        dm = PromptDataModule(
+            str(tiny_model_dir), train=[SkillWorldSource(n=500, levels=(1,))], batch_size=3, samples_per_epoch=12
+        )
         dm.trainer = SimpleNamespace(world_size=2, global_rank=rank, current_epoch=0)
         dm.setup()
         shares.append([b["index"].tolist() for b in dm.train_dataloader()])

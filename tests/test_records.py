@@ -21,8 +21,10 @@ def test_shared_math_train_loads_with_skills_and_solutions(shared_data):
     assert sum(bool(r.skills) for r in records) == 6552
 
 
-@pytest.mark.parametrize("name, count", [("eval/gsm8k.jsonl", 1319), ("eval/aime24.jsonl", 30),
-                                         ("eval/amc23.jsonl", 40), ("math/test.jsonl", 4000)])
+@pytest.mark.parametrize(
+    "name, count",
+    [("eval/gsm8k.jsonl", 1319), ("eval/aime24.jsonl", 30), ("eval/amc23.jsonl", 40), ("math/test.jsonl", 4000)],
+)
 def test_shared_benchmarks_load(shared_data, name, count):
     records = load_records(str(shared_data / name))
     assert len(records) == count and all(r.answer for r in records)
@@ -34,7 +36,8 @@ def test_field_mapping_and_answer_delimiter_read_hub_style_gsm8k(tmp_path):
     (record,) = load_records(source)
     assert record.problem == "2 + 2?" and record.answer == "1004"
     assert record.solutions == ("Add them: 2+2=4",) and record.id == "tmp_path0/gsm/0".replace(
-        "tmp_path0", tmp_path.name)
+        "tmp_path0", tmp_path.name
+    )
 
 
 def test_hub_style_math_level_and_subject_are_normalised(tmp_path):

@@ -43,14 +43,32 @@ class WeightsPerEpoch(L.Callback):
 
 def make_run(tiny_model_dir: Path, root: Path, profiler=None, max_epochs: int = 2, **reprofiler):
     module = SFTModule(str(tiny_model_dir), quantization="none", lora=None)
-    data = SFTDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=60, levels=(1,))], batch_size=2,
-                         samples_per_epoch=6, max_length=96)
-    callback = SkillReprofiler(SkillWorldSource(split="validation", n=30, levels=(1,)), GroundTruthDetector(),
-                               profiler or SkillWorldOracle(), num_questions=6, max_new_tokens=6, **reprofiler)
+    data = SFTDataModule(
+        str(tiny_model_dir),
+        train=[SkillWorldSource(n=60, levels=(1,))],
+        batch_size=2,
+        samples_per_epoch=6,
+        max_length=96,
+    )
+    callback = SkillReprofiler(
+        SkillWorldSource(split="validation", n=30, levels=(1,)),
+        GroundTruthDetector(),
+        profiler or SkillWorldOracle(),
+        num_questions=6,
+        max_new_tokens=6,
+        **reprofiler,
+    )
     weights = WeightsPerEpoch()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=max_epochs, default_root_dir=root, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[callback, weights, L.pytorch.callbacks.ModelCheckpoint(save_last=True)])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[callback, weights, L.pytorch.callbacks.ModelCheckpoint(save_last=True)],
+    )
     return trainer, module, data, callback, weights
 
 
@@ -64,16 +82,20 @@ def test_each_round_sets_the_weights_its_profile_gives_and_writes_files(tiny_mod
     # epoch 0 trained on round 0's profile (one skill), epoch 1 on round 1's (another skill)
     for epoch, skill in enumerate(SKILLWORLD_SKILLS[:2]):
         drawn = weights.weights[epoch]
-        favoured = {data.records[e["record"]].skills[0] for e, w in zip(data.train_examples, drawn, strict=True)
-                    if w > drawn.min() * 2}
+        favoured = {
+            data.records[e["record"]].skills[0]
+            for e, w in zip(data.train_examples, drawn, strict=True)
+            if w > drawn.min() * 2
+        }
         assert favoured == {skill}
     assert weights.weights[0].tolist() != weights.weights[1].tolist()
     assert data.profile.histogram == {SKILLWORLD_SKILLS[2]: 6.0}
 
 
 def test_one_shot_profiles_once_and_never_changes_the_weights(tiny_model_dir, tmp_path):
-    trainer, module, data, callback, weights = make_run(tiny_model_dir, tmp_path, RoundRobinProfiler(), one_shot=True,
-                                                        max_epochs=3)
+    trainer, module, data, callback, weights = make_run(
+        tiny_model_dir, tmp_path, RoundRobinProfiler(), one_shot=True, max_epochs=3
+    )
     trainer.fit(module, data)
     assert len(callback.history) == 1 and not (tmp_path / "profile-epoch1.json").exists()
     assert all(w.tolist() == weights.weights[0].tolist() for w in weights.weights)
@@ -93,8 +115,9 @@ def test_resume_restores_the_latest_profile_and_weights(tiny_model_dir, tmp_path
     trainer, module, data, callback, _ = make_run(tiny_model_dir, tmp_path, RoundRobinProfiler())
     trainer.fit(module, data)
     latest = data.profile.histogram
-    trainer, module, data, callback, weights = make_run(tiny_model_dir, tmp_path / "resumed", RoundRobinProfiler(),
-                                                        max_epochs=3)
+    trainer, module, data, callback, weights = make_run(
+        tiny_model_dir, tmp_path / "resumed", RoundRobinProfiler(), max_epochs=3
+    )
     trainer.fit(module, data, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
     assert [r["epoch"] for r in callback.history] == [0, 1, 2, 3]  # no new fit-start round
     assert len(weights.weights) == 1
@@ -136,17 +159,40 @@ def test_rounds_synthesise_new_questions_into_the_synthetic_source(tiny_model_di
 
     monkeypatch.setenv("STAT_PL_TEST_KEY", "sk-test")
     with LoopbackTeacherServer(script) as server:
-        teacher = OpenAICompatibleTeacher(model="loop", base_url=server.base_url, api_key_env="STAT_PL_TEST_KEY",
-                                          cache_dir=str(tmp_path / "cache"), max_retries=0)
+        teacher = OpenAICompatibleTeacher(
+            model="loop",
+            base_url=server.base_url,
+            api_key_env="STAT_PL_TEST_KEY",
+            cache_dir=str(tmp_path / "cache"),
+            max_retries=0,
+        )
         module = SFTModule(str(tiny_model_dir), quantization="none")
-        data = SFTDataModule(str(tiny_model_dir), batch_size=2, samples_per_epoch=6, max_length=96,
-                             train=[SkillWorldSource(n=60, levels=(1,)), SyntheticSource(str(tmp_path / "syn.jsonl"))],
-                             mix_ratios=[0.7, 0.3])
-        callback = SkillReprofiler(SkillWorldSource(split="validation", n=30, levels=(1,)), GroundTruthDetector(),
-                                   RoundRobinProfiler(), num_questions=4, max_new_tokens=4, teacher=teacher,
-                                   synthesize_per_round=2)
-        trainer = L.Trainer(accelerator="cpu", max_epochs=1, default_root_dir=tmp_path, logger=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+        data = SFTDataModule(
+            str(tiny_model_dir),
+            batch_size=2,
+            samples_per_epoch=6,
+            max_length=96,
+            train=[SkillWorldSource(n=60, levels=(1,)), SyntheticSource(str(tmp_path / "syn.jsonl"))],
+            mix_ratios=[0.7, 0.3],
+        )
+        callback = SkillReprofiler(
+            SkillWorldSource(split="validation", n=30, levels=(1,)),
+            GroundTruthDetector(),
+            RoundRobinProfiler(),
+            num_questions=4,
+            max_new_tokens=4,
+            teacher=teacher,
+            synthesize_per_round=2,
+        )
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_epochs=1,
+            default_root_dir=tmp_path,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[callback],
+        )
         trainer.fit(module, data)
     added = [r["metrics"]["synthetic_added"] for r in callback.history]
     synthetic = SyntheticSource(str(tmp_path / "syn.jsonl")).load()
@@ -167,11 +213,15 @@ class AnswerKey:
 
 
 def test_profile_round_answers_judges_and_diagnoses():
-    questions = [ProblemRecord("a", "1+1?", "2", skills=("addition",)),
-                 ProblemRecord("b", "2*3?", "6", skills=("mult",)), ProblemRecord("c", "9-1?", "8")]
+    questions = [
+        ProblemRecord("a", "1+1?", "2", skills=("addition",)),
+        ProblemRecord("b", "2*3?", "6", skills=("mult",)),
+        ProblemRecord("c", "9-1?", "8"),
+    ]
     engine = AnswerKey({"1+1?": "\\boxed{2}", "2*3?": "\\boxed{5}", "9-1?": "no idea"})
-    attempts, difficult, diagnoses = profile_round(engine, questions, GroundTruthDetector(), SkillMapProxy(),
-                                                   SamplingParams(max_new_tokens=4))
+    attempts, difficult, diagnoses = profile_round(
+        engine, questions, GroundTruthDetector(), SkillMapProxy(), SamplingParams(max_new_tokens=4)
+    )
     assert [a.responses for a in attempts] == [("\\boxed{2}",), ("\\boxed{5}",), ("no idea",)]
     assert [a.record.id for a in difficult] == ["b", "c"]
     assert diagnoses == [Diagnosis("b", ("mult",)), Diagnosis("c", (), status="unlabelled")]
@@ -182,8 +232,10 @@ def test_profile_round_answers_judges_and_diagnoses():
 def test_round_accuracy_per_skill_averages_every_response():
     from stat_pl.callbacks.skill_reprofiler import _accuracy
 
-    attempts = [Attempt(ProblemRecord("a", "p", "2", skills=("x", "y")), ("\\boxed{2}", "\\boxed{3}")),
-                Attempt(ProblemRecord("b", "p", "4", skills=("x",)), ("\\boxed{4}", "\\boxed{4}"))]
+    attempts = [
+        Attempt(ProblemRecord("a", "p", "2", skills=("x", "y")), ("\\boxed{2}", "\\boxed{3}")),
+        Attempt(ProblemRecord("b", "p", "4", skills=("x",)), ("\\boxed{4}", "\\boxed{4}")),
+    ]
     accuracy, per_skill = _accuracy(attempts)
     assert accuracy == 0.75 and per_skill == {"x": 0.75, "y": 0.5}
 
@@ -198,8 +250,7 @@ def test_a_module_without_generation_model_is_named():
 def test_the_reprofiler_refuses_a_permutation_sampler_before_any_round(tiny_model_dir, tmp_path):
     """Re-weighting needs weighted drawing; a fixed set iterated once per epoch would silently ignore it."""
     trainer, module, _, callback, _ = make_run(tiny_model_dir, tmp_path)
-    data = SFTDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=20, levels=(1,))], batch_size=2,
-                         max_length=96)
+    data = SFTDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=20, levels=(1,))], batch_size=2, max_length=96)
     assert data.sampling == "permutation"
     with pytest.raises(ValueError, match="set data.sampling: weighted"):
         trainer.fit(module, datamodule=data)
@@ -210,8 +261,13 @@ def test_live_synthesis_is_guarded_against_every_registry_benchmark(shared_data)
     from stat_pl.evaluation.benchmarks import BENCHMARKS
 
     paths = {"gsm8k": str(shared_data / "eval" / "gsm8k.jsonl")}
-    callback = SkillReprofiler(SkillWorldSource(split="validation", n=4, levels=(1,)), GroundTruthDetector(),
-                               SkillWorldOracle(), contamination_benchmarks=["all"], benchmark_paths=paths)
+    callback = SkillReprofiler(
+        SkillWorldSource(split="validation", n=4, levels=(1,)),
+        GroundTruthDetector(),
+        SkillWorldOracle(),
+        contamination_benchmarks=["all"],
+        benchmark_paths=paths,
+    )
     names = {source.name for source in callback.contamination}
     assert names | {"math_d"} == set(BENCHMARKS)  # MATH-D's questions are MATH's
     assert next(s for s in callback.contamination if s.name == "gsm8k").path == paths["gsm8k"]

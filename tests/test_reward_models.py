@@ -23,16 +23,19 @@ from stat_pl.records import ProblemRecord
 TAU1, TAU2 = 0.75, 0.5
 
 
-@pytest.mark.parametrize(("scores", "difficult"), [
-    ([1.0, 1.0, 0.75], True),  # last step at tau1 (equality): difficult by r_t alone
-    ([1.0, 1.0, 0.875], False),  # last step just above tau1, mean and earlier steps fine
-    ([0.625, 0.625, 1.0], True),  # mean 0.75 = tau1: difficult by the mean alone (last and earlier fine)
-    ([0.625, 1.0, 1.0], False),  # mean 0.875: fine
-    ([1.0, 0.5, 1.0, 1.0], True),  # an earlier step at tau2 (equality): difficult by it alone (mean 0.875)
-    ([1.0, 0.5625, 1.0, 1.0], False),  # the same step just above tau2
-    ([1.0], False),
-    ([0.75], True),
-])
+@pytest.mark.parametrize(
+    ("scores", "difficult"),
+    [
+        ([1.0, 1.0, 0.75], True),  # last step at tau1 (equality): difficult by r_t alone
+        ([1.0, 1.0, 0.875], False),  # last step just above tau1, mean and earlier steps fine
+        ([0.625, 0.625, 1.0], True),  # mean 0.75 = tau1: difficult by the mean alone (last and earlier fine)
+        ([0.625, 1.0, 1.0], False),  # mean 0.875: fine
+        ([1.0, 0.5, 1.0, 1.0], True),  # an earlier step at tau2 (equality): difficult by it alone (mean 0.875)
+        ([1.0, 0.5625, 1.0, 1.0], False),  # the same step just above tau2
+        ([1.0], False),
+        ([0.75], True),
+    ],
+)
 def test_prm_rule_each_branch_and_its_edge(scores, difficult):
     assert prm_is_difficult(scores, TAU1, TAU2) is difficult
 
@@ -52,8 +55,10 @@ def test_steps_are_paragraphs():
 
 
 def attempts(responses_per_question: list[tuple[str, ...]]) -> list[Attempt]:
-    return [Attempt(ProblemRecord(id=f"q{i}", problem=f"what is {i} + {i}?", answer=str(2 * i)), responses)
-            for i, responses in enumerate(responses_per_question)]
+    return [
+        Attempt(ProblemRecord(id=f"q{i}", problem=f"what is {i} + {i}?", answer=str(2 * i)), responses)
+        for i, responses in enumerate(responses_per_question)
+    ]
 
 
 RESPONSES = [
@@ -66,8 +71,9 @@ RESPONSES = [
 
 def reference_step_scores(model_dir: Path, problem: str, response: str) -> list[float]:
     """RLHFlow's reference reading: one forward pass per step on the conversation cut after that step."""
-    return reference_scores_with(load_tokenizer(str(model_dir)), load_causal_lm(str(model_dir)).eval(), problem,
-                                 response)
+    return reference_scores_with(
+        load_tokenizer(str(model_dir)), load_causal_lm(str(model_dir)).eval(), problem, response
+    )
 
 
 def reference_scores_with(tokenizer, model, problem: str, response: str) -> list[float]:
@@ -112,8 +118,10 @@ def scripted(detector, scores: list[list[float]]):
 
 
 def test_prm_detector_applies_the_rule_and_a_majority_over_samples():
-    detector = scripted(ProcessRewardDetector(RewardModelScorer("unused"), samples_per_question=3),
-                        [[0.9, 0.9], [0.9, 0.6], [0.9, 0.9], [0.9], [0.5]])
+    detector = scripted(
+        ProcessRewardDetector(RewardModelScorer("unused"), samples_per_question=3),
+        [[0.9, 0.9], [0.9, 0.6], [0.9, 0.9], [0.9], [0.5]],
+    )
     three = ("a\n\nb", "c\n\nd", "e\n\nf")
 
     # question 0: 2 of 3 fine -> easy; question 1: 1 fine (one empty response, one low) -> difficult
@@ -124,8 +132,9 @@ def test_orm_threshold_is_inclusive_and_reads_question_and_response_as_one_turn(
     detector = scripted(OutcomeRewardDetector(RewardModelScorer("unused")), [[0.9], [0.90625], [0.5]])
     assert detector.detect(attempts([("a",), ("b",), ("c",)])) == [True, False, True]
 
-    real = OutcomeRewardDetector(RewardModelScorer(str(tiny_model_dir), progress=False), threshold=0.9,
-                                 samples_per_question=2)
+    real = OutcomeRewardDetector(
+        RewardModelScorer(str(tiny_model_dir), progress=False), threshold=0.9, samples_per_question=2
+    )
     scores = real.scores(attempts([RESPONSES[1] * 2, RESPONSES[2] * 2]))
     one_step_prm = ProcessRewardDetector(real.scorer).step_scores(attempts([RESPONSES[1]]))
     assert [len(s) for s in scores] == [2, 2] and scores[0][0] == pytest.approx(scores[0][1])
@@ -137,8 +146,7 @@ def test_the_orm_ablation_reads_the_prms_last_step_score_at_the_papers_threshold
     detector = scripted(PRMLastStepDetector(RewardModelScorer("unused")), [[0.1, 0.9], [0.1, 0.90625], [1.0, 1.0, 0.5]])
     assert detector.threshold == 0.9 and detector.scorer.model == "unused"
     # only r_t counts (an early 0.1 does not, unlike the PRM rule); r_t = 0.9 is bad (inclusive); no steps: bad
-    assert detector.detect(attempts([("a\n\nb",), ("c\n\nd",), ("e\n\nf\n\ng",), ("",)])) == [
-        True, False, True, True]
+    assert detector.detect(attempts([("a\n\nb",), ("c\n\nd",), ("e\n\nf\n\ng",), ("",)])) == [True, False, True, True]
 
 
 def test_prm_reads_real_smollm2(smollm2_dir):

@@ -31,11 +31,15 @@ def test_overlong_penalty_ramps_like_dapo():
 
 def test_combine_weights_the_parts_and_keeps_each():
     completions = [done("\\boxed{2}", 5), done("two", 10, "length")]
-    total, parts = combine([CorrectnessReward(), FormatReward(weight=0.5), OverlongPenalty(10, 5, weight=0.25)],
-                           completions, ["2", "2"])
+    total, parts = combine(
+        [CorrectnessReward(), FormatReward(weight=0.5), OverlongPenalty(10, 5, weight=0.25)], completions, ["2", "2"]
+    )
     assert total.tolist() == pytest.approx([1.5, -0.25])
-    assert {k: v.tolist() for k, v in parts.items()} == {"correct": [1.0, 0.0], "format": [1.0, 0.0],
-                                                           "overlong": [0.0, -1.0]}
+    assert {k: v.tolist() for k, v in parts.items()} == {
+        "correct": [1.0, 0.0],
+        "format": [1.0, 0.0],
+        "overlong": [0.0, -1.0],
+    }
     with pytest.raises(ValueError, match="share a name"):
         combine([CorrectnessReward(), CorrectnessReward()], completions, ["2", "2"])
 

@@ -19,8 +19,13 @@ def test_an_epoch_of_rollouts_becomes_the_next_epochs_profile(tiny_model_dir, tm
     original = HFEngine.generate
     monkeypatch.setattr(HFEngine, "generate", lambda self, *a: generate_calls.append(1) or original(self, *a))
     profiler = RolloutProfiler(accuracy_threshold=0.0)
-    module, _, collect = fit(tiny_model_dir, steps=4, callbacks=[profiler], rewards=[CharReward()],
-                             trainer_args={"default_root_dir": str(tmp_path)})
+    module, _, collect = fit(
+        tiny_model_dir,
+        steps=4,
+        callbacks=[profiler],
+        rewards=[CharReward()],
+        trainer_args={"default_root_dir": str(tmp_path)},
+    )
     assert len(generate_calls) == 4  # one per rollout batch: the profile cost no generation
 
     outcomes: dict[int, list[float]] = {}
@@ -48,11 +53,16 @@ def test_the_buffer_of_an_epoch_in_progress_is_in_the_checkpoint(tiny_model_dir)
 
 
 def test_the_skill_reprofiler_works_with_grpo(tiny_model_dir, tmp_path):
-    reprofiler = SkillReprofiler(questions=SkillWorldSource(split="validation", n=20, levels=(1,)),
-                                 detector=GroundTruthDetector(), profiler=SkillWorldOracle(), num_questions=4,
-                                 max_new_tokens=4)
-    module, _, _ = fit(tiny_model_dir, steps=4, callbacks=[reprofiler],
-                       trainer_args={"default_root_dir": str(tmp_path)})
+    reprofiler = SkillReprofiler(
+        questions=SkillWorldSource(split="validation", n=20, levels=(1,)),
+        detector=GroundTruthDetector(),
+        profiler=SkillWorldOracle(),
+        num_questions=4,
+        max_new_tokens=4,
+    )
+    module, _, _ = fit(
+        tiny_model_dir, steps=4, callbacks=[reprofiler], trainer_args={"default_root_dir": str(tmp_path)}
+    )
     profiles = sorted(p.name for p in tmp_path.glob("profile-epoch*.json"))
     assert profiles == ["profile-epoch0.json", "profile-epoch1.json"]  # before training and after the epoch
     assert module.trainer.datamodule.profile is reprofiler.profile

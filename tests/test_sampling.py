@@ -29,8 +29,11 @@ def test_formatting_masks_exactly_the_prompt_tokens(tiny_model_dir):
 
 
 def test_collate_pads_right_and_keeps_padding_out_of_the_loss():
-    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "index": 0},
-                     {"input_ids": [5], "labels": [5], "index": 1}], pad_token_id=0, pad_to_multiple_of=4)
+    batch = collate(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "index": 0}, {"input_ids": [5], "labels": [5], "index": 1}],
+        pad_token_id=0,
+        pad_to_multiple_of=4,
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [5, 0, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7, -100], [5, -100, -100, -100]]
@@ -53,8 +56,9 @@ def test_epochs_differ_and_replay():
 def test_two_ranks_draw_disjoint_shares_of_the_single_process_draw():
     weights = [float(i % 7 + 1) for i in range(200)]
     single = SkillWeightedSampler(weights, num_samples=120, seed=1).epoch_indices()
-    ranks = [SkillWeightedSampler(weights, num_samples=60, seed=1, num_replicas=2, rank=r).epoch_indices()
-             for r in range(2)]
+    ranks = [
+        SkillWeightedSampler(weights, num_samples=60, seed=1, num_replicas=2, rank=r).epoch_indices() for r in range(2)
+    ]
     interleaved = [i for pair in zip(*ranks, strict=True) for i in pair]
     assert interleaved == single  # together exactly one draw; each position goes to one rank only
     assert ranks[0] != ranks[1]
@@ -82,8 +86,13 @@ def test_length_grouping_batches_similar_lengths_and_skips_on_resume():
 
 @pytest.fixture(scope="module")
 def skillworld_datamodule(tiny_model_dir):
-    dm = SFTDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=300, levels=(1,), max_skills=1)],
-                       samples_per_epoch=20_000, batch_size=4, weight_floor=0.0)
+    dm = SFTDataModule(
+        str(tiny_model_dir),
+        train=[SkillWorldSource(n=300, levels=(1,), max_skills=1)],
+        samples_per_epoch=20_000,
+        batch_size=4,
+        weight_floor=0.0,
+    )
     dm.setup("fit")
     return dm
 
@@ -106,9 +115,15 @@ def test_sampled_skill_shares_follow_the_profile(skillworld_datamodule):
 
 
 def test_mix_ratios_set_each_sources_share(tiny_model_dir):
-    dm = SFTDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=100, levels=(1,), max_skills=1),
-                                                   SkillWorldSource(split="validation", n=20, levels=(1,))],
-                       mix_ratios=[0.7, 0.3], samples_per_epoch=10_000)
+    dm = SFTDataModule(
+        str(tiny_model_dir),
+        train=[
+            SkillWorldSource(n=100, levels=(1,), max_skills=1),
+            SkillWorldSource(split="validation", n=20, levels=(1,)),
+        ],
+        mix_ratios=[0.7, 0.3],
+        samples_per_epoch=10_000,
+    )
     dm.setup("fit")
     indices = [i for batch in dm.train_dataloader().batch_sampler for i in batch]
     second = sum(dm.records[dm.train_examples[i]["record"]].source == "skillworld/validation" for i in indices)

@@ -16,17 +16,37 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_config(tmp_path: Path, model_dir: Path, **trainer) -> Path:
     config = {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 8, "logger": False,
-                    "enable_progress_bar": False, "enable_model_summary": False,
-                    "default_root_dir": str(tmp_path / "run"), "limit_val_batches": 0, **trainer},
-        "model": {"class_path": "stat_pl.modules.sft.SFTModule",
-                  "init_args": {"model": str(model_dir), "quantization": "none",
-                                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
-                                "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}},
-        "data": {"class_path": "stat_pl.data.sft_datamodule.SFTDataModule",
-                 "init_args": {"train": [{"class_path": "stat_pl.data.skillworld.SkillWorldSource",
-                                          "init_args": {"n": 50, "levels": [1]}}],
-                               "batch_size": 2, "samples_per_epoch": 10, "max_length": 128}},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 8,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(tmp_path / "run"),
+            "limit_val_batches": 0,
+            **trainer,
+        },
+        "model": {
+            "class_path": "stat_pl.modules.sft.SFTModule",
+            "init_args": {
+                "model": str(model_dir),
+                "quantization": "none",
+                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            },
+        },
+        "data": {
+            "class_path": "stat_pl.data.sft_datamodule.SFTDataModule",
+            "init_args": {
+                "train": [
+                    {"class_path": "stat_pl.data.skillworld.SkillWorldSource", "init_args": {"n": 50, "levels": [1]}}
+                ],
+                "batch_size": 2,
+                "samples_per_epoch": 10,
+                "max_length": 128,
+            },
+        },
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -35,8 +55,9 @@ def tiny_config(tmp_path: Path, model_dir: Path, **trainer) -> Path:
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "stat_pl", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "stat_pl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def recorded(path: Path) -> list[dict]:
@@ -73,12 +94,19 @@ def test_fit_resumes_mid_epoch_with_the_same_batches(tmp_path, tiny_model_dir, s
     full, resumed = tmp_path / "full.jsonl", tmp_path / "resumed.jsonl"
     out = run_cli("fit", "--config", str(config), f"--trainer.callbacks={recorder(full)}")
     assert out.returncode == 0, out.stderr[-3000:]
-    out = run_cli("fit", "--config", str(config), "--trainer.max_steps=3",
-                  f"--trainer.default_root_dir={tmp_path / 'part'}")
+    out = run_cli(
+        "fit", "--config", str(config), "--trainer.max_steps=3", f"--trainer.default_root_dir={tmp_path / 'part'}"
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     (ckpt,) = (tmp_path / "part").rglob("*.ckpt")
-    out = run_cli("fit", "--config", str(config), f"--ckpt_path={ckpt}", f"--trainer.callbacks={recorder(resumed)}",
-                  f"--trainer.default_root_dir={tmp_path / 'part'}")
+    out = run_cli(
+        "fit",
+        "--config",
+        str(config),
+        f"--ckpt_path={ckpt}",
+        f"--trainer.callbacks={recorder(resumed)}",
+        f"--trainer.default_root_dir={tmp_path / 'part'}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     after = [row for row in recorded(full) if row["step"] >= 3]
     assert len(after) == 5 and recorded(resumed) == after  # crosses the epoch boundary at step 5 too
@@ -106,11 +134,16 @@ def test_fit_writes_a_peft_adapter_and_the_config(tmp_path, tiny_model_dir):
     assert any(float(p.abs().sum()) > 0 for n, p in model.named_parameters() if "lora_B" in n)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("model.init_args.optimizer=torch.optim.NoSuchOptimizer", "torch.optim.NoSuchOptimizer"),
-    ("data.init_args.train=[{class_path: stat_pl.records.RecordSource, init_args: {path: missing.jsonl}}]",
-     "missing.jsonl does not exist"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("model.init_args.optimizer=torch.optim.NoSuchOptimizer", "torch.optim.NoSuchOptimizer"),
+        (
+            "data.init_args.train=[{class_path: stat_pl.records.RecordSource, init_args: {path: missing.jsonl}}]",
+            "missing.jsonl does not exist",
+        ),
+    ],
+)
 def test_bad_values_name_the_problem(tmp_path, tiny_model_dir, bad, message):
     config = tiny_config(tmp_path, tiny_model_dir)
     key, value = bad.split("=", 1)

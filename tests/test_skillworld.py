@@ -98,7 +98,11 @@ def test_records_carry_answer_solution_skills_and_split() -> None:
     record = SkillWorld(seed=6).records("validation", 1)[0]
     problem = problem_from_id(record.id)
     assert (record.problem, record.answer, record.skills, record.level) == (
-        problem.text, problem.answer, problem.skills, problem.level)
+        problem.text,
+        problem.answer,
+        problem.skills,
+        problem.level,
+    )
     assert record.solutions == (problem.solution,)
     assert (record.subject, record.source) == ("skillworld", "skillworld/validation")
 

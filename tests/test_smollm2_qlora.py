@@ -25,23 +25,46 @@ def test_qlora_overfits_real_math_rows_and_the_adapter_reloads_with_plain_peft(s
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    module = SFTModule(str(smollm2_dir), quantization="nf4", warmup_ratio=0.0,
-                       optimizer=functools.partial(torch.optim.AdamW, lr=2e-3, weight_decay=0.1))
-    data = SFTDataModule(str(smollm2_dir), train=[RecordSource(str(shared_data / "math/train.jsonl"), limit=2)],
-                         batch_size=2, samples_per_epoch=2, max_length=256)
+    module = SFTModule(
+        str(smollm2_dir),
+        quantization="nf4",
+        warmup_ratio=0.0,
+        optimizer=functools.partial(torch.optim.AdamW, lr=2e-3, weight_decay=0.1),
+    )
+    data = SFTDataModule(
+        str(smollm2_dir),
+        train=[RecordSource(str(shared_data / "math/train.jsonl"), limit=2)],
+        batch_size=2,
+        samples_per_epoch=2,
+        max_length=256,
+    )
     history = LossHistory()
-    trainer = L.Trainer(accelerator="cpu", max_steps=14, precision="bf16-mixed", default_root_dir=tmp_path,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[history])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=14,
+        precision="bf16-mixed",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[history],
+    )
     trainer.fit(module, data)
     assert module.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.__class__.__name__ == "Linear4bit"
     first, last = history.losses[0], sum(history.losses[-3:]) / 3
     assert last < 0.5 * first, history.losses  # one small batch, overfit
 
-    base = AutoModelForCausalLM.from_pretrained(smollm2_dir, device_map={"": "cpu"}, quantization_config=
-                                                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                                   bnb_4bit_use_double_quant=True,
-                                                                   bnb_4bit_compute_dtype=torch.bfloat16,
-                                                                   bnb_4bit_quant_storage=torch.bfloat16))
+    base = AutoModelForCausalLM.from_pretrained(
+        smollm2_dir,
+        device_map={"": "cpu"},
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_storage=torch.bfloat16,
+        ),
+    )
     for layer in base.modules():  # same 4-bit kernel as the trained module (not bnb's packed inference one)
         if hasattr(layer, "support_avx512bf16_for_cpu"):
             layer.support_avx512bf16_for_cpu = False

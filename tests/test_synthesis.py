@@ -20,24 +20,34 @@ from stat_pl.records import ProblemRecord, problem_tokens
 from stat_pl.teacher import OpenAICompatibleTeacher
 
 KEY_ENV = "STAT_PL_TEST_SYN_KEY"
-TEST_QUESTION = ProblemRecord("test/planted", "Let $f(x) = 3x^2 - 5x + 7$. Evaluate $f(f(1))$ and give the answer "
-                                              "as an integer, showing all of your intermediate steps.", "40")
+TEST_QUESTION = ProblemRecord(
+    "test/planted",
+    "Let $f(x) = 3x^2 - 5x + 7$. Evaluate $f(f(1))$ and give the answer "
+    "as an integer, showing all of your intermediate steps.",
+    "40",
+)
 
 # what the teacher writes for each skill: (question, its three solutions by sample)
 WRITES = {
-    "alpha": [("Consistent by equivalence: halve one. [alpha-1]",
-               ["\\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "\\boxed{1/2}"]),
-              ("Two of three agree. [alpha-2]", ["\\boxed{12}", "\\boxed{7}", "\\boxed{12.0}"])],
-    "beta": [("Every solution differs. [beta-1]", ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}"]),
-             (TEST_QUESTION.problem.replace("$", ""), ["\\boxed{40}"] * 3)],
-    "gamma": [("No final answer anywhere. [gamma-1]", ["I am not sure.", "Hmm.", "\\boxed{5}"]),
-              ("Also consistent. [gamma-2]", ["\\boxed{x+1}", "\\boxed{1+x}", "\\boxed{x + 1}"])],
+    "alpha": [
+        ("Consistent by equivalence: halve one. [alpha-1]", ["\\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "\\boxed{1/2}"]),
+        ("Two of three agree. [alpha-2]", ["\\boxed{12}", "\\boxed{7}", "\\boxed{12.0}"]),
+    ],
+    "beta": [
+        ("Every solution differs. [beta-1]", ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}"]),
+        (TEST_QUESTION.problem.replace("$", ""), ["\\boxed{40}"] * 3),
+    ],
+    "gamma": [
+        ("No final answer anywhere. [gamma-1]", ["I am not sure.", "Hmm.", "\\boxed{5}"]),
+        ("Also consistent. [gamma-2]", ["\\boxed{x+1}", "\\boxed{1+x}", "\\boxed{x + 1}"]),
+    ],
 }
 SOLUTIONS = {question: solutions for pairs in WRITES.values() for question, solutions in pairs}
-CONSISTENT = {"Consistent by equivalence: halve one. [alpha-1]": SOLUTIONS["Consistent by equivalence: halve "
-                                                                           "one. [alpha-1]"],
-              "Two of three agree. [alpha-2]": ["\\boxed{12}", "\\boxed{12.0}"],
-              "Also consistent. [gamma-2]": SOLUTIONS["Also consistent. [gamma-2]"]}
+CONSISTENT = {
+    "Consistent by equivalence: halve one. [alpha-1]": SOLUTIONS["Consistent by equivalence: halve one. [alpha-1]"],
+    "Two of three agree. [alpha-2]": ["\\boxed{12}", "\\boxed{12.0}"],
+    "Also consistent. [gamma-2]": SOLUTIONS["Also consistent. [gamma-2]"],
+}
 
 
 def script(body: Body) -> list[str]:
@@ -55,9 +65,18 @@ def script(body: Body) -> list[str]:
 
 
 def pool() -> list[ProblemRecord]:
-    return [ProblemRecord(f"train/{skill}/{i}", f"Training question {i} on {skill}: compute {i} times {i}.",
-                          str(i * i), (f"{i} times {i} is \\boxed{{{i * i}}}",), subject="algebra", skills=(skill,))
-            for skill in WRITES for i in range(4)]
+    return [
+        ProblemRecord(
+            f"train/{skill}/{i}",
+            f"Training question {i} on {skill}: compute {i} times {i}.",
+            str(i * i),
+            (f"{i} times {i} is \\boxed{{{i * i}}}",),
+            subject="algebra",
+            skills=(skill,),
+        )
+        for skill in WRITES
+        for i in range(4)
+    ]
 
 
 PROFILE = MissingSkillProfile.from_questions({"test/1": ["alpha"], "test/2": ["beta", "gamma"]})
@@ -72,16 +91,23 @@ def server():
 @pytest.fixture
 def teacher(server, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-test")
-    return OpenAICompatibleTeacher(model="loop", base_url=server.base_url, api_key_env=KEY_ENV,
-                                   cache_dir=str(tmp_path / "cache"), concurrency=8, max_retries=0)
+    return OpenAICompatibleTeacher(
+        model="loop",
+        base_url=server.base_url,
+        api_key_env=KEY_ENV,
+        cache_dir=str(tmp_path / "cache"),
+        concurrency=8,
+        max_retries=0,
+    )
 
 
 def build_syn(teacher, target_size: int | None = None) -> tuple:
     """STAT-Syn on PROFILE; ``target_size`` None keeps one row per accepted question with all its solutions."""
     records = pool()
     guard = ContaminationGuard.from_records([*records, TEST_QUESTION])
-    inputs = BuildInputs(pool=records, pool_path="pool.jsonl", profile=PROFILE, profile_path="profile.json",
-                         teacher=teacher, guard=guard)
+    inputs = BuildInputs(
+        pool=records, pool_path="pool.jsonl", profile=PROFILE, profile_path="profile.json", teacher=teacher, guard=guard
+    )
     return StatSyn(target_size=target_size).build(inputs), guard
 
 
@@ -136,8 +162,11 @@ def test_the_prompt_shows_three_linked_questions_with_solutions(server, teacher)
 def test_a_rerun_pays_for_nothing_and_builds_the_same_rows(server, teacher, tmp_path):
     first, _ = build_syn(teacher)
     count = server.count
-    again, _ = build_syn(OpenAICompatibleTeacher(model="loop", base_url=server.base_url, api_key_env=KEY_ENV,
-                                                 cache_dir=str(tmp_path / "cache")))
+    again, _ = build_syn(
+        OpenAICompatibleTeacher(
+            model="loop", base_url=server.base_url, api_key_env=KEY_ENV, cache_dir=str(tmp_path / "cache")
+        )
+    )
 
     assert server.count == count
     assert [r.to_json() for r in again.rows] == [r.to_json() for r in first.rows]
@@ -159,8 +188,13 @@ def test_live_rounds_ask_for_new_samples_and_never_add_a_question_twice(teacher)
 def test_the_guard_catches_near_copies_but_not_new_questions_on_the_same_topic():
     guard = ContaminationGuard.from_records([TEST_QUESTION])
 
-    assert guard.check("  let f(x)=3x^2-5x+7. EVALUATE f(f(1)) and give the answer as an integer, showing all "
-                       "of your intermediate steps.") is not None  # spacing, case and $ do not hide a copy
+    assert (
+        guard.check(
+            "  let f(x)=3x^2-5x+7. EVALUATE f(f(1)) and give the answer as an integer, showing all "
+            "of your intermediate steps."
+        )
+        is not None
+    )  # spacing, case and $ do not hide a copy
     padded = TEST_QUESTION.problem + " Then also find f(2) and f(3), and explain which of the two is larger."
     assert guard.check(padded).reference_id == "test/planted"  # a copy with a sentence added
     assert guard.check("Let $g(x) = 2x + 1$. Find $g(g(4))$.") is None  # same topic, new question

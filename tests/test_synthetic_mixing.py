@@ -29,13 +29,27 @@ REAL = 100
 
 
 def synthetic_rows(n: int = 20) -> list[ProblemRecord]:
-    return [ProblemRecord(f"stat_syn/{i}", f"what is {i} + {i}", str(2 * i), (f"Answer: \\boxed{{{2 * i}}}",),
-                          skills=("powers",), source="stat_syn") for i in range(n)]
+    return [
+        ProblemRecord(
+            f"stat_syn/{i}",
+            f"what is {i} + {i}",
+            str(2 * i),
+            (f"Answer: \\boxed{{{2 * i}}}",),
+            skills=("powers",),
+            source="stat_syn",
+        )
+        for i in range(n)
+    ]
 
 
 def datamodule(tokenizer: Path, path: Path, **overrides) -> SFTDataModule:
-    args = dict(train=[SkillWorldSource(n=REAL, levels=(1,), max_skills=1), SyntheticSource(str(path))],
-                mix_ratios=[0.7, 0.3], samples_per_epoch=10_000, batch_size=4, max_length=128)
+    args = dict(
+        train=[SkillWorldSource(n=REAL, levels=(1,), max_skills=1), SyntheticSource(str(path))],
+        mix_ratios=[0.7, 0.3],
+        samples_per_epoch=10_000,
+        batch_size=4,
+        max_length=128,
+    )
     return SFTDataModule(str(tokenizer), **{**args, **overrides})
 
 
@@ -52,7 +66,8 @@ def test_sampled_shares_of_real_and_synthetic_follow_the_mix_ratios(tiny_model_d
     share = sum(is_synthetic(dm, i) for i in indices) / len(indices)
     assert share == pytest.approx(0.3, abs=0.02)  # 10k draws: 3 sigma < 0.014
     assert [r.id for r in load_records(RecordSource(str(tmp_path / "synthetic.jsonl")))] == [
-        r.id for r in synthetic_rows()]
+        r.id for r in synthetic_rows()
+    ]
 
 
 def test_rows_added_mid_epoch_are_drawn_from_the_next_epoch_on(tiny_model_dir, tmp_path):
@@ -83,15 +98,28 @@ class AddSyntheticAfterFirstEpoch(Callback):
 
 
 def fit(tmp_path: Path, tokenizer: Path, record: Path, ckpt_path: str | None = None) -> SFTDataModule:
-    dm = datamodule(tokenizer, tmp_path / "run" / "synthetic.jsonl", samples_per_epoch=16, batch_size=2,
-                    mix_ratios=[0.5, 0.5])
-    module = SFTModule(str(tokenizer), quantization="none", lora=LoRAConfig(r=4, alpha=8, dropout=0.0),
-                       optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
+    dm = datamodule(
+        tokenizer, tmp_path / "run" / "synthetic.jsonl", samples_per_epoch=16, batch_size=2, mix_ratios=[0.5, 0.5]
+    )
+    module = SFTModule(
+        str(tokenizer),
+        quantization="none",
+        lora=LoRAConfig(r=4, alpha=8, dropout=0.0),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+    )
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, use_distributed_sampler=False,
-                        default_root_dir=tmp_path / "run", num_sanity_val_steps=0,
-                        callbacks=[AddSyntheticAfterFirstEpoch(), BatchRecorder(str(record)), checkpoints])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path / "run",
+        num_sanity_val_steps=0,
+        callbacks=[AddSyntheticAfterFirstEpoch(), BatchRecorder(str(record)), checkpoints],
+    )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=False)  # hparams hold a LoRAConfig
     return dm
 
@@ -118,7 +146,8 @@ def test_synthetic_rows_survive_a_resume_with_the_same_batches(full_run, tiny_mo
     fit(tmp_path, tiny_model_dir, tmp_path / "after_4.jsonl", str(tmp_path / "ckpt/epoch=0-step=4.ckpt"))
     assert recorded(tmp_path / "after_4.jsonl") == rows[4:]
     assert [r.id for r in SyntheticSource(str(tmp_path / "run" / "synthetic.jsonl")).load()] == [
-        r.id for r in synthetic_rows()]
+        r.id for r in synthetic_rows()
+    ]
 
     # a checkpoint taken after: the rows are read back from the file, with the same sampling weights
     resumed = fit(tmp_path, tiny_model_dir, tmp_path / "after_10.jsonl", str(tmp_path / "ckpt/epoch=1-step=10.ckpt"))

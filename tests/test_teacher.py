@@ -32,14 +32,18 @@ from stat_pl.teacher.templates import PromptTemplateError, PromptTemplates
 
 KEY_ENV = "STAT_PL_TEST_TEACHER_KEY"
 MAX_RETRIES = 2
-CATALOG = SkillCatalog({"algebra": ["solving_equations", "factoring_skills", "quadratic_equations"],
-                        "geometry": ["circle_geometry_skills", "triangle_properties"]})
+CATALOG = SkillCatalog(
+    {
+        "algebra": ["solving_equations", "factoring_skills", "quadratic_equations"],
+        "geometry": ["circle_geometry_skills", "triangle_properties"],
+    }
+)
 
 # behaviour -> teacher output by draw (None = the first try, 1, 2 = re-asks)
 ANSWERS = {
     "clean": "<judge>incorrect</judge><reason>sign error</reason><skill>solving_equations</skill>",
     "messy": "Sure! Here is my review.\n**<Judge>** Incorrect </JUDGE>\n< SKILL >Factoring Skills</ skill >\n"
-             "<skill>quadratic equations",
+    "<skill>quadratic equations",
     "misspelt": "<judge>incorrect</judge><skill>solvng equatons</skill>",
     "outside": "<skill>quantum chromodynamics</skill><skill>solving_equations</skill>",
     "only_outside": "<judge>incorrect</judge><skill>quantum chromodynamics</skill>",
@@ -74,9 +78,18 @@ def faults(body: Body, seen: int) -> Fault | None:
 
 
 def attempts_for(behaviours: list[str]) -> list[Attempt]:
-    return [Attempt(ProblemRecord(id=f"q{i}-{b}", problem=f"Solve x + {i} = 0. [behaviour:{b}]",
-                                  answer=str(-i), subject="geometry" if b == "geometry" else "algebra"),
-                    responses=(f"x = {i}",)) for i, b in enumerate(behaviours)]
+    return [
+        Attempt(
+            ProblemRecord(
+                id=f"q{i}-{b}",
+                problem=f"Solve x + {i} = 0. [behaviour:{b}]",
+                answer=str(-i),
+                subject="geometry" if b == "geometry" else "algebra",
+            ),
+            responses=(f"x = {i}",),
+        )
+        for i, b in enumerate(behaviours)
+    ]
 
 
 @pytest.fixture
@@ -93,8 +106,15 @@ def api_key(monkeypatch) -> str:
 
 
 def make_teacher(server: LoopbackTeacherServer, cache_dir: Path, **overrides) -> OpenAICompatibleTeacher:
-    args = dict(model="loopback-teacher", base_url=server.base_url, api_key_env=KEY_ENV, timeout=1.0,
-                max_retries=MAX_RETRIES, concurrency=8, cache_dir=str(cache_dir))
+    args = dict(
+        model="loopback-teacher",
+        base_url=server.base_url,
+        api_key_env=KEY_ENV,
+        timeout=1.0,
+        max_retries=MAX_RETRIES,
+        concurrency=8,
+        cache_dir=str(cache_dir),
+    )
     return OpenAICompatibleTeacher(**{**args, **overrides})
 
 
@@ -113,8 +133,10 @@ def test_a_faulty_run_labels_or_counts_every_question_within_the_retry_bound(ser
     assert by_behaviour["misspelt"].skills == ("solving_equations",)
     assert by_behaviour["outside"].skills == ("solving_equations",)
     assert by_behaviour["geometry"].skills == ("circle_geometry_skills",)  # solving_equations is not one
-    assert all(by_behaviour[b].skills == ("solving_equations",)
-               for b in ["no_tags_once", "err500_once", "ratelimit_once", "slow_once", "truncated_once"])
+    assert all(
+        by_behaviour[b].skills == ("solving_equations",)
+        for b in ["no_tags_once", "err500_once", "ratelimit_once", "slow_once", "truncated_once"]
+    )
     stats = profiler.stats
     assert (stats["questions"], stats["unlabelled"]) == (len(attempts), 4)
     assert stats["unlabelled_teacher_failures"] == 2 and stats["unlabelled_no_usable_tags"] == 2
@@ -196,8 +218,11 @@ def _ask_all(teacher: OpenAICompatibleTeacher, requests: list[TeacherRequest]) -
 
 def test_a_killed_run_keeps_every_answer_it_received(server, api_key, tmp_path):
     server.faults = lambda body, seen: Fault.slow(30) if "slow" in prompt_text(body) and seen == 0 else None
-    requests = [TeacherRequest(({"role": "user", "content": f"[behaviour:clean] {kind} {i}"},))
-                for i in range(4) for kind in ("fast", "slow")]
+    requests = [
+        TeacherRequest(({"role": "user", "content": f"[behaviour:clean] {kind} {i}"},))
+        for i in range(4)
+        for kind in ("fast", "slow")
+    ]
     teacher = make_teacher(server, tmp_path, timeout=60)
     run = multiprocessing.get_context("fork").Process(target=_ask_all, args=(teacher, requests))
     run.start()
@@ -222,11 +247,14 @@ def _put_rows(cache_dir: str, prefix: str, count: int) -> None:
 
 def test_concurrent_writers_lose_nothing(tmp_path):
     context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=_put_rows, args=(str(tmp_path), f"process{p}", 150))
-                 for p in range(2)]
+    processes = [context.Process(target=_put_rows, args=(str(tmp_path), f"process{p}", 150)) for p in range(2)]
     shared = TeacherCache(tmp_path)
-    threads = [threading.Thread(target=lambda t=t: [shared.put(f"thread{t}-{i}", [f"thread{t} answer {i}"])
-                                                      for i in range(60)]) for t in range(6)]
+    threads = [
+        threading.Thread(
+            target=lambda t=t: [shared.put(f"thread{t}-{i}", [f"thread{t} answer {i}"]) for i in range(60)]
+        )
+        for t in range(6)
+    ]
     for worker in [*processes, *threads]:
         worker.start()
     for worker in [*processes, *threads]:
@@ -264,15 +292,16 @@ class CountingEngine:
         self.calls.append(sampling)
         if self.fail_on and any(self.fail_on in p[-1]["content"] for p in prompts):
             raise RuntimeError("out of memory")
-        return [[Completion(f"{p[-1]['content']} #{k}", 3, "stop") for k in range(sampling.n)]
-                for p in prompts]
+        return [[Completion(f"{p[-1]['content']} #{k}", 3, "stop") for k in range(sampling.n)] for p in prompts]
 
 
 def test_local_teacher_batches_by_sampling_and_caches(tmp_path):
     engine = CountingEngine()
     teacher: Teacher = LocalTeacher(engine, model="tiny", cache_dir=str(tmp_path))
-    requests = [TeacherRequest(({"role": "user", "content": q},), n=n, temperature=t)
-                for q, n, t in [("a", 1, 0.0), ("b", 1, 0.0), ("c", 2, 0.7), ("a", 1, 0.0)]]
+    requests = [
+        TeacherRequest(({"role": "user", "content": q},), n=n, temperature=t)
+        for q, n, t in [("a", 1, 0.0), ("b", 1, 0.0), ("c", 2, 0.7), ("a", 1, 0.0)]
+    ]
 
     answers = teacher.complete_many(requests)
 
@@ -284,8 +313,10 @@ def test_local_teacher_batches_by_sampling_and_caches(tmp_path):
 
 def test_local_teacher_reports_engine_errors_per_request(tmp_path):
     teacher = LocalTeacher(CountingEngine(fail_on="bad"), model="tiny", cache_dir=str(tmp_path))
-    requests = [TeacherRequest(({"role": "user", "content": "bad"},)),
-                TeacherRequest(({"role": "user", "content": "good"},), temperature=0.5)]
+    requests = [
+        TeacherRequest(({"role": "user", "content": "bad"},)),
+        TeacherRequest(({"role": "user", "content": "good"},), temperature=0.5),
+    ]
 
     failed, answered = teacher.complete_many(requests)
 
@@ -293,17 +324,19 @@ def test_local_teacher_reports_engine_errors_per_request(tmp_path):
 
 
 def test_label_skills_labels_each_question_of_its_subject(server, api_key, tmp_path):
-    records = [ProblemRecord(id="r1", problem="[behaviour:messy]", answer="1", subject="algebra"),
-               ProblemRecord(id="r2", problem="[behaviour:no_tags]", answer="2", subject="algebra"),
-               ProblemRecord(id="r3", problem="[behaviour:clean]", answer="3", subject="algebra",
-                             skills=("quadratic_equations",))]
+    records = [
+        ProblemRecord(id="r1", problem="[behaviour:messy]", answer="1", subject="algebra"),
+        ProblemRecord(id="r2", problem="[behaviour:no_tags]", answer="2", subject="algebra"),
+        ProblemRecord(
+            id="r3", problem="[behaviour:clean]", answer="3", subject="algebra", skills=("quadratic_equations",)
+        ),
+    ]
 
     labelled, stats = label_skills(records, make_teacher(server, tmp_path), CATALOG, max_attempts=2)
 
-    assert [r.skills for r in labelled] == [("factoring_skills", "quadratic_equations"), (),
-                                            ("quadratic_equations",)]
+    assert [r.skills for r in labelled] == [("factoring_skills", "quadratic_equations"), (), ("quadratic_equations",)]
     assert (stats["labelled"], stats["unlabelled"], stats["kept_existing_labels"]) == (1, 1, 1)
-    assert "Skills of \"algebra\"" in prompt_text(server.received[0].body)
+    assert 'Skills of "algebra"' in prompt_text(server.received[0].body)
 
 
 def test_stage2_shows_the_teacher_no_gold_answer_unless_asked(server, api_key, tmp_path):
@@ -323,8 +356,12 @@ def test_stage2_shows_the_teacher_no_gold_answer_unless_asked(server, api_key, t
     assert f"Reference answer: {gold}" in prompt_text(server.received[-1].body)
     with pytest.raises(ValueError, match="g2 has no answer.*show_reference_answer"):
         TeacherProfiler(make_teacher(server, tmp_path), CATALOG, show_reference_answer=True).diagnose(
-            [Attempt(ProblemRecord(id="g2", problem="[behaviour:clean]", answer="", subject="algebra"),
-                     responses=("x",))])
+            [
+                Attempt(
+                    ProblemRecord(id="g2", problem="[behaviour:clean]", answer="", subject="algebra"), responses=("x",)
+                )
+            ]
+        )
 
 
 def test_template_overrides_are_checked_by_name(tmp_path):
@@ -344,10 +381,18 @@ def test_template_overrides_are_checked_by_name(tmp_path):
 def test_the_teacher_is_built_from_config_and_command_line(tmp_path):
     parser = ArgumentParser()
     parser.add_argument("--teacher", type=Teacher)
-    config = {"class_path": "stat_pl.teacher.OpenAICompatibleTeacher",
-              "init_args": {"model": "m", "cache_dir": str(tmp_path)}}
-    args = parser.parse_args([f"--teacher={json.dumps(config)}", "--teacher.base_url=http://h:8000/v1",
-                              "--teacher.api_key_env=MY_KEY", "--teacher.timeout=10"])
+    config = {
+        "class_path": "stat_pl.teacher.OpenAICompatibleTeacher",
+        "init_args": {"model": "m", "cache_dir": str(tmp_path)},
+    }
+    args = parser.parse_args(
+        [
+            f"--teacher={json.dumps(config)}",
+            "--teacher.base_url=http://h:8000/v1",
+            "--teacher.api_key_env=MY_KEY",
+            "--teacher.timeout=10",
+        ]
+    )
 
     teacher = parser.instantiate(args).teacher
 

@@ -13,32 +13,70 @@ from stat_pl.skills import SkillCatalog
 from stat_pl.teacher.base import TeacherAnswer, TeacherFailure, TeacherRequest
 from stat_pl.teacher.parsing import SkillMatcher, extract_tags, parse_skill_answer
 
-SKILLS = ["solving_equations", "factoring_skills", "quadratic_equations", "circle_geometry_skills",
-          "counting_principals", "triangle_geometry_skills"]
+SKILLS = [
+    "solving_equations",
+    "factoring_skills",
+    "quadratic_equations",
+    "circle_geometry_skills",
+    "counting_principals",
+    "triangle_geometry_skills",
+]
 MATCHER = SkillMatcher(SKILLS)
 
 # teacher output -> (skills, unmatched names, judged correct)
 TABLE = [
-    ("<judge>incorrect</judge>\n<reason>The sign flips.</reason>\n<skill>solving_equations</skill>",
-     ("solving_equations",), (), False),
-    ("Sure, let me look.\n\n**Judgement:** <JUDGE> Incorrect. </Judge>\n< Skill >Factoring Skills</ SKILL >\n"
-     "Hope this helps!", ("factoring_skills",), (), False),
-    ("<skill>Quadratic Equations</skill><skill>COUNTING-PRINCIPALS</skill>",
-     ("quadratic_equations", "counting_principals"), (), None),
-    ("<skill>solvng equatons</skill>\n<skill>quadratic equation</skill>",
-     ("solving_equations", "quadratic_equations"), (), None),
+    (
+        "<judge>incorrect</judge>\n<reason>The sign flips.</reason>\n<skill>solving_equations</skill>",
+        ("solving_equations",),
+        (),
+        False,
+    ),
+    (
+        "Sure, let me look.\n\n**Judgement:** <JUDGE> Incorrect. </Judge>\n< Skill >Factoring Skills</ SKILL >\n"
+        "Hope this helps!",
+        ("factoring_skills",),
+        (),
+        False,
+    ),
+    (
+        "<skill>Quadratic Equations</skill><skill>COUNTING-PRINCIPALS</skill>",
+        ("quadratic_equations", "counting_principals"),
+        (),
+        None,
+    ),
+    (
+        "<skill>solvng equatons</skill>\n<skill>quadratic equation</skill>",
+        ("solving_equations", "quadratic_equations"),
+        (),
+        None,
+    ),
     ("<skill>circle geometry</skill>", ("circle_geometry_skills",), (), None),
-    ("<skills>solving equations, factoring; quadratic_equations</skills>",
-     ("solving_equations", "factoring_skills", "quadratic_equations"), (), None),
-    ("<skill>\n1. **solving_equations**: the student drops a term\n2. `factoring_skills`\n</skill>",
-     ("solving_equations", "factoring_skills"), (), None),
-    ("```xml\n<judge>incorrect</judge>\n<skill>quadratic_equations</skill>\n```",
-     ("quadratic_equations",), (), False),
+    (
+        "<skills>solving equations, factoring; quadratic_equations</skills>",
+        ("solving_equations", "factoring_skills", "quadratic_equations"),
+        (),
+        None,
+    ),
+    (
+        "<skill>\n1. **solving_equations**: the student drops a term\n2. `factoring_skills`\n</skill>",
+        ("solving_equations", "factoring_skills"),
+        (),
+        None,
+    ),
+    ("```xml\n<judge>incorrect</judge>\n<skill>quadratic_equations</skill>\n```", ("quadratic_equations",), (), False),
     ("&lt;skill&gt;counting principals&lt;/skill&gt;", ("counting_principals",), (), None),
-    ("<judge>incorrect</judge><skill>solving_equations</skill><skill>triangle_geometry_skills",
-     ("solving_equations", "triangle_geometry_skills"), (), False),
-    ("<skill>quantum chromodynamics</skill><skill>solving_equations</skill>",
-     ("solving_equations",), ("quantum_chromodynamics",), None),
+    (
+        "<judge>incorrect</judge><skill>solving_equations</skill><skill>triangle_geometry_skills",
+        ("solving_equations", "triangle_geometry_skills"),
+        (),
+        False,
+    ),
+    (
+        "<skill>quantum chromodynamics</skill><skill>solving_equations</skill>",
+        ("solving_equations",),
+        ("quantum_chromodynamics",),
+        None,
+    ),
     ("<skill>Linear Algebra</skill>", (), ("linear_algebra",), None),
     ("The student should revise how to solve equations.", (), (), None),
     ("<judge>Correct</judge><reason>Fine.</reason>", (), (), True),
@@ -102,12 +140,16 @@ def test_the_profile_holds_one_entry_per_question():
         ("q-clean", None): "<judge>incorrect</judge><skill>Solving Equations</skill>",
         ("q-retry", None): "I think the student needs practice.",
         ("q-retry", 1): "<judge>incorrect</judge><skill>factoring</skill>",
-        ("q-never", None): "no tags", ("q-never", 1): "<skill>topology</skill>", ("q-never", 2): "none",
+        ("q-never", None): "no tags",
+        ("q-never", 1): "<skill>topology</skill>",
+        ("q-never", 2): "none",
         ("q-correct", None): "<judge>correct</judge>",
     }
     teacher = ScriptedTeacher(outputs)
-    attempts = [Attempt(ProblemRecord(id=q, problem=q, answer="0", subject="Algebra"), ("response",))
-                for q in ["q-clean", "q-retry", "q-never", "q-correct", "q-failed"]]
+    attempts = [
+        Attempt(ProblemRecord(id=q, problem=q, answer="0", subject="Algebra"), ("response",))
+        for q in ["q-clean", "q-retry", "q-never", "q-correct", "q-failed"]
+    ]
     profiler = TeacherProfiler(teacher, catalog, max_attempts=3)
 
     profile = profiler.diagnose(attempts)
@@ -123,8 +165,13 @@ def test_the_profile_holds_one_entry_per_question():
     assert all(r.temperature == 0.7 for r in teacher.asked if r.seed is not None)
     stats = profiler.stats
     assert stats["unmatched_skills"] == {"topology": 1}
-    assert (stats["labelled"], stats["unlabelled_no_usable_tags"], stats["unlabelled_teacher_failures"],
-            stats["judged_correct"], stats["re_asked"]) == (3, 1, 1, 1, 3)
+    assert (
+        stats["labelled"],
+        stats["unlabelled_no_usable_tags"],
+        stats["unlabelled_teacher_failures"],
+        stats["judged_correct"],
+        stats["re_asked"],
+    ) == (3, 1, 1, 1, 3)
 
 
 def test_a_question_whose_subject_is_not_in_the_catalog_is_named_before_any_call():

@@ -164,16 +164,39 @@ def test_reprofiler_with_vllm_gives_the_rounds_of_hf_and_stops_vllm(smollm2_dir,
 
     def fit(engine: str) -> SkillReprofiler:
         L.seed_everything(0)
-        module = SFTModule(str(smollm2_dir), quantization="none", lora=LoRAConfig(r=8, alpha=16, dropout=0.0),
-                           optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3))
-        data = SFTDataModule(str(smollm2_dir), train=[SkillWorldSource(n=40, levels=(1,))], batch_size=2,
-                             samples_per_epoch=6, max_length=96)
-        callback = SkillReprofiler(SkillWorldSource(split="validation", n=30, levels=(1,)), GroundTruthDetector(),
-                                   SkillWorldOracle(), num_questions=8, max_new_tokens=24, engine=engine,
-                                   vllm=SETTINGS)
-        trainer = L.Trainer(accelerator="cpu", max_epochs=1, default_root_dir=tmp_path / engine, logger=False,
-                            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                            limit_val_batches=0, callbacks=[callback])
+        module = SFTModule(
+            str(smollm2_dir),
+            quantization="none",
+            lora=LoRAConfig(r=8, alpha=16, dropout=0.0),
+            optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3),
+        )
+        data = SFTDataModule(
+            str(smollm2_dir),
+            train=[SkillWorldSource(n=40, levels=(1,))],
+            batch_size=2,
+            samples_per_epoch=6,
+            max_length=96,
+        )
+        callback = SkillReprofiler(
+            SkillWorldSource(split="validation", n=30, levels=(1,)),
+            GroundTruthDetector(),
+            SkillWorldOracle(),
+            num_questions=8,
+            max_new_tokens=24,
+            engine=engine,
+            vllm=SETTINGS,
+        )
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_epochs=1,
+            default_root_dir=tmp_path / engine,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            callbacks=[callback],
+        )
         trainer.fit(module, data)
         return callback
 
@@ -191,20 +214,32 @@ def test_evaluate_with_vllm_gives_the_results_of_hf(smollm2_dir, adapter, tmp_pa
 
     folder, _ = adapter
     questions = tmp_path / "questions.jsonl"
-    questions.write_text("".join(json.dumps({"id": q.id, "problem": q.problem, "answer": q.answer}) + "\n"
-                                 for q in QUESTIONS))
+    questions.write_text(
+        "".join(json.dumps({"id": q.id, "problem": q.problem, "answer": q.answer}) + "\n" for q in QUESTIONS)
+    )
     results = {}
     before = engine_processes()
     for engine in ("vllm", "hf"):
-        results[engine] = evaluate(str(smollm2_dir), [BenchmarkSpec("world", path=str(questions))],
-                                   adapters={"adapter": str(folder)}, output_dir=str(tmp_path / engine),
-                                   engine=engine, vllm=SETTINGS, temperature=0.0, max_new_tokens=32,
-                                   batch_size=8, progress=False)
+        results[engine] = evaluate(
+            str(smollm2_dir),
+            [BenchmarkSpec("world", path=str(questions))],
+            adapters={"adapter": str(folder)},
+            output_dir=str(tmp_path / engine),
+            engine=engine,
+            vllm=SETTINGS,
+            temperature=0.0,
+            max_new_tokens=32,
+            batch_size=8,
+            progress=False,
+        )
         assert engine_processes() <= before  # evaluate stops vLLM when it is done
     assert results["vllm"]["table"] == results["hf"]["table"]
-    responses = {e: sorted((row["model"], row["responses"]) for row in map(json.loads, (tmp_path / e /
-                                                                                     "generations.jsonl").open()))
-                 for e in results}
+    responses = {
+        e: sorted(
+            (row["model"], row["responses"]) for row in map(json.loads, (tmp_path / e / "generations.jsonl").open())
+        )
+        for e in results
+    }
     assert responses["vllm"] == responses["hf"] and len(responses["hf"]) == 2 * len(QUESTIONS)
 
 
@@ -232,17 +267,31 @@ def grpo_fit(model_dir: Path, root: Path, reward: TokenParityReward, callbacks: 
     from stat_pl.modules.grpo import GRPOModule
 
     L.seed_everything(0)
-    module = GRPOModule(str(model_dir), quantization="none", compute_dtype="float32",
-                        lora=LoRAConfig(r=8, alpha=16, dropout=0.0),
-                        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3), rewards=[reward],
-                        num_generations=4, max_new_tokens=16, engine="vllm",
-                        vllm=VLLMSettings(dtype="float32", max_model_len=512, max_lora_rank=8, kv_cache_gib=0.5,
-                                          enforce_eager=True))
-    data = PromptDataModule(str(model_dir), train=[SkillWorldSource(n=40, levels=(1,))], batch_size=2,
-                            samples_per_epoch=4)
-    trainer = L.Trainer(accelerator="cpu", max_steps=2, default_root_dir=root, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=callbacks)
+    module = GRPOModule(
+        str(model_dir),
+        quantization="none",
+        compute_dtype="float32",
+        lora=LoRAConfig(r=8, alpha=16, dropout=0.0),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
+        rewards=[reward],
+        num_generations=4,
+        max_new_tokens=16,
+        engine="vllm",
+        vllm=VLLMSettings(dtype="float32", max_model_len=512, max_lora_rank=8, kv_cache_gib=0.5, enforce_eager=True),
+    )
+    data = PromptDataModule(
+        str(model_dir), train=[SkillWorldSource(n=40, levels=(1,))], batch_size=2, samples_per_epoch=4
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        default_root_dir=root,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
     trainer.fit(module, data)
     return module
 

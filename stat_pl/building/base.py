@@ -73,8 +73,10 @@ class BuildInputs:
 
     def require_teacher(self, builder: str, why: str) -> Teacher:
         if self.teacher is None:
-            raise BuildInputError(f"builder {builder!r} needs a teacher ({why}): set `teacher:` in the config "
-                                  "(class_path: stat_pl.teacher.OpenAICompatibleTeacher, init_args: ...)")
+            raise BuildInputError(
+                f"builder {builder!r} needs a teacher ({why}): set `teacher:` in the config "
+                "(class_path: stat_pl.teacher.OpenAICompatibleTeacher, init_args: ...)"
+            )
         return self.teacher
 
 

@@ -60,13 +60,15 @@ class MathHard:
         check_pool(inputs, self.name)
         hard = [r for r in inputs.pool if r.level in self.levels]
         if not hard:
-            raise BuildInputError(f"{self.name}: no question of pool {inputs.pool_path} has field 'level' in "
-                                  f"{self.levels}")
+            raise BuildInputError(
+                f"{self.name}: no question of pool {inputs.pool_path} has field 'level' in {self.levels}"
+            )
         extra: dict[str, list[str]] = {}
         rejected: Counter[str] = Counter()
         if self.answers_per_question > 1 and inputs.teacher is not None:
-            extra, rejected = teacher_answers(hard, inputs.teacher, self.answers_per_question - 1, self.answers,
-                                              self.templates)
+            extra, rejected = teacher_answers(
+                hard, inputs.teacher, self.answers_per_question - 1, self.answers, self.templates
+            )
         candidates = expand([Pick(r, _ALL, {}) for r in hard], extra, self.answers_per_question, self.name)
         rows, stats = subsample(candidates, {_ALL: 1.0}, self.target_size, self.seed, self.name)
         return BuiltDataset(self.name, rows, {**stats, "hard_questions": len(hard), "rejected": dict(rejected)})
@@ -90,8 +92,9 @@ class MathAugment:
         check_positive(self.name, rewrites_per_solution=self.rewrites_per_solution, target_size=self.target_size)
         check_pool(inputs, self.name)
         teacher = inputs.require_teacher(self.name, "it writes the rewrites")
-        extra, rejected = teacher_answers(inputs.pool, teacher, self.rewrites_per_solution, self.answers,
-                                          self.templates)
+        extra, rejected = teacher_answers(
+            inputs.pool, teacher, self.rewrites_per_solution, self.answers, self.templates
+        )
         pool = inputs.pool if self.include_original else [dataclasses.replace(r, solutions=()) for r in inputs.pool]
         picks = [Pick(r, _ALL, {}) for r in pool]
         candidates = expand(picks, extra, int(self.include_original) + self.rewrites_per_solution, self.name)
@@ -115,17 +118,23 @@ class EmbedSel:
     templates: PromptTemplates = field(default_factory=PromptTemplates)
 
     def build(self, inputs: BuildInputs) -> BuiltDataset:
-        check_positive(self.name, neighbours=self.neighbours, answers_per_question=self.answers_per_question,
-                       target_size=self.target_size)
-        picks = [Pick(record, question.id, {"difficult_question": question.id, "similarity": similarity})
-                 for question, near in neighbours_of_difficult(inputs, self.embedding_model, self.neighbours,
-                                                                self.name)
-                 for record, similarity in near]
+        check_positive(
+            self.name,
+            neighbours=self.neighbours,
+            answers_per_question=self.answers_per_question,
+            target_size=self.target_size,
+        )
+        picks = [
+            Pick(record, question.id, {"difficult_question": question.id, "similarity": similarity})
+            for question, near in neighbours_of_difficult(inputs, self.embedding_model, self.neighbours, self.name)
+            for record, similarity in near
+        ]
         extra: dict[str, list[str]] = {}
         rejected: Counter[str] = Counter()
         if self.answers_per_question > 1 and inputs.teacher is not None:
-            extra, rejected = teacher_answers([p.record for p in picks], inputs.teacher,
-                                              self.answers_per_question - 1, self.answers, self.templates)
+            extra, rejected = teacher_answers(
+                [p.record for p in picks], inputs.teacher, self.answers_per_question - 1, self.answers, self.templates
+            )
         candidates = expand(picks, extra, self.answers_per_question, self.name)
         shares = {group: 1.0 for group in candidates}
         rows, stats = subsample(candidates, shares, self.target_size, self.seed, self.name)
@@ -154,19 +163,25 @@ class EmbedSyn:
     templates: PromptTemplates = field(default_factory=PromptTemplates)
 
     def build(self, inputs: BuildInputs) -> BuiltDataset:
-        check_positive(self.name, neighbours=self.neighbours, examples_per_prompt=self.examples_per_prompt,
-                       questions_per_question=self.questions_per_question, target_size=self.target_size)
+        check_positive(
+            self.name,
+            neighbours=self.neighbours,
+            examples_per_prompt=self.examples_per_prompt,
+            questions_per_question=self.questions_per_question,
+            target_size=self.target_size,
+        )
         if self.examples_per_prompt > self.neighbours:
-            raise ValueError(f"{self.name}: examples_per_prompt={self.examples_per_prompt} is more than "
-                             f"neighbours={self.neighbours}")
+            raise ValueError(
+                f"{self.name}: examples_per_prompt={self.examples_per_prompt} is more than neighbours={self.neighbours}"
+            )
         teacher = inputs.require_teacher(self.name, "it writes and solves the new questions")
-        tasks = [self._task(question, [record for record, _ in near], i)
-                 for question, near in neighbours_of_difficult(inputs, self.embedding_model, self.neighbours,
-                                                                self.name)
-                 for i in range(self.questions_per_question)]
+        tasks = [
+            self._task(question, [record for record, _ in near], i)
+            for question, near in neighbours_of_difficult(inputs, self.embedding_model, self.neighbours, self.name)
+            for i in range(self.questions_per_question)
+        ]
         accepted, stats = synthesize(tasks, teacher, inputs.guard, self.synthesis, self.templates, self.name)
-        rows, cut_stats = cut_synthetic(accepted, "difficult_question", None, self.target_size, self.seed,
-                                        self.name)
+        rows, cut_stats = cut_synthetic(accepted, "difficult_question", None, self.target_size, self.seed, self.name)
         return BuiltDataset(self.name, rows, {"prompts": len(tasks), **stats, **cut_stats})
 
     def _task(self, question: ProblemRecord, near: list[ProblemRecord], index: int) -> ProposalTask:
@@ -174,16 +189,24 @@ class EmbedSyn:
         examples = [near[(index + j) % len(near)] for j in range(min(self.examples_per_prompt, len(near)))]
         subject = (question.subject or examples[0].subject).replace("_", " ")
         messages = self.templates.render(
-            "propose_question", skill=subject, subject=subject,
-            examples=format_examples([f"{e.problem.strip()}\n\nSolution:\n{e.solutions[0].strip()}"
-                                      for e in examples]))
+            "propose_question",
+            skill=subject,
+            subject=subject,
+            examples=format_examples([f"{e.problem.strip()}\n\nSolution:\n{e.solutions[0].strip()}" for e in examples]),
+        )
         skills = tuple(dict.fromkeys(s for e in examples for s in e.skills))
-        return ProposalTask(tuple(messages), 1, question.subject, skills,
-                            {"difficult_question": question.id, "example_ids": [e.id for e in examples]})
+        return ProposalTask(
+            tuple(messages),
+            1,
+            question.subject,
+            skills,
+            {"difficult_question": question.id, "example_ids": [e.id for e in examples]},
+        )
 
 
-def neighbours_of_difficult(inputs: BuildInputs, model: EmbeddingModel, k: int,
-                            builder: str) -> list[tuple[ProblemRecord, list[tuple[ProblemRecord, float]]]]:
+def neighbours_of_difficult(
+    inputs: BuildInputs, model: EmbeddingModel, k: int, builder: str
+) -> list[tuple[ProblemRecord, list[tuple[ProblemRecord, float]]]]:
     """Each difficult question with its ``k`` nearest pool questions and their cosine similarities."""
     profile = inputs.require_profile(builder)
     check_profile(profile, inputs.profile_path, builder)

@@ -18,25 +18,30 @@ def check_pool(inputs: BuildInputs, builder: str, need_skills: bool = False) -> 
         raise BuildInputError(f"{builder}: the training pool {where} has no rows")
     duplicates = [i for i, n in Counter(r.id for r in inputs.pool).items() if n > 1]
     if duplicates:
-        raise BuildInputError(f"{builder}: pool {where}: field 'id': {duplicates[:3]} appear(s) more than once; "
-                              "ids must be unique")
+        raise BuildInputError(
+            f"{builder}: pool {where}: field 'id': {duplicates[:3]} appear(s) more than once; ids must be unique"
+        )
     unsolved = next((r for r in inputs.pool if not r.solutions), None)
     if unsolved is not None:
-        raise BuildInputError(f"{builder}: pool {where}: question {unsolved.id!r} has no 'solution' (or "
-                              "'solutions'); every pool question needs one to train on and to show the teacher")
+        raise BuildInputError(
+            f"{builder}: pool {where}: question {unsolved.id!r} has no 'solution' (or "
+            "'solutions'); every pool question needs one to train on and to show the teacher"
+        )
     if need_skills and not any(r.skills for r in inputs.pool):
-        raise BuildInputError(f"{builder}: pool {where}: no question has field 'skills'; label the pool first "
-                              "(Stage 0, stat_pl.profiling.teacher_profiler.label_skills)")
+        raise BuildInputError(
+            f"{builder}: pool {where}: no question has field 'skills'; label the pool first "
+            "(Stage 0, stat_pl.profiling.teacher_profiler.label_skills)"
+        )
 
 
 def check_profile(profile: MissingSkillProfile, where: str, builder: str) -> None:
     """The profile names at least one difficult question with at least one missing skill."""
     if not profile.questions:
-        raise BuildInputError(f"{builder}: profile {where}: field 'questions' is empty; there is no difficult "
-                              "question to build data for")
+        raise BuildInputError(
+            f"{builder}: profile {where}: field 'questions' is empty; there is no difficult question to build data for"
+        )
     if not any(profile.questions.values()):
-        raise BuildInputError(f"{builder}: profile {where}: field 'questions' names no missing skill for any "
-                              "question")
+        raise BuildInputError(f"{builder}: profile {where}: field 'questions' names no missing skill for any question")
 
 
 def check_linked(profile: MissingSkillProfile, inputs: BuildInputs, builder: str) -> None:
@@ -45,7 +50,8 @@ def check_linked(profile: MissingSkillProfile, inputs: BuildInputs, builder: str
     if not any(inputs.skill_map.problems_with(s) for s in profile.histogram):
         raise BuildInputError(
             f"{builder}: none of the skills of profile {inputs.profile_path} (field 'histogram') labels a question "
-            f"of the pool {inputs.pool_path} (field 'skills'); are both from the same skill catalog?")
+            f"of the pool {inputs.pool_path} (field 'skills'); are both from the same skill catalog?"
+        )
 
 
 def difficult_records(profile: MissingSkillProfile, inputs: BuildInputs, builder: str) -> list[ProblemRecord]:
@@ -55,7 +61,8 @@ def difficult_records(profile: MissingSkillProfile, inputs: BuildInputs, builder
         raise BuildInputError(
             f"{builder}: profile {inputs.profile_path}: field 'questions' names {len(missing)} question(s) not in "
             f"{inputs.questions_path} (field 'id'), e.g. {missing[:3]}; set `questions:` to the file the "
-            "difficult questions came from")
+            "difficult questions came from"
+        )
     return [inputs.questions[q] for q in sorted(profile.questions)]
 
 

@@ -56,8 +56,9 @@ class ContaminationGuard:
         self._synthetic: list[bool] = []
 
     @classmethod
-    def from_records(cls, records: Iterable[ProblemRecord], ngram: int = 8,
-                     max_overlap: float = 0.5) -> ContaminationGuard:
+    def from_records(
+        cls, records: Iterable[ProblemRecord], ngram: int = 8, max_overlap: float = 0.5
+    ) -> ContaminationGuard:
         guard = cls(ngram, max_overlap)
         guard.add_records(records)
         return guard

@@ -57,8 +57,9 @@ class EmbeddingModel:
         if path.is_file():
             return np.load(path)
         log.info("embedding %d texts with %s", len(texts), self.model)
-        vectors = self._load().encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                      convert_to_numpy=True, show_progress_bar=None)
+        vectors = self._load().encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=None
+        )
         vectors = np.asarray(vectors, dtype=np.float32)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
@@ -78,8 +79,9 @@ class EmbeddingModel:
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError:
-                raise ImportError(f"embedding_model.model={self.model!r} needs sentence-transformers: "
-                                  f"{_INSTALL_HINT}") from None
+                raise ImportError(
+                    f"embedding_model.model={self.model!r} needs sentence-transformers: {_INSTALL_HINT}"
+                ) from None
             self._model = SentenceTransformer(resolve_embedding_model(self.model), device=self.device)
         return self._model
 

@@ -60,9 +60,15 @@ def shares(counts: Mapping[str, float]) -> dict[str, float]:
     return {s: round(c / total, 6) for s, c in sorted(labelled.items(), key=lambda kv: (-kv[1], kv[0]))}
 
 
-def write_dataset(dataset: BuiltDataset, out_dir: str | Path, teacher_stats: Mapping[str, int],
-                  profile: MissingSkillProfile | None = None,
-                  pool: Iterable[ProblemRecord] = (), save_datasets: bool = False, plot: bool = True) -> Path:
+def write_dataset(
+    dataset: BuiltDataset,
+    out_dir: str | Path,
+    teacher_stats: Mapping[str, int],
+    profile: MissingSkillProfile | None = None,
+    pool: Iterable[ProblemRecord] = (),
+    save_datasets: bool = False,
+    plot: bool = True,
+) -> Path:
     """Write ``dataset`` into ``out_dir`` (created); returns the path of its ``data.jsonl``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,8 +89,9 @@ def write_dataset(dataset: BuiltDataset, out_dir: str | Path, teacher_stats: Map
     return data_path
 
 
-def _manifest(dataset: BuiltDataset, counts: Counter[str], teacher_stats: Mapping[str, int],
-              profile: MissingSkillProfile | None) -> dict[str, Any]:
+def _manifest(
+    dataset: BuiltDataset, counts: Counter[str], teacher_stats: Mapping[str, int], profile: MissingSkillProfile | None
+) -> dict[str, Any]:
     rows = dataset.rows
     return {
         "name": dataset.name,

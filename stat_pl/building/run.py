@@ -26,12 +26,23 @@ log = logging.getLogger(__name__)
 _TEACHER_COUNTERS = ("requests", "retries", "failures", "cache_hits", "cache_misses", "cache_writes")
 
 
-def build(builders: list[DataBuilder], pool: RecordSource, output_dir: str = "runs/build",
-          profile: str | None = None, questions: RecordSource | None = None,
-          contamination: list[RecordSource] | None = None, contamination_benchmarks: list[str] | None = None,
-          benchmark_paths: dict[str, str] | None = None, teacher: Teacher | None = None,
-          catalog: str | None = None, benchmark: str = "MATH", contamination_ngram: int = 8,
-          contamination_max_overlap: float = 0.5, save_datasets: bool = False, plot: bool = True) -> list[Path]:
+def build(
+    builders: list[DataBuilder],
+    pool: RecordSource,
+    output_dir: str = "runs/build",
+    profile: str | None = None,
+    questions: RecordSource | None = None,
+    contamination: list[RecordSource] | None = None,
+    contamination_benchmarks: list[str] | None = None,
+    benchmark_paths: dict[str, str] | None = None,
+    teacher: Teacher | None = None,
+    catalog: str | None = None,
+    benchmark: str = "MATH",
+    contamination_ngram: int = 8,
+    contamination_max_overlap: float = 0.5,
+    save_datasets: bool = False,
+    plot: bool = True,
+) -> list[Path]:
     """Build training data for a Missing-Skill-Profile (STAT-Sel, STAT-Syn) and the paper's baselines.
 
     Args:
@@ -67,24 +78,43 @@ def build(builders: list[DataBuilder], pool: RecordSource, output_dir: str = "ru
         dataset = builder.build(inputs)
         after = teacher.stats() if teacher is not None else {}
         teacher_stats = {k: after.get(k, 0) - before.get(k, 0) for k in _TEACHER_COUNTERS if k in after}
-        path = write_dataset(dataset, Path(output_dir) / dataset.name, teacher_stats,
-                             inputs.profile, inputs.pool, save_datasets=save_datasets, plot=plot)
+        path = write_dataset(
+            dataset,
+            Path(output_dir) / dataset.name,
+            teacher_stats,
+            inputs.profile,
+            inputs.pool,
+            save_datasets=save_datasets,
+            plot=plot,
+        )
         shortfall = dataset.stats.get("shortfall", 0)
-        log.info("%s: %d rows -> %s%s%s", dataset.name, len(dataset.rows), path,
-                 f" ({shortfall} short of target_size)" if shortfall else "",
-                 f"; teacher {teacher_stats}" if teacher_stats else "")
+        log.info(
+            "%s: %d rows -> %s%s%s",
+            dataset.name,
+            len(dataset.rows),
+            path,
+            f" ({shortfall} short of target_size)" if shortfall else "",
+            f"; teacher {teacher_stats}" if teacher_stats else "",
+        )
         written.append(path)
     return written
 
 
-def _inputs(pool: RecordSource, profile: str | None, questions: RecordSource | None, teacher: Teacher | None,
-            catalog: str | None, benchmark: str) -> BuildInputs:
+def _inputs(
+    pool: RecordSource,
+    profile: str | None,
+    questions: RecordSource | None,
+    teacher: Teacher | None,
+    catalog: str | None,
+    benchmark: str,
+) -> BuildInputs:
     skills = SkillCatalog.from_json(catalog, benchmark) if catalog else None
     return BuildInputs(
-        pool=load_records(pool), pool_path=pool.path,
+        pool=load_records(pool),
+        pool_path=pool.path,
         profile=MissingSkillProfile.from_json(profile, skills) if profile else None,
         profile_path=profile or "<no profile>",
         questions={r.id: r for r in load_records(questions)} if questions else {},
         questions_path=questions.path if questions else "<no questions: set `questions:`>",
-        teacher=teacher)
-
+        teacher=teacher,
+    )

@@ -50,8 +50,9 @@ class SkillDraw:
     drawn_ids: tuple[str, ...]
 
 
-def draw_per_missing_skill(profile: MissingSkillProfile, skill_map: SkillMap, k: int,
-                           seed: int) -> tuple[list[SkillDraw], Counter[str]]:
+def draw_per_missing_skill(
+    profile: MissingSkillProfile, skill_map: SkillMap, k: int, seed: int
+) -> tuple[list[SkillDraw], Counter[str]]:
     """The paper's Algorithm 1 (STAT-Sel) draw: for each difficult question q of ``profile`` and each
     skill s it is missing, ``k`` training questions linked to s in ``skill_map``, without replacement
     within the pair (all of them when fewer than ``k`` are linked).
@@ -93,8 +94,9 @@ class AnswerSettings:
     max_tokens: int = 2048
 
 
-def teacher_answers(records: Sequence[ProblemRecord], teacher: Teacher, count: int, settings: AnswerSettings,
-                    templates: PromptTemplates) -> tuple[dict[str, list[str]], Counter[str]]:
+def teacher_answers(
+    records: Sequence[ProblemRecord], teacher: Teacher, count: int, settings: AnswerSettings, templates: PromptTemplates
+) -> tuple[dict[str, list[str]], Counter[str]]:
     """Up to ``count`` verified teacher solutions per distinct question (one request each, ``n=count``).
 
     Returns question id -> kept solutions, and the rejections by reason: ``teacher_failure`` (the
@@ -102,8 +104,15 @@ def teacher_answers(records: Sequence[ProblemRecord], teacher: Teacher, count: i
     one), ``teacher_answer_duplicate`` (the same text twice, or the pool's own solution).
     """
     unique = distinct_ids(records)
-    requests = [TeacherRequest(tuple(templates.render("solve", question=r.problem)), n=count,
-                               temperature=settings.temperature, max_tokens=settings.max_tokens) for r in unique]
+    requests = [
+        TeacherRequest(
+            tuple(templates.render("solve", question=r.problem)),
+            n=count,
+            temperature=settings.temperature,
+            max_tokens=settings.max_tokens,
+        )
+        for r in unique
+    ]
     kept: dict[str, list[str]] = {}
     rejected: Counter[str] = Counter()
     for record, answer in zip(unique, teacher.complete_many(requests), strict=True):
@@ -121,8 +130,9 @@ def teacher_answers(records: Sequence[ProblemRecord], teacher: Teacher, count: i
     return kept, rejected
 
 
-def expand(picks: Sequence[Pick], extra: Mapping[str, Sequence[str]], answers_per_question: int,
-           builder: str) -> dict[str, list[BuiltRow]]:
+def expand(
+    picks: Sequence[Pick], extra: Mapping[str, Sequence[str]], answers_per_question: int, builder: str
+) -> dict[str, list[BuiltRow]]:
     """Group -> candidate QA rows: each pick's pool solution, then its teacher answers, at most
     ``answers_per_question`` in all (ids are given later, after the subsample)."""
     groups: dict[str, list[BuiltRow]] = {}
@@ -168,8 +178,13 @@ def _largest_remainder(ideal: Mapping[str, float], total: int) -> dict[str, int]
     return floors
 
 
-def subsample(candidates: Mapping[str, Sequence[BuiltRow]], shares: Mapping[str, float], target: int | None,
-              seed: int, builder: str) -> tuple[list[BuiltRow], dict[str, Any]]:
+def subsample(
+    candidates: Mapping[str, Sequence[BuiltRow]],
+    shares: Mapping[str, float],
+    target: int | None,
+    seed: int,
+    builder: str,
+) -> tuple[list[BuiltRow], dict[str, Any]]:
     """A seeded subsample of ``target`` rows (all rows when None) with the groups' ``shares``.
 
     Rows keep their candidate order within a group, groups come in name order. Returns the rows,
@@ -181,25 +196,43 @@ def subsample(candidates: Mapping[str, Sequence[BuiltRow]], shares: Mapping[str,
     total = sum(available.values())
     quotas = dict(available) if target is None else allocate(shares, available, target)
     rng = random.Random(seed)
-    chosen = [candidates[g][i] for g in sorted(candidates)
-              for i in sorted(rng.sample(range(len(candidates[g])), quotas.get(g, 0)))]
+    chosen = [
+        candidates[g][i]
+        for g in sorted(candidates)
+        for i in sorted(rng.sample(range(len(candidates[g])), quotas.get(g, 0)))
+    ]
     rows = [BuiltRow(replace(r.record, id=f"{builder}/{i:06d}"), r.provenance) for i, r in enumerate(chosen)]
-    stats: dict[str, Any] = {"target_size": target, "candidates": total, "rows": len(rows), "shortfall": 0,
-                             "short_groups": {}}
+    stats: dict[str, Any] = {
+        "target_size": target,
+        "candidates": total,
+        "rows": len(rows),
+        "shortfall": 0,
+        "short_groups": {},
+    }
     if target is not None:
         share_total = sum(shares.values()) or 1.0
         wanted = {g: target * s / share_total for g, s in shares.items()}
         stats["shortfall"] = max(0, target - len(rows))
-        stats["short_groups"] = {g: {"wanted": round(w, 2), "available": available.get(g, 0)}
-                                 for g, w in sorted(wanted.items()) if available.get(g, 0) < w}
+        stats["short_groups"] = {
+            g: {"wanted": round(w, 2), "available": available.get(g, 0)}
+            for g, w in sorted(wanted.items())
+            if available.get(g, 0) < w
+        }
         if stats["shortfall"]:
-            log.warning("%s: only %d candidate rows for a target of %d: %d short", builder, total, target,
-                        stats["shortfall"])
+            log.warning(
+                "%s: only %d candidate rows for a target of %d: %d short", builder, total, target, stats["shortfall"]
+            )
     return rows, stats
 
 
-def cut_synthetic(rows: Sequence[BuiltRow], group_of: str, shares: Mapping[str, float] | None, target: int | None,
-                  seed: int, builder: str) -> tuple[list[BuiltRow], dict[str, Any]]:
+def cut_synthetic(
+    rows: Sequence[BuiltRow],
+    group_of: str,
+    shares: Mapping[str, float] | None,
+    target: int | None,
+    seed: int,
+    builder: str,
+) -> tuple[list[BuiltRow], dict[str, Any]]:
     """Accepted synthetic questions as QA pairs cut to ``target`` (paper: STAT-Syn and Embed-Syn at 9.5k).
 
     A synthetic row holds every agreeing solution of its question; here each solution becomes its own

@@ -51,8 +51,12 @@ class StatSel:
 
     def build(self, inputs: BuildInputs) -> BuiltDataset:
         """The STAT-Sel rows for ``inputs.profile`` drawn from ``inputs.pool``."""
-        check_positive(self.name, questions_per_skill=self.questions_per_skill,
-                       answers_per_question=self.answers_per_question, target_size=self.target_size)
+        check_positive(
+            self.name,
+            questions_per_skill=self.questions_per_skill,
+            answers_per_question=self.answers_per_question,
+            target_size=self.target_size,
+        )
         profile = inputs.require_profile(self.name)
         check_profile(profile, inputs.profile_path, self.name)
         check_pool(inputs, self.name, need_skills=True)
@@ -61,30 +65,48 @@ class StatSel:
         extra, rejected = self._teacher_answers(picks, inputs)
         candidates = expand(picks, extra, self.answers_per_question, self.name)
         rows, subsample_stats = subsample(candidates, profile.histogram, self.target_size, self.seed, self.name)
-        stats.update(subsample_stats, rejected=dict(rejected),
-                     teacher_answers=inputs.teacher is not None and self.answers_per_question > 1)
+        stats.update(
+            subsample_stats,
+            rejected=dict(rejected),
+            teacher_answers=inputs.teacher is not None and self.answers_per_question > 1,
+        )
         return BuiltDataset(self.name, rows, stats)
 
     def picks(self, profile: MissingSkillProfile, inputs: BuildInputs) -> tuple[list[Pick], dict[str, Any]]:
         """The drawn pool questions, one :class:`Pick` per (pair, question), and the draw counters."""
         draws, unlinked = draw_per_missing_skill(profile, inputs.skill_map, self.questions_per_skill, self.seed)
-        picks = [Pick(inputs.pool_by_id[pid], d.skill, {"difficult_question": d.question_id, "target_skill": d.skill})
-                 for d in draws for pid in d.drawn_ids]
+        picks = [
+            Pick(inputs.pool_by_id[pid], d.skill, {"difficult_question": d.question_id, "target_skill": d.skill})
+            for d in draws
+            for pid in d.drawn_ids
+        ]
         few_questions = {d.skill: len(d.drawn_ids) for d in draws if len(d.drawn_ids) < self.questions_per_skill}
         if unlinked:
-            log.warning("%s: %d missing skill(s) label no pool question and get no data: %s", self.name,
-                        len(unlinked), sorted(unlinked))
-        stats = {"pairs": sum(len(s) for s in profile.questions.values()), "picked_questions": len(picks),
-                 "distinct_questions": len({p.record.id for p in picks}),
-                 "skills_without_pool_questions": dict(unlinked), "skills_with_fewer_questions": few_questions}
+            log.warning(
+                "%s: %d missing skill(s) label no pool question and get no data: %s",
+                self.name,
+                len(unlinked),
+                sorted(unlinked),
+            )
+        stats = {
+            "pairs": sum(len(s) for s in profile.questions.values()),
+            "picked_questions": len(picks),
+            "distinct_questions": len({p.record.id for p in picks}),
+            "skills_without_pool_questions": dict(unlinked),
+            "skills_with_fewer_questions": few_questions,
+        }
         return picks, stats
 
     def _teacher_answers(self, picks: list[Pick], inputs: BuildInputs) -> tuple[dict[str, list[str]], Counter[str]]:
         if self.answers_per_question == 1:
             return {}, Counter()
         if inputs.teacher is None:
-            log.info("%s: no teacher, so one answer per question (the pool's solution), not %d", self.name,
-                     self.answers_per_question)
+            log.info(
+                "%s: no teacher, so one answer per question (the pool's solution), not %d",
+                self.name,
+                self.answers_per_question,
+            )
             return {}, Counter()
-        return teacher_answers([p.record for p in picks], inputs.teacher, self.answers_per_question - 1,
-                               self.answers, self.templates)
+        return teacher_answers(
+            [p.record for p in picks], inputs.teacher, self.answers_per_question - 1, self.answers, self.templates
+        )

@@ -63,25 +63,36 @@ class StatSyn:
 
     def build(self, inputs: BuildInputs) -> BuiltDataset:
         """The accepted new questions for every pair of ``inputs.profile``."""
-        check_positive(self.name, questions_per_pair=self.questions_per_pair,
-                       examples_per_prompt=self.examples_per_prompt, target_size=self.target_size)
+        check_positive(
+            self.name,
+            questions_per_pair=self.questions_per_pair,
+            examples_per_prompt=self.examples_per_prompt,
+            target_size=self.target_size,
+        )
         profile = inputs.require_profile(self.name)
         check_profile(profile, inputs.profile_path, self.name)
         check_pool(inputs, self.name, need_skills=True)
         check_linked(profile, inputs, self.name)
         teacher = inputs.require_teacher(self.name, "it writes and solves the new questions")
-        tasks, stats = stat_syn_tasks(profile, inputs, self.templates, self.examples_per_prompt,
-                                      self.questions_per_pair, self.seed)
-        accepted, synthesis_stats = synthesize(tasks, teacher, inputs.guard, self.synthesis, self.templates,
-                                               self.name)
-        rows, cut_stats = cut_synthetic(accepted, "target_skill", profile.histogram, self.target_size, self.seed,
-                                        self.name)
+        tasks, stats = stat_syn_tasks(
+            profile, inputs, self.templates, self.examples_per_prompt, self.questions_per_pair, self.seed
+        )
+        accepted, synthesis_stats = synthesize(tasks, teacher, inputs.guard, self.synthesis, self.templates, self.name)
+        rows, cut_stats = cut_synthetic(
+            accepted, "target_skill", profile.histogram, self.target_size, self.seed, self.name
+        )
         stats.update(synthesis_stats, **cut_stats)
         return BuiltDataset(self.name, rows, stats)
 
-    def synthesize_for_profile(self, profile: MissingSkillProfile, teacher: Teacher, pool: Sequence[ProblemRecord],
-                               max_new: int, guard: ContaminationGuard | None = None,
-                               round_index: int = 0) -> list[BuiltRow]:
+    def synthesize_for_profile(
+        self,
+        profile: MissingSkillProfile,
+        teacher: Teacher,
+        pool: Sequence[ProblemRecord],
+        max_new: int,
+        guard: ContaminationGuard | None = None,
+        round_index: int = 0,
+    ) -> list[BuiltRow]:
         """Up to ``max_new`` new consistent questions targeted at ``profile``: STAT-Syn for the live loop.
 
         Pairs are drawn uniformly (seeded by ``seed`` and ``round_index``), so the skills' shares of the
@@ -93,23 +104,40 @@ class StatSyn:
         solutions; raises :class:`~stat_pl.building.base.BuildInputError` otherwise.
         """
         check_positive(self.name, max_new=max_new, questions_per_pair=self.questions_per_pair)
-        inputs = BuildInputs(pool=list(pool), pool_path="<pool given to synthesize_for_profile>", profile=profile,
-                             profile_path="<profile given to synthesize_for_profile>")
+        inputs = BuildInputs(
+            pool=list(pool),
+            pool_path="<pool given to synthesize_for_profile>",
+            profile=profile,
+            profile_path="<profile given to synthesize_for_profile>",
+        )
         check_pool(inputs, self.name, need_skills=True)
-        tasks, _ = stat_syn_tasks(profile, inputs, self.templates, self.examples_per_prompt,
-                                  self.questions_per_pair, self.seed, round_index)
+        tasks, _ = stat_syn_tasks(
+            profile, inputs, self.templates, self.examples_per_prompt, self.questions_per_pair, self.seed, round_index
+        )
         wanted = math.ceil(max_new / self.questions_per_pair)
         if len(tasks) > wanted:
             tasks = random.Random(f"{self.seed}/round{round_index}").sample(tasks, wanted)
         rows, stats = synthesize(tasks, teacher, guard, self.synthesis, self.templates, self.name)
-        log.info("%s round %d: %d of %d new questions accepted; rejected %s", self.name, round_index,
-                 stats["accepted"], stats["proposed"], stats["rejected"])
+        log.info(
+            "%s round %d: %d of %d new questions accepted; rejected %s",
+            self.name,
+            round_index,
+            stats["accepted"],
+            stats["proposed"],
+            stats["rejected"],
+        )
         return rows[:max_new]
 
 
-def stat_syn_tasks(profile: MissingSkillProfile, inputs: BuildInputs, templates: PromptTemplates,
-                   examples_per_prompt: int, questions_per_pair: int, seed: int,
-                   round_index: int = 0) -> tuple[list[ProposalTask], dict[str, Any]]:
+def stat_syn_tasks(
+    profile: MissingSkillProfile,
+    inputs: BuildInputs,
+    templates: PromptTemplates,
+    examples_per_prompt: int,
+    questions_per_pair: int,
+    seed: int,
+    round_index: int = 0,
+) -> tuple[list[ProposalTask], dict[str, Any]]:
     """One question-writing task per (difficult question, missing skill) linked to the pool.
 
     The examples of a pair are STAT-Sel's draw (:func:`~stat_pl.building.selection.draw_per_missing_skill`,
@@ -123,17 +151,34 @@ def stat_syn_tasks(profile: MissingSkillProfile, inputs: BuildInputs, templates:
         skill = draw.skill
         examples = [inputs.pool_by_id[p] for p in draw.drawn_ids]
         subject = Counter(e.subject for e in examples).most_common(1)[0][0]
-        messages = tuple(templates.render(
-            "propose_question", skill=skill.replace("_", " "), subject=subject.replace("_", " "),
-            examples=format_examples([f"{e.problem.strip()}\n\nSolution:\n{e.solutions[0].strip()}"
-                                      for e in examples])))
-        provenance = {"difficult_question": draw.question_id, "target_skill": skill,
-                      "example_ids": [e.id for e in examples]}
-        tasks.append(ProposalTask(messages, questions_per_pair, subject, (skill,), provenance,
-                                  seed=round_index * ROUND_SEED_STRIDE))
+        messages = tuple(
+            templates.render(
+                "propose_question",
+                skill=skill.replace("_", " "),
+                subject=subject.replace("_", " "),
+                examples=format_examples(
+                    [f"{e.problem.strip()}\n\nSolution:\n{e.solutions[0].strip()}" for e in examples]
+                ),
+            )
+        )
+        provenance = {
+            "difficult_question": draw.question_id,
+            "target_skill": skill,
+            "example_ids": [e.id for e in examples],
+        }
+        tasks.append(
+            ProposalTask(
+                messages, questions_per_pair, subject, (skill,), provenance, seed=round_index * ROUND_SEED_STRIDE
+            )
+        )
     if unlinked:
-        log.warning("STAT-Syn: %d missing skill(s) label no pool question and get no prompt: %s", len(unlinked),
-                    sorted(unlinked))
-    return tasks, {"pairs": len(tasks) + sum(unlinked.values()), "prompts": len(tasks),
-                   "skills_without_pool_questions": dict(unlinked)}
-
+        log.warning(
+            "STAT-Syn: %d missing skill(s) label no pool question and get no prompt: %s",
+            len(unlinked),
+            sorted(unlinked),
+        )
+    return tasks, {
+        "pairs": len(tasks) + sum(unlinked.values()),
+        "prompts": len(tasks),
+        "skills_without_pool_questions": dict(unlinked),
+    }

@@ -52,8 +52,9 @@ class SynthesisSettings:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_votes <= self.solutions_per_question:
-            raise ValueError(f"min_votes must be in [1, solutions_per_question={self.solutions_per_question}], "
-                             f"got {self.min_votes}")
+            raise ValueError(
+                f"min_votes must be in [1, solutions_per_question={self.solutions_per_question}], got {self.min_votes}"
+            )
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,14 @@ class _Candidate:
     solutions: list[str] = field(default_factory=list)
 
 
-def synthesize(tasks: Sequence[ProposalTask], teacher: Teacher, guard: ContaminationGuard | None,
-               settings: SynthesisSettings, templates: PromptTemplates,
-               builder: str) -> tuple[list[BuiltRow], dict[str, Any]]:
+def synthesize(
+    tasks: Sequence[ProposalTask],
+    teacher: Teacher,
+    guard: ContaminationGuard | None,
+    settings: SynthesisSettings,
+    templates: PromptTemplates,
+    builder: str,
+) -> tuple[list[BuiltRow], dict[str, Any]]:
     """Rows for the new questions that pass the guard and the consistency vote, and the counters.
 
     Counters: ``proposed`` (questions asked for), ``accepted``, ``rejected`` by reason
@@ -94,13 +100,24 @@ def synthesize(tasks: Sequence[ProposalTask], teacher: Teacher, guard: Contamina
     rejected: Counter[str] = Counter()
     contaminated: list[dict[str, Any]] = []
     candidates = _proposals(tasks, teacher, guard, settings, rejected, contaminated, builder)
-    requests = [TeacherRequest(tuple(templates.render("solve", question=c.question)),
-                               n=settings.solutions_per_question, temperature=settings.solve_temperature,
-                               max_tokens=settings.max_tokens) for c in candidates]
+    requests = [
+        TeacherRequest(
+            tuple(templates.render("solve", question=c.question)),
+            n=settings.solutions_per_question,
+            temperature=settings.solve_temperature,
+            max_tokens=settings.max_tokens,
+        )
+        for c in candidates
+    ]
     rows = []
     answers = teacher.complete_many(requests)
-    for candidate, answer in tqdm(list(zip(candidates, answers, strict=True)), desc=f"{builder}: voting",
-                                  unit="question", disable=None, leave=False):
+    for candidate, answer in tqdm(
+        list(zip(candidates, answers, strict=True)),
+        desc=f"{builder}: voting",
+        unit="question",
+        disable=None,
+        leave=False,
+    ):
         if isinstance(answer, TeacherFailure):
             rejected["teacher_failure_solve"] += 1
             continue
@@ -109,21 +126,38 @@ def synthesize(tasks: Sequence[ProposalTask], teacher: Teacher, guard: Contamina
             rejected["inconsistent"] += 1
         else:
             rows.append(row)
-    stats = {"proposed": sum(t.n for t in tasks), "accepted": len(rows), "rejected": dict(rejected),
-             "contaminated_examples": contaminated[:20]}
+    stats = {
+        "proposed": sum(t.n for t in tasks),
+        "accepted": len(rows),
+        "rejected": dict(rejected),
+        "contaminated_examples": contaminated[:20],
+    }
     return rows, stats
 
 
-def _proposals(tasks: Sequence[ProposalTask], teacher: Teacher, guard: ContaminationGuard | None,
-               settings: SynthesisSettings, rejected: Counter[str], contaminated: list[dict[str, Any]],
-               builder: str) -> list[_Candidate]:
+def _proposals(
+    tasks: Sequence[ProposalTask],
+    teacher: Teacher,
+    guard: ContaminationGuard | None,
+    settings: SynthesisSettings,
+    rejected: Counter[str],
+    contaminated: list[dict[str, Any]],
+    builder: str,
+) -> list[_Candidate]:
     """Ask every task; return the new questions that are readable and not near-duplicates."""
     occurrences: Counter[tuple[str, ...]] = Counter()
     requests = []
     for task in tasks:
         key = tuple(m["content"] for m in task.messages)
-        requests.append(TeacherRequest(task.messages, n=task.n, temperature=settings.propose_temperature,
-                                       max_tokens=settings.max_tokens, seed=task.seed + occurrences[key]))
+        requests.append(
+            TeacherRequest(
+                task.messages,
+                n=task.n,
+                temperature=settings.propose_temperature,
+                max_tokens=settings.max_tokens,
+                seed=task.seed + occurrences[key],
+            )
+        )
         occurrences[key] += 1
     seen = guard if guard is not None else ContaminationGuard()
     candidates = []
@@ -141,27 +175,32 @@ def _proposals(tasks: Sequence[ProposalTask], teacher: Teacher, guard: Contamina
                 rejected["duplicate_synthetic"] += 1
             elif match is not None:
                 rejected["contaminated"] += 1
-                contaminated.append({"question": question, "copies": match.reference_id,
-                                     "overlap": match.overlap})
+                contaminated.append({"question": question, "copies": match.reference_id, "overlap": match.overlap})
             else:
                 seen.add(synthetic_row_id(builder, question), question, synthetic=True)
                 candidates.append(_Candidate(task, question))
     return candidates
 
 
-def _voted_row(candidate: _Candidate, solutions: list[str], settings: SynthesisSettings,
-               builder: str) -> BuiltRow | None:
+def _voted_row(
+    candidate: _Candidate, solutions: list[str], settings: SynthesisSettings, builder: str
+) -> BuiltRow | None:
     """The row of a consistently answered question (agreeing solutions only), or None."""
     answers = [extract_answer(s) for s in solutions]
     majority, votes = majority_answer(answers)
     if majority is None or votes < settings.min_votes:
         return None
-    agreeing = tuple(s for s, a in zip(solutions, answers, strict=True)
-                     if a is not None and is_equivalent(a, majority))
+    agreeing = tuple(s for s, a in zip(solutions, answers, strict=True) if a is not None and is_equivalent(a, majority))
     task = candidate.task
-    record = ProblemRecord(id=synthetic_row_id(builder, candidate.question), problem=candidate.question,
-                           answer=majority, solutions=agreeing, subject=task.subject, skills=task.skills,
-                           source=builder)
+    record = ProblemRecord(
+        id=synthetic_row_id(builder, candidate.question),
+        problem=candidate.question,
+        answer=majority,
+        solutions=agreeing,
+        subject=task.subject,
+        skills=task.skills,
+        source=builder,
+    )
     return BuiltRow(record, {"builder": builder, **task.provenance, "origin": "synthetic", "votes": votes})
 
 

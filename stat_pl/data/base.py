@@ -70,8 +70,9 @@ class SkillWeightedDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if mix_ratios is not None and (len(mix_ratios) != len(train) or min(mix_ratios) < 0 or sum(mix_ratios) <= 0):
-            raise ValueError(f"mix_ratios {mix_ratios} must be non-negative, not all zero, one per train source "
-                             f"({len(train)})")
+            raise ValueError(
+                f"mix_ratios {mix_ratios} must be non-negative, not all zero, one per train source ({len(train)})"
+            )
         self.tokenizer_name = tokenizer
         self.sources = train
         self.mix_ratios = mix_ratios
@@ -85,9 +86,12 @@ class SkillWeightedDataModule(L.LightningDataModule):
         self.system_prompt = system_prompt
         self.num_workers = num_workers
         self.sampling = resolve_sampling(
-            sampling, initial_profile=initial_profile is not None, mix_ratios=mix_ratios is not None,
+            sampling,
+            initial_profile=initial_profile is not None,
+            mix_ratios=mix_ratios is not None,
             samples_per_epoch=samples_per_epoch is not None,
-            online_source=any(isinstance(s, SyntheticSource) for s in train))
+            online_source=any(isinstance(s, SyntheticSource) for s in train),
+        )
         self.profile: MissingSkillProfile | None = None
         self.records: list[ProblemRecord] = []
         self._batch_sampler: LengthGroupedBatchSampler | None = None
@@ -131,8 +135,11 @@ class SkillWeightedDataModule(L.LightningDataModule):
         for records, ratio in zip(self.source_records, ratios, strict=True):
             if not records:
                 continue
-            within = (self.profile.to_weights(records, self.skill_map, floor=self.weight_floor)
-                      if self.profile else [1.0 / len(records)] * len(records))
+            within = (
+                self.profile.to_weights(records, self.skill_map, floor=self.weight_floor)
+                if self.profile
+                else [1.0 / len(records)] * len(records)
+            )
             record_weights.extend(ratio / sum(ratios) * w for w in within)
         examples_of = Counter(e["record"] for e in self.train_examples)
         return [record_weights[e["record"]] / examples_of[e["record"]] for e in self.train_examples]
@@ -170,8 +177,11 @@ class SkillWeightedDataModule(L.LightningDataModule):
 
     def real_records(self) -> list[ProblemRecord]:
         """The training pool without the synthetic rows: what live STAT-Syn draws its example questions from."""
-        real = self.source_records[:-1] if self.sources and isinstance(self.sources[-1], SyntheticSource) else (
-            self.source_records)
+        real = (
+            self.source_records[:-1]
+            if self.sources and isinstance(self.sources[-1], SyntheticSource)
+            else (self.source_records)
+        )
         return [r for records in real for r in records]
 
     def synthetic_rows(self) -> list[ProblemRecord]:
@@ -181,16 +191,20 @@ class SkillWeightedDataModule(L.LightningDataModule):
 
     def _synthetic_source(self) -> SyntheticSource:
         if not self.sources or not isinstance(self.sources[-1], SyntheticSource):
-            raise ValueError("add_synthetic needs a stat_pl.data.synthetic_source.SyntheticSource as the last "
-                             f"entry of data.train (with its share in data.mix_ratios); got {self.sources}")
+            raise ValueError(
+                "add_synthetic needs a stat_pl.data.synthetic_source.SyntheticSource as the last "
+                f"entry of data.train (with its share in data.mix_ratios); got {self.sources}"
+            )
         return self.sources[-1]
 
     def _keep_synthetic(self, count: int) -> None:
         """Cut the synthetic rows back to the ``count`` the checkpoint knew (later ones are made again)."""
         source, loaded = self._synthetic_source(), self.source_records[-1]
         if len(loaded) < count:
-            raise ValueError(f"{source.path} holds {len(loaded)} synthetic rows but the checkpoint was taken "
-                             f"with {count}: the file was changed or replaced since")
+            raise ValueError(
+                f"{source.path} holds {len(loaded)} synthetic rows but the checkpoint was taken "
+                f"with {count}: the file was changed or replaced since"
+            )
         extra = len(loaded) - count
         if extra:
             del loaded[count:]
@@ -214,22 +228,28 @@ class SkillWeightedDataModule(L.LightningDataModule):
     def _make_batch_sampler(self) -> LengthGroupedBatchSampler:
         """This rank's batches: the epoch's permutation or skill-weighted draw, dealt round-robin across ranks."""
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        sampler = epoch_sampler(self.sampling, self.example_weights, len(self.train_examples), self.samples_per_epoch,
-                                self.seed, world, rank)
+        sampler = epoch_sampler(
+            self.sampling,
+            self.example_weights,
+            len(self.train_examples),
+            self.samples_per_epoch,
+            self.seed,
+            world,
+            rank,
+        )
         lengths = [len(e["input_ids"]) for e in self.train_examples]
         epoch_source = (lambda: self.trainer.current_epoch) if self.trainer else None
-        return LengthGroupedBatchSampler(sampler, lengths, self.batch_size, self.group_by_length,
-                                         epoch_source=epoch_source)
+        return LengthGroupedBatchSampler(
+            sampler, lengths, self.batch_size, self.group_by_length, epoch_source=epoch_source
+        )
 
     def _loader(self, examples: list[dict], batch_sampler) -> DataLoader:
-        return DataLoader(examples, batch_sampler=batch_sampler, num_workers=self.num_workers,
-                          collate_fn=self.collate)
+        return DataLoader(examples, batch_sampler=batch_sampler, num_workers=self.num_workers, collate_fn=self.collate)
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The profile in force and the sampler position, so a resumed run draws what an uninterrupted one would."""
-        state: dict = {"profile": self.profile.to_dict() if self.profile else None, "sampler": None,
-                       "batches_done": 0}
+        state: dict = {"profile": self.profile.to_dict() if self.profile else None, "sampler": None, "batches_done": 0}
         if self._batch_sampler is not None:
             state["sampler"] = self._batch_sampler.sampler.state_dict()
             state["epoch"], state["batches_done"] = self._position()
@@ -247,8 +267,11 @@ class SkillWeightedDataModule(L.LightningDataModule):
         if state.get("profile") is not None:
             self.profile = MissingSkillProfile(**state["profile"])
         if state.get("sampler") is not None:
-            self._resume_state = {"sampler": state["sampler"], "epoch": state["epoch"],
-                                  "batches_done": state["batches_done"]}
+            self._resume_state = {
+                "sampler": state["sampler"],
+                "epoch": state["epoch"],
+                "batches_done": state["batches_done"],
+            }
         if state.get("synthetic_rows") is not None:
             self._synthetic_at_checkpoint = state["synthetic_rows"]
             if self.records:  # Lightning restores after setup

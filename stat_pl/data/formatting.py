@@ -24,8 +24,9 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, problem: str, system_promp
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
-def encode_example(tokenizer: PreTrainedTokenizerBase, problem: str, solution: str, max_length: int,
-                   system_prompt: str | None = None) -> dict[str, list[int]]:
+def encode_example(
+    tokenizer: PreTrainedTokenizerBase, problem: str, solution: str, max_length: int, system_prompt: str | None = None
+) -> dict[str, list[int]]:
     """``input_ids`` = prompt + solution + EOS; ``labels`` mask every prompt token with -100.
 
     The solution is tokenised after the generation prompt rather than re-rendering the whole chat,

@@ -32,8 +32,15 @@ class PromptDataModule(SkillWeightedDataModule):
             (MATH train has two such rows).
     """
 
-    def __init__(self, tokenizer: str, train: list[DataSource], max_prompt_length: int = 512,
-                 prompt_suffix: str = "", skip_unanswered: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        tokenizer: str,
+        train: list[DataSource],
+        max_prompt_length: int = 512,
+        prompt_suffix: str = "",
+        skip_unanswered: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(tokenizer, train, **kwargs)
         self.max_prompt_length = max_prompt_length
         self.prompt_suffix = prompt_suffix
@@ -44,9 +51,11 @@ class PromptDataModule(SkillWeightedDataModule):
         for i, record in enumerate(records):
             if not record.answer.strip():
                 if not self.skip_unanswered:
-                    raise ValueError(f"record {record.id!r} (source {record.source!r}) has an empty field 'answer': "
-                                     "GRPO's reward needs a gold answer; fill it in, drop the row, or set "
-                                     "data.skip_unanswered: true")
+                    raise ValueError(
+                        f"record {record.id!r} (source {record.source!r}) has an empty field 'answer': "
+                        "GRPO's reward needs a gold answer; fill it in, drop the row, or set "
+                        "data.skip_unanswered: true"
+                    )
                 unanswered.append(record.id)
                 continue
             ids = encode_prompt(self.tokenizer, record.problem + self.prompt_suffix, self.system_prompt)
@@ -55,20 +64,26 @@ class PromptDataModule(SkillWeightedDataModule):
                 continue
             examples.append({"input_ids": ids, "record": i})
         if unanswered:
-            rank_zero_warn(f"PromptDataModule: skipped {len(unanswered)} record(s) without a gold answer: "
-                           f"{unanswered[:3]}")
+            rank_zero_warn(
+                f"PromptDataModule: skipped {len(unanswered)} record(s) without a gold answer: {unanswered[:3]}"
+            )
         if too_long:
-            rank_zero_warn(f"PromptDataModule: skipped {len(too_long)} prompt(s) longer than max_prompt_length="
-                           f"{self.max_prompt_length} tokens, e.g. {too_long[:3]}; raise it to keep them")
+            rank_zero_warn(
+                f"PromptDataModule: skipped {len(too_long)} prompt(s) longer than max_prompt_length="
+                f"{self.max_prompt_length} tokens, e.g. {too_long[:3]}; raise it to keep them"
+            )
         if records and not examples:
-            raise ValueError("PromptDataModule: every prompt is longer than "
-                             f"max_prompt_length={self.max_prompt_length}")
+            raise ValueError(
+                f"PromptDataModule: every prompt is longer than max_prompt_length={self.max_prompt_length}"
+            )
         return examples
 
     def collate(self, examples: Sequence[dict]) -> dict:
         """Prompt ids (unpadded lists: the engine and the module pad them), gold answers, and where they came from."""
         records = [self.records[e["record"]] for e in examples]
-        return {"prompt_ids": [list(e["input_ids"]) for e in examples],
-                "answers": [r.answer for r in records],
-                "record": torch.tensor([e["record"] for e in examples], dtype=torch.long),
-                "index": torch.tensor([e["index"] for e in examples], dtype=torch.long)}
+        return {
+            "prompt_ids": [list(e["input_ids"]) for e in examples],
+            "answers": [r.answer for r in records],
+            "record": torch.tensor([e["record"] for e in examples], dtype=torch.long),
+            "index": torch.tensor([e["index"] for e in examples], dtype=torch.long),
+        }

@@ -37,8 +37,9 @@ class SkillWeightedSampler(Sampler[int]):
     indices it drew when its iteration started.
     """
 
-    def __init__(self, weights: Sequence[float], num_samples: int, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self, weights: Sequence[float], num_samples: int, seed: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
         if num_samples <= 0:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
         if not 0 <= rank < num_replicas:
@@ -126,9 +127,11 @@ class EpochPermutationSampler(Sampler[int]):
     def set_weights(self, weights: Sequence[float], resize: bool = False) -> None:
         """Follow a pool that grew to ``len(weights)`` rows (from the next epoch); never re-weight."""
         if not resize:
-            raise ValueError("data.sampling: permutation goes through every row once per epoch and "
-                             "takes no sampling weights; set data.sampling: weighted to sample by a profile "
-                             "(initial_profile, the SkillReprofiler)")
+            raise ValueError(
+                "data.sampling: permutation goes through every row once per epoch and "
+                "takes no sampling weights; set data.sampling: weighted to sample by a profile "
+                "(initial_profile, the SkillReprofiler)"
+            )
         if len(weights) == 0:
             raise ValueError("the training pool is empty")
         self.num_rows = len(weights)
@@ -162,12 +165,15 @@ class EpochPermutationSampler(Sampler[int]):
 def _check_kind(state: dict, kind: str) -> None:
     saved = state.get("kind", "weighted")  # checkpoints written before the permutation mode were weighted
     if saved != kind:
-        raise ValueError(f"the checkpoint's sampler is {saved!r} but this run's data.sampling resolves to {kind!r}; "
-                         f"resume with data.sampling: {saved}")
+        raise ValueError(
+            f"the checkpoint's sampler is {saved!r} but this run's data.sampling resolves to {kind!r}; "
+            f"resume with data.sampling: {saved}"
+        )
 
 
-def resolve_sampling(sampling: Sampling, *, initial_profile: bool, mix_ratios: bool, samples_per_epoch: bool,
-                     online_source: bool) -> Literal["permutation", "weighted"]:
+def resolve_sampling(
+    sampling: Sampling, *, initial_profile: bool, mix_ratios: bool, samples_per_epoch: bool, online_source: bool
+) -> Literal["permutation", "weighted"]:
     """The sampler ``SFTDataModule(sampling=...)`` uses; ``auto`` is decided from the data module's arguments.
 
     ``auto`` is ``weighted`` when anything asks for weighted drawing: an ``initial_profile`` to sample
@@ -180,26 +186,42 @@ def resolve_sampling(sampling: Sampling, *, initial_profile: bool, mix_ratios: b
     if sampling not in ("auto", "permutation", "weighted"):
         raise ValueError(f"data.sampling must be 'auto', 'permutation' or 'weighted', got {sampling!r}")
     if sampling == "permutation":
-        asked = [name for name, given in [("initial_profile", initial_profile), ("mix_ratios", mix_ratios),
-                                          ("samples_per_epoch", samples_per_epoch)] if given]
+        asked = [
+            name
+            for name, given in [
+                ("initial_profile", initial_profile),
+                ("mix_ratios", mix_ratios),
+                ("samples_per_epoch", samples_per_epoch),
+            ]
+            if given
+        ]
         if asked:
-            raise ValueError(f"data.sampling: permutation goes through every row once per epoch, so it cannot use "
-                             f"{', '.join(asked)}; drop them or set data.sampling: weighted")
+            raise ValueError(
+                f"data.sampling: permutation goes through every row once per epoch, so it cannot use "
+                f"{', '.join(asked)}; drop them or set data.sampling: weighted"
+            )
         return "permutation"
     if sampling == "weighted":
         return "weighted"
     return "weighted" if initial_profile or mix_ratios or samples_per_epoch or online_source else "permutation"
 
 
-def epoch_sampler(sampling: Literal["permutation", "weighted"], weights: Callable[[], Sequence[float]],
-                  num_rows: int, samples_per_epoch: int | None, seed: int, num_replicas: int,
-                  rank: int) -> SkillWeightedSampler | EpochPermutationSampler:
+def epoch_sampler(
+    sampling: Literal["permutation", "weighted"],
+    weights: Callable[[], Sequence[float]],
+    num_rows: int,
+    samples_per_epoch: int | None,
+    seed: int,
+    num_replicas: int,
+    rank: int,
+) -> SkillWeightedSampler | EpochPermutationSampler:
     """This rank's sampler for a resolved ``sampling`` (``weights`` is called only when weighted)."""
     if sampling == "permutation":
         return EpochPermutationSampler(num_rows, seed=seed, num_replicas=num_replicas, rank=rank)
     total = samples_per_epoch or num_rows
-    return SkillWeightedSampler(weights(), num_samples=max(1, total // num_replicas), seed=seed,
-                                num_replicas=num_replicas, rank=rank)
+    return SkillWeightedSampler(
+        weights(), num_samples=max(1, total // num_replicas), seed=seed, num_replicas=num_replicas, rank=rank
+    )
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
@@ -214,10 +236,15 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     only: a resumed run starts at the checkpoint's epoch and skips the batches it already trained on.
     """
 
-    def __init__(self, sampler: SkillWeightedSampler | EpochPermutationSampler, lengths: Sequence[int],
-                 batch_size: int,
-                 group_by_length: bool = True, group_batches: int = 64,
-                 epoch_source: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        sampler: SkillWeightedSampler | EpochPermutationSampler,
+        lengths: Sequence[int],
+        batch_size: int,
+        group_by_length: bool = True,
+        group_batches: int = 64,
+        epoch_source: Callable[[], int] | None = None,
+    ) -> None:
         self.sampler = sampler
         self.lengths = list(lengths)
         self.batch_size = batch_size

@@ -31,8 +31,9 @@ class SFTDataModule(SkillWeightedDataModule):
         max_length: examples are cut to this many tokens.
     """
 
-    def __init__(self, tokenizer: str, train: list[DataSource], val: DataSource | None = None,
-                 max_length: int = 1024, **kwargs) -> None:
+    def __init__(
+        self, tokenizer: str, train: list[DataSource], val: DataSource | None = None, max_length: int = 1024, **kwargs
+    ) -> None:
         super().__init__(tokenizer, train, **kwargs)
         self.val_source = val
         self.max_length = max_length
@@ -54,16 +55,17 @@ class SFTDataModule(SkillWeightedDataModule):
             if not record.solutions:
                 raise ValueError(f"record {record.id!r} (source {record.source!r}) has no solution to train on")
             for solution in record.solutions:
-                example = encode_example(self.tokenizer, record.problem, solution, self.max_length,
-                                         self.system_prompt)
+                example = encode_example(self.tokenizer, record.problem, solution, self.max_length, self.system_prompt)
                 if all(label == IGNORE_INDEX for label in example["labels"]):
                     too_long.append(record.id)
                     continue
                 examples.append({**example, "record": i})
         if too_long:
-            rank_zero_warn(f"SFTDataModule: skipped {len(too_long)} example(s) whose prompt fills max_length="
-                           f"{self.max_length} (no answer token to learn), e.g. {too_long[:3]}; raise max_length "
-                           "to keep them")
+            rank_zero_warn(
+                f"SFTDataModule: skipped {len(too_long)} example(s) whose prompt fills max_length="
+                f"{self.max_length} (no answer token to learn), e.g. {too_long[:3]}; raise max_length "
+                "to keep them"
+            )
         if records and not examples:
             raise ValueError(f"SFTDataModule: every example's prompt fills max_length={self.max_length}")
         return examples

@@ -75,9 +75,16 @@ class SkillWorldProblem:
         return "\n".join([*lines, f"Answer: \\boxed{{{self.answer}}}"])
 
     def to_record(self) -> ProblemRecord:
-        return ProblemRecord(id=self.id, problem=self.text, answer=self.answer, solutions=(self.solution,),
-                             subject="skillworld", level=self.level, skills=self.skills,
-                             source=f"skillworld/{self.split}")
+        return ProblemRecord(
+            id=self.id,
+            problem=self.text,
+            answer=self.answer,
+            solutions=(self.solution,),
+            subject="skillworld",
+            level=self.level,
+            skills=self.skills,
+            source=f"skillworld/{self.split}",
+        )
 
 
 # A skill turns the running value x into one step, or returns None when it cannot use this x (the
@@ -94,8 +101,9 @@ class _Skill:
     final_only: bool = False  # its value is a fraction, which no other skill takes as input
 
 
-def _step(skill: str, first: bool, first_text: str, chain_text: str, work: str, value: int | str,
-          after_value: str = "") -> Step:
+def _step(
+    skill: str, first: bool, first_text: str, chain_text: str, work: str, value: int | str, after_value: str = ""
+) -> Step:
     """A step whose sentence is ``first_text`` when it starts the problem, else "Then <chain_text>"."""
     text = first_text if first else f"Then {chain_text[0].lower()}{chain_text[1:]}"
     return Step(skill=skill, text=text, work=f"{work} = {value}{after_value}", value=str(value))
@@ -109,8 +117,7 @@ def _addition(rng: random.Random, x: int, level: int, first: bool) -> Step | Non
     b = rng.randint(*_by_level(level, (10, 99), (100, 999), (1000, 9999)))
     if x % 10 + b % 10 < 10:
         return None
-    return _step("addition_with_carry", first, f"Add {x} and {b}.", f"Add {b} to it.",
-                 f"{x} + {b}", x + b)
+    return _step("addition_with_carry", first, f"Add {x} and {b}.", f"Add {b} to it.", f"{x} + {b}", x + b)
 
 
 def _subtraction(rng: random.Random, x: int, level: int, first: bool) -> Step | None:
@@ -119,16 +126,18 @@ def _subtraction(rng: random.Random, x: int, level: int, first: bool) -> Step | 
     b = rng.randint(max(2, x // 10), x - 2)
     if b % 10 <= x % 10:
         return None
-    return _step("subtraction_with_borrow", first, f"Subtract {b} from {x}.",
-                 f"Subtract {b} from it.", f"{x} - {b}", x - b)
+    return _step(
+        "subtraction_with_borrow", first, f"Subtract {b} from {x}.", f"Subtract {b} from it.", f"{x} - {b}", x - b
+    )
 
 
 def _multiplication(rng: random.Random, x: int, level: int, first: bool) -> Step | None:
     if x > 999:
         return None
     b = rng.randint(*_by_level(level, (3, 9), (11, 99), (11, 99)))
-    return _step("multi_digit_multiplication", first, f"Multiply {x} by {b}.", f"Multiply it by {b}.",
-                 f"{x} × {b}", x * b)
+    return _step(
+        "multi_digit_multiplication", first, f"Multiply {x} by {b}.", f"Multiply it by {b}.", f"{x} × {b}", x * b
+    )
 
 
 def _division(rng: random.Random, x: int, level: int, first: bool) -> Step | None:
@@ -136,16 +145,22 @@ def _division(rng: random.Random, x: int, level: int, first: bool) -> Step | Non
     q, r = divmod(x, d)
     if r == 0 or q < 2:
         return None
-    return _step("division_with_remainder", first, f"Pack {x} eggs in boxes of {d}; count full boxes.",
-                 f"Pack that many eggs in boxes of {d}; count full boxes.", f"{x} ÷ {d}", q, f" r {r}")
+    return _step(
+        "division_with_remainder",
+        first,
+        f"Pack {x} eggs in boxes of {d}; count full boxes.",
+        f"Pack that many eggs in boxes of {d}; count full boxes.",
+        f"{x} ÷ {d}",
+        q,
+        f" r {r}",
+    )
 
 
 def _modular(rng: random.Random, x: int, level: int, first: bool) -> Step | None:
     m = rng.randint(*_by_level(level, (3, 9), (6, 19), (11, 29)))
     if x < m or x % m < 2:
         return None
-    return _step("modular_arithmetic", first, f"Find {x} mod {m}.", f"Take it mod {m}.",
-                 f"{x} mod {m}", x % m)
+    return _step("modular_arithmetic", first, f"Find {x} mod {m}.", f"Take it mod {m}.", f"{x} mod {m}", x % m)
 
 
 def _fraction(rng: random.Random, x: int, level: int, first: bool) -> Step | None:
@@ -156,8 +171,14 @@ def _fraction(rng: random.Random, x: int, level: int, first: bool) -> Step | Non
     value = Fraction(x, den)
     if value.denominator == 1:
         return None
-    return _step("fraction_simplification", first, f"Write {x}/{den} in lowest terms.",
-                 f"Write it over {den} in lowest terms.", f"{x}/{den}", str(value))
+    return _step(
+        "fraction_simplification",
+        first,
+        f"Write {x}/{den} in lowest terms.",
+        f"Write it over {den} in lowest terms.",
+        f"{x}/{den}",
+        str(value),
+    )
 
 
 def _percentages(rng: random.Random, x: int, level: int, first: bool) -> Step | None:
@@ -166,8 +187,7 @@ def _percentages(rng: random.Random, x: int, level: int, first: bool) -> Step | 
     if not usable:
         return None
     p = rng.choice(usable)
-    return _step("percentages", first, f"Find {p}% of {x}.", f"Take {p}% of it.",
-                 f"{p}% of {x}", x * p // 100)
+    return _step("percentages", first, f"Find {p}% of {x}.", f"Take {p}% of it.", f"{p}% of {x}", x * p // 100)
 
 
 def _linear(rng: random.Random, x: int, level: int, first: bool) -> Step | None:
@@ -177,14 +197,19 @@ def _linear(rng: random.Random, x: int, level: int, first: bool) -> Step | None:
     n = (x - b) // a
     if n < 2:
         return None
-    return _step("linear_equations", first, f"Solve {a}n + {b} = {x} for n.",
-                 f"Solve {a}n + {b} = it for n.", f"{a}n + {b} = {x}, n = {x - b} / {a}", n)
+    return _step(
+        "linear_equations",
+        first,
+        f"Solve {a}n + {b} = {x} for n.",
+        f"Solve {a}n + {b} = it for n.",
+        f"{a}n + {b} = {x}, n = {x - b} / {a}",
+        n,
+    )
 
 
 def _powers(rng: random.Random, x: int, level: int, first: bool) -> Step | None:
     e = rng.choice(((2,), (2, 3), (2, 3, 4))[level - 1])
-    return _step("powers", first, f"Compute {x}^{e}.", f"Raise it to the power {e}.",
-                 f"{x}^{e}", x ** e)
+    return _step("powers", first, f"Compute {x}^{e}.", f"Raise it to the power {e}.", f"{x}^{e}", x**e)
 
 
 def _gcd_lcm(rng: random.Random, x: int, level: int, first: bool) -> Step | None:
@@ -192,15 +217,26 @@ def _gcd_lcm(rng: random.Random, x: int, level: int, first: bool) -> Step | None
         b = rng.randint(2, (9, 20, 30)[level - 1])
         if x > 100 or math.gcd(x, b) == 1 or x % b == 0 or b % x == 0:
             return None
-        return _step("gcd_lcm", first, f"Find the least common multiple of {x} and {b}.",
-                     f"Find the least common multiple of it and {b}.", f"lcm({x}, {b})",
-                     math.lcm(x, b))
+        return _step(
+            "gcd_lcm",
+            first,
+            f"Find the least common multiple of {x} and {b}.",
+            f"Find the least common multiple of it and {b}.",
+            f"lcm({x}, {b})",
+            math.lcm(x, b),
+        )
     g = rng.choice([d for d in _divisors(x) if d > 1])
     b = g * rng.randint(2, (9, 19, 29)[level - 1])
     if b == x:
         return None
-    return _step("gcd_lcm", first, f"Find the greatest common divisor of {x} and {b}.",
-                 f"Find the greatest common divisor of it and {b}.", f"gcd({x}, {b})", math.gcd(x, b))
+    return _step(
+        "gcd_lcm",
+        first,
+        f"Find the greatest common divisor of {x} and {b}.",
+        f"Find the greatest common divisor of it and {b}.",
+        f"gcd({x}, {b})",
+        math.gcd(x, b),
+    )
 
 
 def _order_of_operations(rng: random.Random, x: int, level: int, first: bool) -> Step | None:
@@ -211,8 +247,14 @@ def _order_of_operations(rng: random.Random, x: int, level: int, first: bool) ->
     if value < 2:
         return None
     expression = f"{x} {sign} {b} × {c}"
-    return _step("order_of_operations", first, f"Compute {expression}.",
-                 f"Compute it {sign} {b} × {c}.", f"{expression} = {x} {sign} {b * c}", value)
+    return _step(
+        "order_of_operations",
+        first,
+        f"Compute {expression}.",
+        f"Compute it {sign} {b} × {c}.",
+        f"{expression} = {x} {sign} {b * c}",
+        value,
+    )
 
 
 _UNITS = (
@@ -224,8 +266,14 @@ _UNITS = (
 
 def _unit_conversion(rng: random.Random, x: int, level: int, first: bool) -> Step | None:
     unit, target, factor = rng.choice([u for units in _UNITS[:level] for u in units])
-    return _step("unit_conversion", first, f"Convert {x} {unit} to {target}.",
-                 f"Convert it from {unit} to {target}.", f"{x} × {factor}", x * factor)
+    return _step(
+        "unit_conversion",
+        first,
+        f"Convert {x} {unit} to {target}.",
+        f"Convert it from {unit} to {target}.",
+        f"{x} × {factor}",
+        x * factor,
+    )
 
 
 def _divisors(x: int) -> list[int]:
@@ -324,15 +372,20 @@ class SkillWorld:
             else:
                 misses += 1
             index += 1
-        raise ValueError(f"{self} makes no {split} problems: its skill_weights, levels and max_skills leave "
-                         "no chain of distinct skills that can be built; give more skills a positive weight")
+        raise ValueError(
+            f"{self} makes no {split} problems: its skill_weights, levels and max_skills leave "
+            "no chain of distinct skills that can be built; give more skills a positive weight"
+        )
 
     def _draw_skills(self, rng: random.Random, n_steps: int) -> tuple[str, ...] | None:
         """``n_steps`` distinct skills by weight; a final-only skill may only be drawn for the last step."""
         chosen: list[str] = []
         for position in range(n_steps):
-            names = [name for name, w in self._weights.items() if w > 0 and name not in chosen
-                     and (position == n_steps - 1 or not _BY_NAME[name].final_only)]
+            names = [
+                name
+                for name, w in self._weights.items()
+                if w > 0 and name not in chosen and (position == n_steps - 1 or not _BY_NAME[name].final_only)
+            ]
             if not names:
                 return None
             chosen.append(rng.choices(names, weights=[self._weights[name] for name in names])[0])
@@ -345,8 +398,10 @@ def problem_from_id(problem_id: str) -> SkillWorldProblem:
     codes = match.group(1).split("-") if match else []
     problem = _build(problem_id) if codes and all(c in _BY_CODE for c in codes) else None
     if problem is None or _split_of(problem.text) != problem.split:
-        raise ValueError(f"{problem_id!r} is not a skill-world problem id (skillworld/<split>/<seed>/"
-                         "<index>/L<level>/<skill codes>, as SkillWorld makes them)")
+        raise ValueError(
+            f"{problem_id!r} is not a skill-world problem id (skillworld/<split>/<seed>/"
+            "<index>/L<level>/<skill codes>, as SkillWorld makes them)"
+        )
     return problem
 
 

@@ -65,6 +65,8 @@ def synthetic_records(rows: Sequence[ProblemRecord | BuiltRow], path: str) -> li
     records = [as_built_row(r).record for r in rows]
     for record in records:
         if not record.problem.strip() or not record.solutions:
-            raise ValueError(f"synthetic row {record.id!r} for {path}: field 'problem' is empty or field "
-                             "'solutions' has no solution; only solved questions can be trained on")
+            raise ValueError(
+                f"synthetic row {record.id!r} for {path}: field 'problem' is empty or field "
+                "'solutions' has no solution; only solved questions can be trained on"
+            )
     return records

@@ -39,9 +39,15 @@ class HFEngine:
             ``n`` samples (same samples, less compute); ``False`` lets ``generate`` prefill every copy.
     """
 
-    def __init__(self, model: str | torch.nn.Module, tokenizer: str | PreTrainedTokenizerBase | None = None,
-                 batch_size: int = 32, system_prompt: str | None = None, progress: bool = True,
-                 share_prefill: bool = True) -> None:
+    def __init__(
+        self,
+        model: str | torch.nn.Module,
+        tokenizer: str | PreTrainedTokenizerBase | None = None,
+        batch_size: int = 32,
+        system_prompt: str | None = None,
+        progress: bool = True,
+        share_prefill: bool = True,
+    ) -> None:
         if isinstance(model, str):
             tokenizer = tokenizer or model
             model = load_causal_lm(model, quantization="none").eval().requires_grad_(False)
@@ -68,9 +74,14 @@ class HFEngine:
         # Off a terminal (a log file, CI) tqdm cannot redraw: a refresh every 30 s, and the last state kept
         # on its own line, instead of hundreds of carriage-return updates glued to the next log line.
         off_terminal = not sys.stderr.isatty()
-        steps = tqdm(total=len(batches) * sampling.max_new_tokens, desc=f"generate ({len(ids)} prompts)",
-                     unit="step", disable=not self.progress, leave=off_terminal,
-                     mininterval=30 if off_terminal else 0.1)
+        steps = tqdm(
+            total=len(batches) * sampling.max_new_tokens,
+            desc=f"generate ({len(ids)} prompts)",
+            unit="step",
+            disable=not self.progress,
+            leave=off_terminal,
+            mininterval=30 if off_terminal else 0.1,
+        )
         with self._inference_mode(sampling.seed), steps:
             for done, batch in enumerate(batches, start=1):
                 completions = self._generate_batch([ids[i] for i in batch], sampling, _StepProgress(steps))
@@ -95,8 +106,9 @@ class HFEngine:
             finally:
                 self.model.train(was_training)
 
-    def _generate_batch(self, prompt_ids: list[list[int]], sampling: SamplingParams,
-                        streamer: BaseStreamer | None = None) -> list[list[Completion]]:
+    def _generate_batch(
+        self, prompt_ids: list[list[int]], sampling: SamplingParams, streamer: BaseStreamer | None = None
+    ) -> list[list[Completion]]:
         tok = self.tokenizer
         device = next(self.model.parameters()).device
         input_ids, attention_mask = left_pad(prompt_ids, tok.pad_token_id)
@@ -133,8 +145,12 @@ class HFEngine:
         for ``generate`` to feed (it needs logits to sample from); positions follow the left padding.
         """
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        output = self.model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-                            position_ids=position_ids[:, :-1], use_cache=True)
+        output = self.model(
+            input_ids=input_ids[:, :-1],
+            attention_mask=attention_mask[:, :-1],
+            position_ids=position_ids[:, :-1],
+            use_cache=True,
+        )
         cache = getattr(output, CACHE_KWARG)
         cache.batch_repeat_interleave(n)
         return cache

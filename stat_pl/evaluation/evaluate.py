@@ -89,11 +89,21 @@ def evaluate(
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    settings = EvalSettings(temperature, sample_temperature, top_p, max_new_tokens, batch_size, system_prompt,
-                            seed, grading_timeout_s, progress)
+    settings = EvalSettings(
+        temperature,
+        sample_temperature,
+        top_p,
+        max_new_tokens,
+        batch_size,
+        system_prompt,
+        seed,
+        grading_timeout_s,
+        progress,
+    )
     if base_label in (adapters or {}):
-        raise ValueError(f"adapters: {base_label!r} is the base model's row (base_label); "
-                         "give the adapter another label")
+        raise ValueError(
+            f"adapters: {base_label!r} is the base model's row (base_label); give the adapter another label"
+        )
     entries = [ModelEntry(base_label, model)]
     entries += [ModelEntry(label, model, path) for label, path in (adapters or {}).items()]
     factory = engine_factory(engine, batch_size, with_adapters=bool(adapters), vllm=vllm)
@@ -111,8 +121,9 @@ def evaluate(
     return results
 
 
-def engine_factory(engine: str, batch_size: int, with_adapters: bool,
-                   vllm: VLLMSettings | None = None) -> EngineFactory:
+def engine_factory(
+    engine: str, batch_size: int, with_adapters: bool, vllm: VLLMSettings | None = None
+) -> EngineFactory:
     """A function that builds the engine of one model; fails now, not after the first model, if it cannot."""
     if engine == "vllm":
         require_vllm("engine")
@@ -122,8 +133,9 @@ def engine_factory(engine: str, batch_size: int, with_adapters: bool,
     from stat_pl.engines.hf import HFEngine
     from stat_pl.models import load_tokenizer
 
-    return lambda entry: HFEngine(load_for_evaluation(entry), tokenizer=load_tokenizer(entry.base),
-                                  batch_size=batch_size, progress=False)
+    return lambda entry: HFEngine(
+        load_for_evaluation(entry), tokenizer=load_tokenizer(entry.base), batch_size=batch_size, progress=False
+    )
 
 
 class VLLMFactory:
@@ -147,8 +159,13 @@ class VLLMFactory:
         self.engines.clear()
 
 
-def run_evaluation(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec], output_dir: Path,
-                   settings: EvalSettings, make_engine: EngineFactory) -> dict[str, Any]:
+def run_evaluation(
+    models: Sequence[ModelEntry],
+    benchmarks: Sequence[BenchmarkSpec],
+    output_dir: Path,
+    settings: EvalSettings,
+    make_engine: EngineFactory,
+) -> dict[str, Any]:
     """Generate what ``output_dir/generations.jsonl`` lacks, then write results.json, table.md and plots.
 
     ``make_engine`` builds a model's engine only when some of its questions are missing, so a run
@@ -167,8 +184,9 @@ def run_evaluation(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkS
     return _write_outputs(models, benchmarks, questions, store, settings, timing, output_dir)
 
 
-def _plan(benchmarks: Sequence[BenchmarkSpec],
-          settings: EvalSettings) -> list[tuple[BenchmarkSpec, SampleSetting, list[MetricName]]]:
+def _plan(
+    benchmarks: Sequence[BenchmarkSpec], settings: EvalSettings
+) -> list[tuple[BenchmarkSpec, SampleSetting, list[MetricName]]]:
     """Every (benchmark, sample setting, metrics read from it) of the run, in config order."""
     plan = []
     for spec in benchmarks:
@@ -177,21 +195,40 @@ def _plan(benchmarks: Sequence[BenchmarkSpec],
     return plan
 
 
-def _generate_missing(entry: ModelEntry, benchmarks: Sequence[BenchmarkSpec],
-                      questions: dict[str, list[ProblemRecord]], store: ResultStore, settings: EvalSettings,
-                      make_engine: EngineFactory, timing: Timing) -> None:
+def _generate_missing(
+    entry: ModelEntry,
+    benchmarks: Sequence[BenchmarkSpec],
+    questions: dict[str, list[ProblemRecord]],
+    store: ResultStore,
+    settings: EvalSettings,
+    make_engine: EngineFactory,
+    timing: Timing,
+) -> None:
     engine = functools.cache(lambda: make_engine(entry))  # built on first need, shared by the benchmarks
     for spec, setting, _ in _plan(benchmarks, settings):
-        store.generate_missing(entry.fingerprint(), spec.name, questions[spec.name], setting, engine,
-                               settings.batch_size // setting.n, timing, settings.grading_timeout_s,
-                               settings.progress, model=entry.label)
+        store.generate_missing(
+            entry.fingerprint(),
+            spec.name,
+            questions[spec.name],
+            setting,
+            engine,
+            settings.batch_size // setting.n,
+            timing,
+            settings.grading_timeout_s,
+            settings.progress,
+            model=entry.label,
+        )
     engine.cache_clear()
     gc.collect()
 
 
-def _collect(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec],
-             questions: dict[str, list[ProblemRecord]], store: ResultStore, settings: EvalSettings
-             ) -> tuple[dict, dict, list[dict]]:
+def _collect(
+    models: Sequence[ModelEntry],
+    benchmarks: Sequence[BenchmarkSpec],
+    questions: dict[str, list[ProblemRecord]],
+    store: ResultStore,
+    settings: EvalSettings,
+) -> tuple[dict, dict, list[dict]]:
     """Scores, breakdowns and per-question rows, all read back from the store."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
     groups: dict[str, dict[str, dict]] = {}
@@ -209,16 +246,31 @@ def _collect(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec],
     return summary, groups, rows
 
 
-def _question_row(entry: ModelEntry, spec: BenchmarkSpec, setting: SampleSetting, record: ProblemRecord,
-                  result: Any) -> dict[str, Any]:
-    return {"model": entry.label, "benchmark": spec.name, "setting": dataclasses.asdict(setting),
-            "id": record.id, "subject": record.subject, "level": record.level, "skills": list(record.skills),
-            "gold": record.answer, **dataclasses.asdict(result)}
+def _question_row(
+    entry: ModelEntry, spec: BenchmarkSpec, setting: SampleSetting, record: ProblemRecord, result: Any
+) -> dict[str, Any]:
+    return {
+        "model": entry.label,
+        "benchmark": spec.name,
+        "setting": dataclasses.asdict(setting),
+        "id": record.id,
+        "subject": record.subject,
+        "level": record.level,
+        "skills": list(record.skills),
+        "gold": record.answer,
+        **dataclasses.asdict(result),
+    }
 
 
-def _write_outputs(models: Sequence[ModelEntry], benchmarks: Sequence[BenchmarkSpec],
-                   questions: dict[str, list[ProblemRecord]], store: ResultStore, settings: EvalSettings,
-                   timing: Timing, output_dir: Path) -> dict[str, Any]:
+def _write_outputs(
+    models: Sequence[ModelEntry],
+    benchmarks: Sequence[BenchmarkSpec],
+    questions: dict[str, list[ProblemRecord]],
+    store: ResultStore,
+    settings: EvalSettings,
+    timing: Timing,
+    output_dir: Path,
+) -> dict[str, Any]:
     summary, groups, rows = _collect(models, benchmarks, questions, store, settings)
     titles = {b.name: b.title for b in benchmarks}
     table = markdown_table(summary, titles, {name: len(records) for name, records in questions.items()})
@@ -244,9 +296,13 @@ def _write_plots(groups: dict[str, dict[str, dict]], titles: dict[str, str], plo
     paths = []
     for benchmark, title in titles.items():
         for grouping in ("subject", "level", "skill"):
-            tables = {model: per_bench[benchmark][grouping] for model, per_bench in groups.items()
-                      if grouping in per_bench.get(benchmark, {})}
+            tables = {
+                model: per_bench[benchmark][grouping]
+                for model, per_bench in groups.items()
+                if grouping in per_bench.get(benchmark, {})
+            }
             if tables:
-                paths.append(plot_groups(tables, f"{title}: accuracy per {grouping}",
-                                         plot_dir / f"{benchmark}_{grouping}.png"))
+                paths.append(
+                    plot_groups(tables, f"{title}: accuracy per {grouping}", plot_dir / f"{benchmark}_{grouping}.png")
+                )
     return paths

@@ -56,8 +56,9 @@ class MetricName:
         return AvgAtK(**metric_kwargs) if self.kind == "avg" else PassAtK(self.k, **metric_kwargs)
 
 
-def _as_counts(num_correct: torch.Tensor | Sequence[int],
-               num_samples: torch.Tensor | Sequence[int]) -> tuple[list[int], list[int]]:
+def _as_counts(
+    num_correct: torch.Tensor | Sequence[int], num_samples: torch.Tensor | Sequence[int]
+) -> tuple[list[int], list[int]]:
     correct = torch.as_tensor(num_correct).flatten().tolist()
     samples = torch.as_tensor(num_samples).flatten().tolist()
     if len(correct) != len(samples):

@@ -51,10 +51,19 @@ def plot_groups(tables: GroupTables, title: str, path: str | Path) -> Path:
     """Accuracy (%) per group, one bar per model, each group labelled with its question count."""
     groups = sorted({g for per_group in tables.values() for g in per_group})
     counts = _question_counts(tables, groups)
-    accuracy = {model: {g: row.get("accuracy", 0.0) for g, row in per_group.items()}
-                for model, per_group in tables.items()}
-    return plot_bars(accuracy, path, title, "accuracy (%)", rows=groups, scale=100,
-                     row_labels={g: f"{g} ({counts[g]})" for g in groups}, value_range=(0, 100))
+    accuracy = {
+        model: {g: row.get("accuracy", 0.0) for g, row in per_group.items()} for model, per_group in tables.items()
+    }
+    return plot_bars(
+        accuracy,
+        path,
+        title,
+        "accuracy (%)",
+        rows=groups,
+        scale=100,
+        row_labels={g: f"{g} ({counts[g]})" for g in groups},
+        value_range=(0, 100),
+    )
 
 
 def _question_counts(tables: GroupTables, groups: Sequence[str]) -> dict[str, int]:

@@ -46,8 +46,9 @@ class SampleSetting:
         """Sampling for a chunk; the seed follows the chunk's first question, so a resumed run, whose
         chunks start where the interrupted run's did, draws the same samples."""
         seed = zlib.crc32(f"{self.seed}:{first_question_id}".encode()) & 0x7FFFFFFF
-        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                              top_p=self.top_p, n=self.n, seed=seed)
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, n=self.n, seed=seed
+        )
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,14 @@ class EvalSettings:
         settings: dict[SampleSetting, list[MetricName]] = {}
         for metric in spec.metric_names():
             single = metric.kind == "pass" and metric.k == 1
-            setting = SampleSetting(n=1 if single else spec.sampled_count(),
-                                    temperature=self.temperature if single else self.sample_temperature,
-                                    max_new_tokens=self.max_new_tokens, top_p=self.top_p, seed=self.seed,
-                                    system_prompt=self.system_prompt)
+            setting = SampleSetting(
+                n=1 if single else spec.sampled_count(),
+                temperature=self.temperature if single else self.sample_temperature,
+                max_new_tokens=self.max_new_tokens,
+                top_p=self.top_p,
+                seed=self.seed,
+                system_prompt=self.system_prompt,
+            )
             settings.setdefault(setting, []).append(metric)
         return settings
 
@@ -113,8 +118,9 @@ class Timing:
     completions_generated: int = 0
 
 
-def grade_question(record: ProblemRecord, completions: Sequence[Completion],
-                   timeout_s: float = DEFAULT_TIMEOUT_S) -> QuestionResult:
+def grade_question(
+    record: ProblemRecord, completions: Sequence[Completion], timeout_s: float = DEFAULT_TIMEOUT_S
+) -> QuestionResult:
     """Extract each completion's final answer and compare it with the gold answer."""
     answers = [extract_answer(c.text) for c in completions]
     return QuestionResult(
@@ -132,9 +138,15 @@ def _chunks(records: Sequence[ProblemRecord], size: int) -> Iterator[list[Proble
         yield list(records[start : start + size])
 
 
-def generate_and_grade(engine: Engine, records: Sequence[ProblemRecord], setting: SampleSetting,
-                       chunk_size: int, on_chunk: Callable[[list[ProblemRecord], list[QuestionResult]], None],
-                       timing: Timing, grading_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+def generate_and_grade(
+    engine: Engine,
+    records: Sequence[ProblemRecord],
+    setting: SampleSetting,
+    chunk_size: int,
+    on_chunk: Callable[[list[ProblemRecord], list[QuestionResult]], None],
+    timing: Timing,
+    grading_timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> None:
     """Generate ``setting.n`` samples per question in chunks of ``chunk_size`` questions, grade them, and
     hand each finished chunk to ``on_chunk`` (which saves it), so an interruption loses one chunk at most.
 
@@ -170,8 +182,7 @@ def score(results: Sequence[QuestionResult], metrics: Sequence[MetricName]) -> d
     return values
 
 
-def breakdowns(records: Sequence[ProblemRecord],
-               scores: Sequence[float]) -> dict[str, dict[str, dict[str, float]]]:
+def breakdowns(records: Sequence[ProblemRecord], scores: Sequence[float]) -> dict[str, dict[str, dict[str, float]]]:
     """Accuracy per subject, per level and per skill (paper Figures 4 and 7), for the groupings the data
     has: ``{"subject": {"algebra": {"accuracy": .., "questions": ..}}, "skill": {...}}``. ``scores`` are
     the questions' accuracies in [0, 1] (a :class:`QuestionResult`'s ``score``: its share of correct samples).

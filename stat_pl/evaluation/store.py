@@ -67,10 +67,19 @@ class ResultStore:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-    def generate_missing(self, model_id: str, benchmark: str, records: Sequence[ProblemRecord],
-                         setting: SampleSetting, engine: Callable[[], Engine], chunk_size: int, timing: Timing,
-                         grading_timeout_s: float = DEFAULT_TIMEOUT_S, progress: bool = True,
-                         **labels: Any) -> int:
+    def generate_missing(
+        self,
+        model_id: str,
+        benchmark: str,
+        records: Sequence[ProblemRecord],
+        setting: SampleSetting,
+        engine: Callable[[], Engine],
+        chunk_size: int,
+        timing: Timing,
+        grading_timeout_s: float = DEFAULT_TIMEOUT_S,
+        progress: bool = True,
+        **labels: Any,
+    ) -> int:
         """Generate and grade the ``records`` that have no result under ``model_id``, ``benchmark`` and
         ``setting``, adding each chunk as soon as it is graded; returns how many questions were generated.
 
@@ -80,13 +89,22 @@ class ResultStore:
         missing = [r for r in records if self.get(result_key(model_id, benchmark, r, setting)) is None]
         if not missing:
             return 0
-        bar = tqdm(total=len(missing), desc=f"{labels.get('model', model_id)} {benchmark} ({setting.label()})",
-                   disable=not progress, unit="q")
+        bar = tqdm(
+            total=len(missing),
+            desc=f"{labels.get('model', model_id)} {benchmark} ({setting.label()})",
+            disable=not progress,
+            unit="q",
+        )
 
         def save(chunk: list[ProblemRecord], results: list[QuestionResult]) -> None:
             for record, result in zip(chunk, results, strict=True):
-                self.add(result_key(model_id, benchmark, record, setting), result, **labels, benchmark=benchmark,
-                         setting=dataclasses.asdict(setting))
+                self.add(
+                    result_key(model_id, benchmark, record, setting),
+                    result,
+                    **labels,
+                    benchmark=benchmark,
+                    setting=dataclasses.asdict(setting),
+                )
             bar.update(len(chunk))
 
         generate_and_grade(engine(), missing, setting, chunk_size, save, timing, grading_timeout_s)
@@ -105,8 +123,10 @@ class ResultStore:
                     logger.warning("%s:%d: dropping a line cut short by an interrupted run", self.path, lineno)
                     self.path.write_text("".join(f"{kept}\n" for kept in lines[:-1]), encoding="utf-8")
                     continue
-                raise ValueError(f"{self.path}:{lineno}: malformed result line ({e.msg}); remove the line "
-                                 "to generate that question again") from None
+                raise ValueError(
+                    f"{self.path}:{lineno}: malformed result line ({e.msg}); remove the line "
+                    "to generate that question again"
+                ) from None
             missing = [f for f in ("key", *_RESULT_FIELDS) if f not in row]
             if missing:
                 raise ValueError(f"{self.path}:{lineno}: result line lacks field(s) {missing}")

@@ -38,9 +38,17 @@ class AdapterModule(L.LightningModule):
         adapter_dir: where :meth:`on_fit_end` saves the adapter; default ``<default_root_dir>/adapter``.
     """
 
-    def __init__(self, model: str, optimizer: OptimizerCallable, quantization: Quantization = "nf4",
-                 compute_dtype: str = "auto", lora: LoRAConfig | None = None, init_adapter: str | None = None,
-                 gradient_checkpointing: bool = False, adapter_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        optimizer: OptimizerCallable,
+        quantization: Quantization = "nf4",
+        compute_dtype: str = "auto",
+        lora: LoRAConfig | None = None,
+        init_adapter: str | None = None,
+        gradient_checkpointing: bool = False,
+        adapter_dir: str | None = None,
+    ) -> None:
         super().__init__()
         self.model_name = model
         self.optimizer = optimizer
@@ -94,8 +102,10 @@ class AdapterModule(L.LightningModule):
         """The configured optimizer over the adapter; a paged (CUDA unified memory) one refused on CPU."""
         optimizer = self.optimizer(self.trainable_parameters())
         if type(optimizer).__name__.startswith("Paged") and self.device.type != "cuda":
-            raise RuntimeError(f"model.optimizer: {type(optimizer).__name__} pages optimizer state through CUDA "
-                               "unified memory; on CPU use torch.optim.AdamW")
+            raise RuntimeError(
+                f"model.optimizer: {type(optimizer).__name__} pages optimizer state through CUDA "
+                "unified memory; on CPU use torch.optim.AdamW"
+            )
         return optimizer
 
     # ---- checkpoints and export ------------------------------------------------------------------
@@ -116,11 +126,12 @@ class AdapterModule(L.LightningModule):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         unexpected, missing = set(state_dict) - set(own), trainable - set(state_dict)
         if strict and (unexpected or missing):
-            raise KeyError(f"checkpoint does not fit this model's adapter: weights it lacks {sorted(unexpected)[:5]}, "
-                           f"adapter weights missing from it {sorted(missing)[:5]}; was it made for another model "
-                           "or LoRA config?")
-        return super().load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False,
-                                       assign=assign)
+            raise KeyError(
+                f"checkpoint does not fit this model's adapter: weights it lacks {sorted(unexpected)[:5]}, "
+                f"adapter weights missing from it {sorted(missing)[:5]}; was it made for another model "
+                "or LoRA config?"
+            )
+        return super().load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False, assign=assign)
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:

@@ -162,8 +162,9 @@ class GRPOModule(AdapterModule):
         vllm: VLLMSettings | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(model, optimizer, quantization, compute_dtype, lora, init_adapter, gradient_checkpointing,
-                         adapter_dir)
+        super().__init__(
+            model, optimizer, quantization, compute_dtype, lora, init_adapter, gradient_checkpointing, adapter_dir
+        )
         if num_generations < 2:
             raise ValueError(f"model.num_generations must be >= 2 (group-relative advantages), got {num_generations}")
         if temperature <= 0:
@@ -171,8 +172,10 @@ class GRPOModule(AdapterModule):
         if engine not in ("hf", "vllm"):
             raise ValueError(f"model.engine must be 'hf' or 'vllm', got {engine!r}")
         if vllm is not None and engine != "vllm":
-            raise ValueError("model.vllm is set but model.engine is 'hf', which ignores it; set model.engine: vllm "
-                             "or remove model.vllm")
+            raise ValueError(
+                "model.vllm is set but model.engine is 'hf', which ignores it; set model.engine: vllm "
+                "or remove model.vllm"
+            )
         if engine == "vllm":
             require_vllm("model.engine")
         self.save_hyperparameters(ignore=["rewards", "optimizer"])
@@ -190,12 +193,16 @@ class GRPOModule(AdapterModule):
         (Lightning calls this before its own check, whose message names only the Trainer argument.)
         """
         if self.trainer.gradient_clip_val:
-            raise ValueError(f"trainer.gradient_clip_val={self.trainer.gradient_clip_val}: GRPOModule clips its own "
-                             "gradients; remove it and set model.max_grad_norm instead")
+            raise ValueError(
+                f"trainer.gradient_clip_val={self.trainer.gradient_clip_val}: GRPOModule clips its own "
+                "gradients; remove it and set model.max_grad_norm instead"
+            )
         if self.trainer.accumulate_grad_batches != 1:
-            raise ValueError(f"trainer.accumulate_grad_batches={self.trainer.accumulate_grad_batches}: GRPOModule "
-                             "takes one optimizer step per mini-batch of groups; remove it and set "
-                             "model.mini_batch_groups (groups per step) and model.micro_batch_groups (per backward)")
+            raise ValueError(
+                f"trainer.accumulate_grad_batches={self.trainer.accumulate_grad_batches}: GRPOModule "
+                "takes one optimizer step per mini-batch of groups; remove it and set "
+                "model.mini_batch_groups (groups per step) and model.micro_batch_groups (per backward)"
+            )
         return [self._vllm] if self._vllm is not None else []
 
     def configure_model(self) -> None:
@@ -218,8 +225,11 @@ class GRPOModule(AdapterModule):
         optimizer = self.build_optimizer()
         total = max(1, int(self.trainer.estimated_stepping_batches) * self.updates_per_batch())
         warmup = math.ceil(self.hparams.warmup_ratio * total)
-        scheduler = (get_cosine_schedule_with_warmup(optimizer, warmup, total) if self.hparams.lr_schedule == "cosine"
-                     else get_constant_schedule_with_warmup(optimizer, warmup))  # stepped after each optimizer step
+        scheduler = (
+            get_cosine_schedule_with_warmup(optimizer, warmup, total)
+            if self.hparams.lr_schedule == "cosine"
+            else get_constant_schedule_with_warmup(optimizer, warmup)
+        )  # stepped after each optimizer step
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def updates_per_batch(self) -> int:
@@ -252,14 +262,23 @@ class GRPOModule(AdapterModule):
         if self._vllm is not None:
             folder = Path(self.trainer.default_root_dir) / "rollout-adapter" / f"rank{self.global_rank}"
             return self._vllm.sync(self, folder)
-        return HFEngine(self.generation_model(), self.trainer.datamodule.tokenizer,
-                        batch_size=self.hparams.generation_batch_size, progress=False)
+        return HFEngine(
+            self.generation_model(),
+            self.trainer.datamodule.tokenizer,
+            batch_size=self.hparams.generation_batch_size,
+            progress=False,
+        )
 
     def sampling(self) -> SamplingParams:
         """G completions per prompt, seeded per step and rank; token ids kept (each Completion's ``token_ids``)."""
         h = self.hparams
-        return SamplingParams(max_new_tokens=h.max_new_tokens, temperature=h.temperature, top_p=h.top_p,
-                              n=h.num_generations, seed=self.step_seed())
+        return SamplingParams(
+            max_new_tokens=h.max_new_tokens,
+            temperature=h.temperature,
+            top_p=h.top_p,
+            n=h.num_generations,
+            seed=self.step_seed(),
+        )
 
     def score(self, batch: dict, completions) -> Rollouts:
         """Rewards ``[B, G]`` (and each part) and group-relative advantages."""
@@ -269,8 +288,15 @@ class GRPOModule(AdapterModule):
         total, parts = combine(self.rewards, flat, answers)
         rewards = total.view(groups, size)  # [B, G]
         advantages = self._advantages(rewards)  # [B, G]
-        return Rollouts(batch["prompt_ids"], completions, batch["record"].cpu(), list(batch["answers"]), rewards,
-                        {k: v.view(groups, size) for k, v in parts.items()}, advantages)
+        return Rollouts(
+            batch["prompt_ids"],
+            completions,
+            batch["record"].cpu(),
+            list(batch["answers"]),
+            rewards,
+            {k: v.view(groups, size) for k, v in parts.items()},
+            advantages,
+        )
 
     def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         if self.hparams.advantage_scale != "batch" or not distributed():
@@ -287,8 +313,7 @@ class GRPOModule(AdapterModule):
         mini_batches = [list(range(s, min(s + size, groups))) for s in range(0, groups, size)]
         off_policy = mini_batches[1:] if self.hparams.num_iterations == 1 else mini_batches
         old = self._frozen_logprobs(rollouts, [g for mb in off_policy for g in mb], reference=False)
-        ref = (self._frozen_logprobs(rollouts, list(range(groups)), reference=True)
-               if self.hparams.beta > 0 else {})
+        ref = self._frozen_logprobs(rollouts, list(range(groups)), reference=True) if self.hparams.beta > 0 else {}
         stats = []
         for iteration in range(self.hparams.num_iterations):
             for k, mini_batch in enumerate(mini_batches):
@@ -296,13 +321,15 @@ class GRPOModule(AdapterModule):
                 stats.append(self._optimizer_step(rollouts, mini_batch, None if on_policy else old, ref))
         return stats
 
-    def _optimizer_step(self, rollouts: Rollouts, mini_batch: list[int], old: dict | None,
-                        ref: dict) -> dict[str, float]:
+    def _optimizer_step(
+        self, rollouts: Rollouts, mini_batch: list[int], old: dict | None, ref: dict
+    ) -> dict[str, float]:
         h = self.hparams
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         masks = [right_pad(rollouts.completion_ids([g]), 0)[1] for g in mini_batch]
-        normaliser = all_reduce_sum(sum(update_normaliser(m, h.loss_aggregation, h.max_new_tokens) for m in masks),
-                                    self.device)
+        normaliser = all_reduce_sum(
+            sum(update_normaliser(m, h.loss_aggregation, h.max_new_tokens) for m in masks), self.device
+        )
         skip = h.skip_zero_advantage_groups and h.beta == 0
         active = rollouts.informative(mini_batch) if skip else mini_batch
         micro = h.micro_batch_groups or max(1, len(active))
@@ -320,27 +347,49 @@ class GRPOModule(AdapterModule):
         scheduler.step()
         optimizer.zero_grad()
         tokens = max(totals.pop("tokens", 0.0), 1.0)
-        metrics = {"loss": totals.pop("loss", 0.0), "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"],
-                   "groups_trained": float(len(active)), **{k: v / tokens for k, v in totals.items()}}
+        metrics = {
+            "loss": totals.pop("loss", 0.0),
+            "grad_norm": grad_norm,
+            "lr": optimizer.param_groups[0]["lr"],
+            "groups_trained": float(len(active)),
+            **{k: v / tokens for k, v in totals.items()},
+        }
         for logger in self.loggers:
             logger.log_metrics({f"train/update/{k}": v for k, v in metrics.items()}, step=self.global_step)
         return metrics
 
-    def _backward(self, rollouts: Rollouts, groups: list[int], normaliser: float, old: dict | None, ref: dict,
-                  totals: dict[str, float]) -> None:
-        loss, sums = micro_batch_loss(self.model, rollouts, groups, normaliser, old, ref,
-                                      self.trainer.datamodule.tokenizer.pad_token_id, self.hparams)
+    def _backward(
+        self,
+        rollouts: Rollouts,
+        groups: list[int],
+        normaliser: float,
+        old: dict | None,
+        ref: dict,
+        totals: dict[str, float],
+    ) -> None:
+        loss, sums = micro_batch_loss(
+            self.model,
+            rollouts,
+            groups,
+            normaliser,
+            old,
+            ref,
+            self.trainer.datamodule.tokenizer.pad_token_id,
+            self.hparams,
+        )
         self.manual_backward(loss)
         for key, value in sums.items():
             totals[key] += value
 
     def _logprobs(self, rollouts: Rollouts, groups: list[int]):
-        return rollout_logprobs(self.model, rollouts, groups, self.trainer.datamodule.tokenizer.pad_token_id,
-                                self.hparams)
+        return rollout_logprobs(
+            self.model, rollouts, groups, self.trainer.datamodule.tokenizer.pad_token_id, self.hparams
+        )
 
     @torch.no_grad()
-    def _frozen_logprobs(self, rollouts: Rollouts, groups: Sequence[int],
-                         reference: bool) -> dict[tuple[int, int], torch.Tensor]:
+    def _frozen_logprobs(
+        self, rollouts: Rollouts, groups: Sequence[int], reference: bool
+    ) -> dict[tuple[int, int], torch.Tensor]:
         """Per-sequence log-probs without dropout: of the policy now ("old"), or of the KL reference."""
         if not groups:
             return {}
@@ -373,11 +422,13 @@ class GRPOModule(AdapterModule):
         flat = [c for group in rollouts.completions for c in group]
         lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32)
         metrics = {
-            "reward/mean": rollouts.rewards.mean(), "reward/std": rollouts.rewards.std(),
+            "reward/mean": rollouts.rewards.mean(),
+            "reward/std": rollouts.rewards.std(),
             **{f"reward/{name}": part.mean() for name, part in rollouts.parts.items()},
-            "zero_variance_groups": 1.0 - len(rollouts.informative(range(len(flat) // rollouts.group_size)))
-            / (len(flat) // rollouts.group_size),
-            "completion/length_mean": lengths.mean(), "completion/length_max": lengths.max(),
+            "zero_variance_groups": 1.0
+            - len(rollouts.informative(range(len(flat) // rollouts.group_size))) / (len(flat) // rollouts.group_size),
+            "completion/length_mean": lengths.mean(),
+            "completion/length_max": lengths.max(),
             "completion/truncated": sum(c.finish_reason == "length" for c in flat) / len(flat),
             **{f"time/{phase}_s": seconds for phase, seconds in timer.seconds.items()},
             "generated_tokens_per_s": float(lengths.sum()) / max(timer.seconds["generation"], 1e-9),
@@ -393,23 +444,38 @@ class GRPOModule(AdapterModule):
     def on_train_epoch_end(self) -> None:
         """Mean reward per skill of this epoch's prompts (this rank's), then start the next epoch afresh."""
         for logger in self.loggers:
-            logger.log_metrics({f"train/reward_by_skill/{s}": sum(v) / len(v) for s, v in self._skill_rewards.items()},
-                               step=self.global_step)
+            logger.log_metrics(
+                {f"train/reward_by_skill/{s}": sum(v) / len(v) for s, v in self._skill_rewards.items()},
+                step=self.global_step,
+            )
         self._skill_rewards.clear()
 
 
-def rollout_logprobs(model: torch.nn.Module, rollouts: Rollouts, groups: Sequence[int], pad_token_id: int,
-                     settings: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rollout_logprobs(
+    model: torch.nn.Module, rollouts: Rollouts, groups: Sequence[int], pad_token_id: int, settings: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-probs, entropies and mask ``[n, L]`` of the completions of ``groups`` (``settings``: the hparams)."""
-    return completion_logprobs(model, [rollouts.prompt_ids[g] for g in groups], rollouts.completion_ids(groups),
-                               settings.temperature, pad_token_id,
-                               shared_prompt=settings.shared_prompt_forward and not settings.gradient_checkpointing,
-                               chunk_tokens=settings.logit_chunk_tokens)
+    return completion_logprobs(
+        model,
+        [rollouts.prompt_ids[g] for g in groups],
+        rollouts.completion_ids(groups),
+        settings.temperature,
+        pad_token_id,
+        shared_prompt=settings.shared_prompt_forward and not settings.gradient_checkpointing,
+        chunk_tokens=settings.logit_chunk_tokens,
+    )
 
 
-def micro_batch_loss(model: torch.nn.Module, rollouts: Rollouts, groups: list[int], normaliser: float,
-                     old: dict | None, ref: dict, pad_token_id: int,
-                     settings: Any) -> tuple[torch.Tensor, dict[str, float]]:
+def micro_batch_loss(
+    model: torch.nn.Module,
+    rollouts: Rollouts,
+    groups: list[int],
+    normaliser: float,
+    old: dict | None,
+    ref: dict,
+    pad_token_id: int,
+    settings: Any,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """This micro-batch's part of an update's loss (over the update's global ``normaliser``) and its sums to log.
 
     ``old`` holds per-sequence old log-probs (None: on-policy, the current ones detached); ``ref`` the
@@ -420,9 +486,13 @@ def micro_batch_loss(model: torch.nn.Module, rollouts: Rollouts, groups: list[in
     old_logp = logp.detach() if old is None else pad_values([old[r] for r in rows], logp.shape[1])
     advantages = rollouts.advantages[groups].flatten().to(logp.device)  # [n]
     per_token, low, high = clipped_surrogate(logp, old_logp, advantages, settings.epsilon, settings.epsilon_high)
-    sums = {"tokens": float(mask.sum()), "clip_low": float((low * mask).sum()),
-            "clip_high": float((high * mask).sum()), "entropy": float((entropy * mask).sum()),
-            "approx_kl": float((k3_kl(logp.detach(), old_logp) * mask).sum())}
+    sums = {
+        "tokens": float(mask.sum()),
+        "clip_low": float((low * mask).sum()),
+        "clip_high": float((high * mask).sum()),
+        "entropy": float((entropy * mask).sum()),
+        "approx_kl": float((k3_kl(logp.detach(), old_logp) * mask).sum()),
+    }
     if settings.beta > 0:
         kl = k3_kl(logp, pad_values([ref[r] for r in rows], logp.shape[1]))  # [n, L]
         per_token = per_token + settings.beta * kl

@@ -33,10 +33,15 @@ def right_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[to
     return ids, mask
 
 
-def completion_logprobs(model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]],
-                        completion_ids: Sequence[Sequence[int]], temperature: float, pad_token_id: int,
-                        shared_prompt: bool = True, chunk_tokens: int | None = None,
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def completion_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    temperature: float,
+    pad_token_id: int,
+    shared_prompt: bool = True,
+    chunk_tokens: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-probs ``[N, L]`` of the completions at ``temperature``, their entropies ``[N, L]`` (no grad) and mask.
 
     ``completion_ids`` hold ``G`` completions per prompt, group after group (``N = len(prompt_ids) x G``).
@@ -45,8 +50,9 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: Sequence[Sequence[in
     """
     group = len(completion_ids) // len(prompt_ids)
     if group * len(prompt_ids) != len(completion_ids):
-        raise ValueError(f"{len(completion_ids)} completions are not a whole number of groups of "
-                         f"{len(prompt_ids)} prompts")
+        raise ValueError(
+            f"{len(completion_ids)} completions are not a whole number of groups of {len(prompt_ids)} prompts"
+        )
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(model.parameters()).device
     prompts, prompt_mask = (t.to(device) for t in left_pad(prompt_ids, pad_token_id))  # [B, T]
@@ -57,8 +63,9 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: Sequence[Sequence[in
     return logp, entropy, mask
 
 
-def _shared_prompt_hidden(decoder: torch.nn.Module, prompts: torch.Tensor, prompt_mask: torch.Tensor,
-                          targets: torch.Tensor, group: int) -> torch.Tensor:
+def _shared_prompt_hidden(
+    decoder: torch.nn.Module, prompts: torch.Tensor, prompt_mask: torch.Tensor, targets: torch.Tensor, group: int
+) -> torch.Tensor:
     """Hidden states that predict each completion token, each prompt run once and its cache repeated."""
     prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
     out = decoder(input_ids=prompts, attention_mask=prompt_mask, position_ids=prompt_positions, use_cache=True)
@@ -71,25 +78,33 @@ def _shared_prompt_hidden(decoder: torch.nn.Module, prompts: torch.Tensor, promp
     positions = lengths[:, None] + torch.arange(targets.shape[1] - 1, device=targets.device)  # [N, L-1]
     # Right padding after a completion is attended by nothing real (causal), so the completion mask is all ones.
     attention = torch.cat([prompt_mask.repeat_interleave(group, 0), torch.ones_like(targets[:, :-1])], dim=1)
-    rest = decoder(input_ids=targets[:, :-1], attention_mask=attention, position_ids=positions,
-                   use_cache=True, **{CACHE_KWARG: cache}).last_hidden_state  # [N, L-1, H]
+    rest = decoder(
+        input_ids=targets[:, :-1],
+        attention_mask=attention,
+        position_ids=positions,
+        use_cache=True,
+        **{CACHE_KWARG: cache},
+    ).last_hidden_state  # [N, L-1, H]
     return torch.cat([last, rest], dim=1)  # [N, L, H]
 
 
-def _full_row_hidden(decoder: torch.nn.Module, prompts: torch.Tensor, prompt_mask: torch.Tensor,
-                     targets: torch.Tensor, group: int) -> torch.Tensor:
+def _full_row_hidden(
+    decoder: torch.nn.Module, prompts: torch.Tensor, prompt_mask: torch.Tensor, targets: torch.Tensor, group: int
+) -> torch.Tensor:
     """The same hidden states from ``N`` full rows ``[left-padded prompt | completion]``."""
     width = prompts.shape[1]
     ids = torch.cat([prompts.repeat_interleave(group, 0), targets], dim=1)  # [N, T+L]
     mask = torch.cat([prompt_mask.repeat_interleave(group, 0), torch.ones_like(targets)], dim=1)  # [N, T+L]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [N, T+L]
-    hidden = decoder(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                     use_cache=False).last_hidden_state  # [N, T+L-1, H]
+    hidden = decoder(
+        input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=False
+    ).last_hidden_state  # [N, T+L-1, H]
     return hidden[:, width - 1 :]  # [N, L, H]
 
 
-def _head_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
-                   chunk_tokens: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _head_logprobs(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, chunk_tokens: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """LM head + log-softmax over ``chunk_tokens`` positions at a time; entropies for logging only."""
     step = chunk_tokens or hidden.shape[1]
     logps, entropies = [], []
@@ -104,7 +119,8 @@ def _head_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.T
     return torch.cat(logps, dim=1), torch.cat(entropies, dim=1)  # [N, L], [N, L]
 
 
-def _chunk(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-           temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden)  # [N, C, V]
     return token_logprobs(logits, targets, temperature), token_entropy(logits.detach(), temperature)

@@ -64,8 +64,13 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     return -(logp.exp() * logp).sum(-1)  # [...]
 
 
-def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, epsilon: float = 0.2,
-                      epsilon_high: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def clipped_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO's clipped objective per token, as a loss (to minimise), and where it clipped.
 
     ``ratio = exp(logp - old_logp)`` is clipped to ``[1 - epsilon, 1 + epsilon_high]`` (``epsilon_high``

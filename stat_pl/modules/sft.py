@@ -51,8 +51,9 @@ class SFTModule(AdapterModule):
         adapter_dir: str | None = None,
         init_adapter: str | None = None,
     ) -> None:
-        super().__init__(model, optimizer, quantization, compute_dtype, lora, init_adapter, gradient_checkpointing,
-                         adapter_dir)
+        super().__init__(
+            model, optimizer, quantization, compute_dtype, lora, init_adapter, gradient_checkpointing, adapter_dir
+        )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.scheduler = scheduler
         self._step_started = 0.0
@@ -63,8 +64,7 @@ class SFTModule(AdapterModule):
 
     def masked_lm_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean next-token cross entropy over the label tokens (prompt and padding are -100)."""
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         labels=batch["labels"])
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         return out.loss
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:

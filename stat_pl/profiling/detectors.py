@@ -15,8 +15,10 @@ from stat_pl.profiling.base import Attempt
 
 def _responses(attempt: Attempt, detector: str) -> tuple[str, ...]:
     if not attempt.responses:
-        raise ValueError(f"{detector}: question {attempt.record.id!r} has no responses; generate "
-                         "samples_per_question responses for every question before detecting")
+        raise ValueError(
+            f"{detector}: question {attempt.record.id!r} has no responses; generate "
+            "samples_per_question responses for every question before detecting"
+        )
     return attempt.responses
 
 
@@ -30,8 +32,7 @@ class GroundTruthDetector:
 
     def __init__(self, samples_per_question: int = 1) -> None:
         if samples_per_question < 1:
-            raise ValueError(f"GroundTruthDetector.samples_per_question must be >= 1, "
-                             f"got {samples_per_question}")
+            raise ValueError(f"GroundTruthDetector.samples_per_question must be >= 1, got {samples_per_question}")
         self.samples_per_question = samples_per_question
 
     def detect(self, attempts: Sequence[Attempt]) -> list[bool]:
@@ -58,8 +59,10 @@ class ConsistencyDetector:
 
     def __init__(self, k: int = 5, min_votes: int = 2) -> None:
         if not 1 <= min_votes <= k:
-            raise ValueError(f"ConsistencyDetector needs 1 <= min_votes <= k, got min_votes={min_votes}, "
-                             f"k={k}: otherwise every question is difficult")
+            raise ValueError(
+                f"ConsistencyDetector needs 1 <= min_votes <= k, got min_votes={min_votes}, "
+                f"k={k}: otherwise every question is difficult"
+            )
         self.samples_per_question = k
         self.min_votes = min_votes
 
@@ -85,8 +88,10 @@ class LengthDetector:
 
     def __init__(self, min_words: int = 800, samples_per_question: int = 1) -> None:
         if min_words < 1 or samples_per_question < 1:
-            raise ValueError(f"LengthDetector needs min_words >= 1 and samples_per_question >= 1, got "
-                             f"min_words={min_words}, samples_per_question={samples_per_question}")
+            raise ValueError(
+                f"LengthDetector needs min_words >= 1 and samples_per_question >= 1, got "
+                f"min_words={min_words}, samples_per_question={samples_per_question}"
+            )
         self.min_words = min_words
         self.samples_per_question = samples_per_question
 

@@ -57,14 +57,23 @@ def build_skill_map(
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     loaded = [canonical_subject(r) for r in load_records(records)]
-    labelled, stats = label_skills(loaded, teacher, catalog, benchmark=benchmark, templates=templates,
-                                   max_skills=max_skills, max_attempts=max_attempts, relabel=relabel)
+    labelled, stats = label_skills(
+        loaded,
+        teacher,
+        catalog,
+        benchmark=benchmark,
+        templates=templates,
+        max_skills=max_skills,
+        max_attempts=max_attempts,
+        relabel=relabel,
+    )
     with (output / "records.jsonl").open("w", encoding="utf-8") as f:
         for record in labelled:
             f.write(json.dumps(dataclasses.asdict(record), ensure_ascii=False) + "\n")
     skill_map = SkillMap.from_records(labelled)
-    (output / "skill_map.json").write_text(json.dumps(
-        {skill: list(skill_map.problems_with(skill)) for skill in skill_map.skills}, indent=1))
+    (output / "skill_map.json").write_text(
+        json.dumps({skill: list(skill_map.problems_with(skill)) for skill in skill_map.skills}, indent=1)
+    )
     counts = {
         "records": len(labelled),
         "with_skills": sum(bool(r.skills) for r in labelled),
@@ -77,8 +86,11 @@ def build_skill_map(
         "cache_hits": stats["cache_hits"],
     }
     skill_counts = Counter(s for r in labelled for s in r.skills)
-    table = write_summary(output, f"skill labels for {records.path}", counts,
-                          {"unmatched_skills": stats["unmatched_skills"],
-                           "skill_counts": dict(skill_counts.most_common())})
+    table = write_summary(
+        output,
+        f"skill labels for {records.path}",
+        counts,
+        {"unmatched_skills": stats["unmatched_skills"], "skill_counts": dict(skill_counts.most_common())},
+    )
     print(table)
     return counts

@@ -20,10 +20,13 @@ from stat_pl.profiling.base import Attempt, Diagnosis
 
 # Lenient on layout: markdown marks before "Step", any number, an optional skill tag with or without
 # brackets, then ":" (or "." / ")"). Steps are matched by position, so the number and tag are not read.
-_STEP_LINE = re.compile(r"^[ \t*#>-]*step[ \t]*\d+[ \t]*\[?[a-z_\- ]*\]?[ \t*]*[:.)][ \t]*(.*)$",
-                        re.IGNORECASE | re.MULTILINE)
-_NUMBER = re.compile(r"\\[dt]?frac\{(-?\d+)\}\{(\d+)\}"
-                     r"|(-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?)(?:\s*/\s*(\d+))?")
+_STEP_LINE = re.compile(
+    r"^[ \t*#>-]*step[ \t]*\d+[ \t]*\[?[a-z_\- ]*\]?[ \t*]*[:.)][ \t]*(.*)$", re.IGNORECASE | re.MULTILINE
+)
+_NUMBER = re.compile(
+    r"\\[dt]?frac\{(-?\d+)\}\{(\d+)\}"
+    r"|(-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?)(?:\s*/\s*(\d+))?"
+)
 
 
 @dataclass(frozen=True)

@@ -99,19 +99,34 @@ def profile(
     """
     detector = detector or GroundTruthDetector()
     if detector.samples_per_question > 1 and temperature <= 0:
-        raise ValueError(f"profile: the detector {type(detector).__name__} votes over "
-                         f"{detector.samples_per_question} samples per question, which greedy decoding makes "
-                         "identical; set `temperature` above 0 (e.g. 0.7)")
+        raise ValueError(
+            f"profile: the detector {type(detector).__name__} votes over "
+            f"{detector.samples_per_question} samples per question, which greedy decoding makes "
+            "identical; set `temperature` above 0 (e.g. 0.7)"
+        )
     profiler = _profiler(profiler, teacher, catalog, benchmark)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     records = select_questions(questions, split, split_seed, validation_size, num_questions)
-    setting = SampleSetting(n=detector.samples_per_question, temperature=temperature, max_new_tokens=max_new_tokens,
-                            top_p=top_p, seed=seed, system_prompt=system_prompt)
+    setting = SampleSetting(
+        n=detector.samples_per_question,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        top_p=top_p,
+        seed=seed,
+        system_prompt=system_prompt,
+    )
     store, model_id = ResultStore(output / GENERATIONS_FILE), ModelEntry("student", student, adapter).fingerprint()
-    generated = store.generate_missing(model_id, STORE_GROUP, records, setting,
-                                       lambda: _student_engine(student, adapter, batch_size),
-                                       batch_size // setting.n, Timing(), model="student")
+    generated = store.generate_missing(
+        model_id,
+        STORE_GROUP,
+        records,
+        setting,
+        lambda: _student_engine(student, adapter, batch_size),
+        batch_size // setting.n,
+        Timing(),
+        model="student",
+    )
     results = [store.get(result_key(model_id, STORE_GROUP, r, setting)) for r in records]
     attempts = [Attempt(r, tuple(result.responses)) for r, result in zip(records, results, strict=True)]
     difficult, diagnoses = judge(attempts, detector, profiler)
@@ -120,24 +135,43 @@ def profile(
     stats = dict(getattr(profiler, "stats", None) or {})
     counts = _counts(results, verdicts, diagnoses, stats, generated)
     result = MissingSkillProfile.from_questions(
-        {d.question_id: d.skills for d in diagnoses}, student=student, adapter=adapter, split=split,
-        split_seed=split_seed, counts=counts, detector=_class_path(detector), profiler=_class_path(profiler),
+        {d.question_id: d.skills for d in diagnoses},
+        student=student,
+        adapter=adapter,
+        split=split,
+        split_seed=split_seed,
+        counts=counts,
+        detector=_class_path(detector),
+        profiler=_class_path(profiler),
         difficulty={a.record.id: hard for a, hard in zip(attempts, verdicts, strict=True)},
-        statuses={d.question_id: d.status for d in diagnoses})
+        statuses={d.question_id: d.status for d in diagnoses},
+    )
     result.to_json(output / "profile.json")
     _write_responses(output / "responses.jsonl", attempts, verdicts, diagnoses)
-    plot_bars({"missing skills": result.histogram}, output / "profile.png",
-                    f"Missing-Skill-Profile of {student} ({counts['difficult']} difficult questions)",
-                    "difficult questions", top_k=top_k)
-    table = write_summary(output, f"profile of {student}", counts,
-                          {"unmatched_skills": stats.get("unmatched_skills", {}), "top_skills": result.top_k(top_k),
-                           "files": sorted(p.name for p in output.iterdir())})
+    plot_bars(
+        {"missing skills": result.histogram},
+        output / "profile.png",
+        f"Missing-Skill-Profile of {student} ({counts['difficult']} difficult questions)",
+        "difficult questions",
+        top_k=top_k,
+    )
+    table = write_summary(
+        output,
+        f"profile of {student}",
+        counts,
+        {
+            "unmatched_skills": stats.get("unmatched_skills", {}),
+            "top_skills": result.top_k(top_k),
+            "files": sorted(p.name for p in output.iterdir()),
+        },
+    )
     print(table)
     return counts
 
 
-def select_questions(questions: RecordSource, split: Split, split_seed: int, validation_size: int,
-                     num_questions: int | None) -> list[ProblemRecord]:
+def select_questions(
+    questions: RecordSource, split: Split, split_seed: int, validation_size: int, num_questions: int | None
+) -> list[ProblemRecord]:
     """The questions to profile: the split's part (subjects spelled as the catalog does), the first N."""
     records = [canonical_subject(r) for r in load_records(questions)]
     if split != "all":
@@ -155,13 +189,17 @@ def _class_path(value: object) -> str:
 
 def _profiler(profiler: Profiler | None, teacher: Teacher | None, catalog: str, benchmark: str) -> Profiler:
     if profiler is not None and teacher is not None:
-        raise ValueError("profile: give `teacher` (for the default TeacherProfiler) or `profiler` (which holds its "
-                         "own teacher, if any), not both")
+        raise ValueError(
+            "profile: give `teacher` (for the default TeacherProfiler) or `profiler` (which holds its "
+            "own teacher, if any), not both"
+        )
     if profiler is not None:
         return profiler
     if teacher is None:
-        raise ValueError("profile: set `teacher` (e.g. class_path stat_pl.teacher.OpenAICompatibleTeacher) or a "
-                         "`profiler` that needs none (class_path stat_pl.profiling.proxy.SkillMapProxy)")
+        raise ValueError(
+            "profile: set `teacher` (e.g. class_path stat_pl.teacher.OpenAICompatibleTeacher) or a "
+            "`profiler` that needs none (class_path stat_pl.profiling.proxy.SkillMapProxy)"
+        )
     return TeacherProfiler(teacher, catalog, benchmark)
 
 
@@ -173,27 +211,47 @@ def _student_engine(student: str, adapter: str | None, batch_size: int) -> Engin
 
     if adapter is not None:
         check_adapter(adapter, student, model_skeleton(student))
-    return HFEngine(load_for_evaluation(ModelEntry("student", student, adapter)), tokenizer=load_tokenizer(student),
-                    batch_size=batch_size, progress=False)
+    return HFEngine(
+        load_for_evaluation(ModelEntry("student", student, adapter)),
+        tokenizer=load_tokenizer(student),
+        batch_size=batch_size,
+        progress=False,
+    )
 
 
-def _write_responses(path: Path, attempts: Sequence[Attempt], verdicts: Sequence[bool],
-                     diagnoses: Sequence[Diagnosis]) -> None:
+def _write_responses(
+    path: Path, attempts: Sequence[Attempt], verdicts: Sequence[bool], diagnoses: Sequence[Diagnosis]
+) -> None:
     """``responses.jsonl``: this run's questions only, each with its responses, verdict and diagnosis."""
     by_id = {d.question_id: d for d in diagnoses}
     with path.open("w", encoding="utf-8") as f:
         for attempt, hard in zip(attempts, verdicts, strict=True):
             record, diagnosis = attempt.record, by_id.get(attempt.record.id)
-            f.write(json.dumps({
-                "id": record.id, "subject": record.subject, "problem": record.problem, "answer": record.answer,
-                "responses": list(attempt.responses), "difficult": hard,
-                "status": diagnosis.status if diagnosis else None,
-                "missing_skills": list(diagnosis.skills) if diagnosis else [],
-            }, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": record.id,
+                        "subject": record.subject,
+                        "problem": record.problem,
+                        "answer": record.answer,
+                        "responses": list(attempt.responses),
+                        "difficult": hard,
+                        "status": diagnosis.status if diagnosis else None,
+                        "missing_skills": list(diagnosis.skills) if diagnosis else [],
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
 
 
-def _counts(results: Sequence[QuestionResult], verdicts: Sequence[bool], diagnoses: Sequence[Diagnosis],
-            stats: dict[str, Any], generated: int) -> dict[str, Any]:
+def _counts(
+    results: Sequence[QuestionResult],
+    verdicts: Sequence[bool],
+    diagnoses: Sequence[Diagnosis],
+    stats: dict[str, Any],
+    generated: int,
+) -> dict[str, Any]:
     """The summary table's rows (questions counted); ``teacher_calls`` are this run's paid calls, retries included.
 
     ``unlabelled`` counts difficult questions the profiler gave no usable answer for (teacher failures,

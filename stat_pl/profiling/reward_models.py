@@ -64,9 +64,17 @@ class RewardModelScorer:
         progress: show a progress bar over batches.
     """
 
-    def __init__(self, model: str, quantization: Quantization = "none", compute_dtype: str = "bfloat16",
-                 device: str | None = None, batch_size: int = 8, good_token: str = "+", bad_token: str = "-",
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        model: str,
+        quantization: Quantization = "none",
+        compute_dtype: str = "bfloat16",
+        device: str | None = None,
+        batch_size: int = 8,
+        good_token: str = "+",
+        bad_token: str = "-",
+        progress: bool = True,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"reward model {model}: batch_size must be >= 1, got {batch_size}")
         self.model = model
@@ -85,11 +93,14 @@ class RewardModelScorer:
         """The model, loaded (frozen, eval mode) on the first call; the tokenizer's reply tokens checked."""
         if self._module is None:
             self.tokenizer = load_tokenizer(self.model)
-            self._token_ids = [self._single_token_id(self.good_token, "good_token"),
-                               self._single_token_id(self.bad_token, "bad_token")]
+            self._token_ids = [
+                self._single_token_id(self.good_token, "good_token"),
+                self._single_token_id(self.bad_token, "bad_token"),
+            ]
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model = load_causal_lm(self.model, quantization=self.quantization, compute_dtype=self.compute_dtype,
-                                   device=device)
+            model = load_causal_lm(
+                self.model, quantization=self.quantization, compute_dtype=self.compute_dtype, device=device
+            )
             if self.quantization == "none":
                 model = model.to(device)
             self._module = model.eval().requires_grad_(False)
@@ -111,13 +122,14 @@ class RewardModelScorer:
     def _single_token_id(self, text: str, key: str) -> int:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
-            raise ValueError(f"reward model {self.model}: {key}={text!r} is {len(ids)} tokens {ids} for its "
-                             f"tokenizer; set {key} to a string that is one token")
+            raise ValueError(
+                f"reward model {self.model}: {key}={text!r} is {len(ids)} tokens {ids} for its "
+                f"tokenizer; set {key} to a string that is one token"
+            )
         return ids[0]
 
     def _ids(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _encode(self, turns: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -136,7 +148,8 @@ class RewardModelScorer:
                 raise ValueError(
                     f"reward model {self.model}: its chat template does not render the conversation cut after "
                     f"turn {k + 1} as the start of the whole conversation followed by {self.good_token!r}, so "
-                    "the reply positions cannot be found; use a model whose template renders turns in order")
+                    "the reply positions cannot be found; use a model whose template renders turns in order"
+                )
         return ids, [len(prefix) - 1 for prefix in prefixes]
 
     def _forward(self, model: torch.nn.Module, batch: list[tuple[list[int], list[int]]]) -> list[list[float]]:
@@ -150,8 +163,12 @@ class RewardModelScorer:
             attention_mask[row, : len(ids)] = 1
             keep[row, positions] = True
         device = next(model.parameters()).device
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                       logits_to_keep=keep.to(device), use_cache=False).logits
+        logits = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            logits_to_keep=keep.to(device),
+            use_cache=False,
+        ).logits
         good = logits[..., self._token_ids].float().softmax(dim=-1)[..., 0].cpu().tolist()
         rows, start = [], 0  # the kept logits are flattened row by row, positions ascending
         for _, positions in batch:
@@ -184,8 +201,13 @@ class ProcessRewardDetector:
         samples_per_question: responses judged per question.
     """
 
-    def __init__(self, scorer: RewardModelScorer | None = None, tau1: float = 0.85, tau2: float = 0.7,
-                 samples_per_question: int = 1) -> None:
+    def __init__(
+        self,
+        scorer: RewardModelScorer | None = None,
+        tau1: float = 0.85,
+        tau2: float = 0.7,
+        samples_per_question: int = 1,
+    ) -> None:
         _check_samples("ProcessRewardDetector", samples_per_question)
         self.scorer = scorer or RewardModelScorer(PAPER_PRM)
         self.tau1 = tau1
@@ -207,8 +229,10 @@ class ProcessRewardDetector:
         return scores
 
     def detect(self, attempts: Sequence[Attempt]) -> list[bool]:
-        return [not _mostly_fine([bool(s) and not prm_is_difficult(s, self.tau1, self.tau2) for s in per_response])
-                for per_response in self.step_scores(attempts)]
+        return [
+            not _mostly_fine([bool(s) and not prm_is_difficult(s, self.tau1, self.tau2) for s in per_response])
+            for per_response in self.step_scores(attempts)
+        ]
 
 
 class PRMLastStepDetector(ProcessRewardDetector):
@@ -226,14 +250,17 @@ class PRMLastStepDetector(ProcessRewardDetector):
         samples_per_question: responses judged per question.
     """
 
-    def __init__(self, scorer: RewardModelScorer | None = None, threshold: float = 0.9,
-                 samples_per_question: int = 1) -> None:
+    def __init__(
+        self, scorer: RewardModelScorer | None = None, threshold: float = 0.9, samples_per_question: int = 1
+    ) -> None:
         super().__init__(scorer, samples_per_question=samples_per_question)
         self.threshold = threshold
 
     def detect(self, attempts: Sequence[Attempt]) -> list[bool]:
-        return [not _mostly_fine([bool(s) and s[-1] > self.threshold for s in per_response])
-                for per_response in self.step_scores(attempts)]
+        return [
+            not _mostly_fine([bool(s) and s[-1] > self.threshold for s in per_response])
+            for per_response in self.step_scores(attempts)
+        ]
 
 
 class OutcomeRewardDetector:
@@ -250,8 +277,9 @@ class OutcomeRewardDetector:
         samples_per_question: responses judged per question.
     """
 
-    def __init__(self, scorer: RewardModelScorer | None = None, threshold: float = 0.9,
-                 samples_per_question: int = 1) -> None:
+    def __init__(
+        self, scorer: RewardModelScorer | None = None, threshold: float = 0.9, samples_per_question: int = 1
+    ) -> None:
         _check_samples("OutcomeRewardDetector", samples_per_question)
         self.scorer = scorer or RewardModelScorer(PAPER_ORM)
         self.threshold = threshold

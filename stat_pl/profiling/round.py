@@ -16,25 +16,33 @@ from stat_pl.profiling.base import Attempt, Diagnosis, DifficultyDetector, Profi
 from stat_pl.records import ProblemRecord
 
 
-def judge(attempts: Sequence[Attempt], detector: DifficultyDetector,
-          profiler: Profiler) -> tuple[list[Attempt], list[Diagnosis]]:
+def judge(
+    attempts: Sequence[Attempt], detector: DifficultyDetector, profiler: Profiler
+) -> tuple[list[Attempt], list[Diagnosis]]:
     """(the difficult attempts, one diagnosis per difficult attempt): Stage 1, then Stage 2 on its verdicts."""
     verdicts = detector.detect(attempts)
     difficult = [attempt for attempt, hard in zip(attempts, verdicts, strict=True) if hard]
     return difficult, profiler.diagnose(difficult)
 
 
-def profile_round(engine: Engine, questions: Sequence[ProblemRecord], detector: DifficultyDetector,
-                  profiler: Profiler, sampling: SamplingParams,
-                  system_prompt: str | None = None) -> tuple[list[Attempt], list[Attempt], list[Diagnosis]]:
+def profile_round(
+    engine: Engine,
+    questions: Sequence[ProblemRecord],
+    detector: DifficultyDetector,
+    profiler: Profiler,
+    sampling: SamplingParams,
+    system_prompt: str | None = None,
+) -> tuple[list[Attempt], list[Attempt], list[Diagnosis]]:
     """(attempts, difficult attempts, diagnoses) of one round: the student answers every question 0-shot.
 
     ``sampling.n`` must be the detector's ``samples_per_question``; the engine generates with whatever
     weights it holds (the live training model for the callback).
     """
     if sampling.n != detector.samples_per_question:
-        raise ValueError(f"profile_round: {type(detector).__name__} judges {detector.samples_per_question} "
-                         f"response(s) per question but sampling.n is {sampling.n}")
+        raise ValueError(
+            f"profile_round: {type(detector).__name__} judges {detector.samples_per_question} "
+            f"response(s) per question but sampling.n is {sampling.n}"
+        )
     completions = engine.generate([prompt_messages(r.problem, system_prompt) for r in questions], sampling)
     attempts = [Attempt(r, tuple(c.text for c in samples)) for r, samples in zip(questions, completions, strict=True)]
     difficult, diagnoses = judge(attempts, detector, profiler)

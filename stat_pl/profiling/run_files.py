@@ -20,6 +20,5 @@ def write_summary(output_dir: Path, title: str, rows: Mapping[str, Any], details
     lines = [f"## {title}", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows.items())]
     markdown = "\n".join(lines) + "\n"
     (output_dir / "summary.md").write_text(markdown)
-    (output_dir / "summary.json").write_text(json.dumps({**rows, **details}, indent=1, ensure_ascii=False,
-                                                        default=str))
+    (output_dir / "summary.json").write_text(json.dumps({**rows, **details}, indent=1, ensure_ascii=False, default=str))
     return markdown

@@ -73,11 +73,20 @@ class TeacherProfiler:
     of the last :meth:`diagnose` call are in :attr:`stats`.
     """
 
-    def __init__(self, teacher: Teacher, catalog: SkillCatalog | str, benchmark: str = "MATH",
-                 templates: PromptTemplates | None = None, max_skills: int = 3, max_attempts: int = 3,
-                 temperature: float = 0.0, retry_temperature: float = 0.7,
-                 max_tokens: int = DEFAULT_MAX_TOKENS,
-                 match_threshold: float = DEFAULT_MATCH_THRESHOLD, show_reference_answer: bool = False) -> None:
+    def __init__(
+        self,
+        teacher: Teacher,
+        catalog: SkillCatalog | str,
+        benchmark: str = "MATH",
+        templates: PromptTemplates | None = None,
+        max_skills: int = 3,
+        max_attempts: int = 3,
+        temperature: float = 0.0,
+        retry_temperature: float = 0.7,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        match_threshold: float = DEFAULT_MATCH_THRESHOLD,
+        show_reference_answer: bool = False,
+    ) -> None:
         self.teacher = teacher
         self.catalog = _load_catalog(catalog, benchmark)
         self.templates = templates or PromptTemplates()
@@ -93,33 +102,51 @@ class TeacherProfiler:
         subjects = [_subject_of(a.record, self.catalog) for a in attempts]
         prompts = [self._prompt(a, s) for a, s in zip(attempts, subjects, strict=True)]
         matchers = _matchers(self.catalog, subjects, self.match_threshold)
-        outcomes, self.stats = _ask_for_skills(self.teacher, prompts, [matchers[s] for s in subjects],
-                                               self.asking)
+        outcomes, self.stats = _ask_for_skills(self.teacher, prompts, [matchers[s] for s in subjects], self.asking)
         _log_summary("teacher profiler", self.stats)
-        return [Diagnosis(question_id=a.record.id,
-                          skills=o.answer.skills if o.answer else (),
-                          status="labelled" if o.answer else "unlabelled")
-                for a, o in zip(attempts, outcomes, strict=True)]
+        return [
+            Diagnosis(
+                question_id=a.record.id,
+                skills=o.answer.skills if o.answer else (),
+                status="labelled" if o.answer else "unlabelled",
+            )
+            for a, o in zip(attempts, outcomes, strict=True)
+        ]
 
     def _prompt(self, attempt: Attempt, subject: str) -> list[Message]:
         if not attempt.responses:
             raise ValueError(f"question {attempt.record.id}: the attempt has no student response to diagnose")
-        values: dict[str, object] = dict(question=attempt.record.problem, response=attempt.responses[0],
-                                         subject=subject, max_skills=self.asking.max_skills,
-                                         skills=format_skill_list(self.catalog.skills(subject)))
+        values: dict[str, object] = dict(
+            question=attempt.record.problem,
+            response=attempt.responses[0],
+            subject=subject,
+            max_skills=self.asking.max_skills,
+            skills=format_skill_list(self.catalog.skills(subject)),
+        )
         if self.show_reference_answer:
             if not attempt.record.answer:
-                raise ValueError(f"question {attempt.record.id} has no answer, but show_reference_answer=True "
-                                 "asks to show it to the teacher; give the records answers or set it False")
+                raise ValueError(
+                    f"question {attempt.record.id} has no answer, but show_reference_answer=True "
+                    "asks to show it to the teacher; give the records answers or set it False"
+                )
             values["answer"] = attempt.record.answer
         return self.templates.render(self.template_name, **values)
 
 
-def label_skills(records: Sequence[ProblemRecord], teacher: Teacher, catalog: SkillCatalog | str,
-                 benchmark: str = "MATH", templates: PromptTemplates | None = None, max_skills: int = 5,
-                 max_attempts: int = 3, temperature: float = 0.0, retry_temperature: float = 0.7,
-                 max_tokens: int = DEFAULT_MAX_TOKENS, match_threshold: float = DEFAULT_MATCH_THRESHOLD,
-                 relabel: bool = False) -> tuple[list[ProblemRecord], dict[str, Any]]:
+def label_skills(
+    records: Sequence[ProblemRecord],
+    teacher: Teacher,
+    catalog: SkillCatalog | str,
+    benchmark: str = "MATH",
+    templates: PromptTemplates | None = None,
+    max_skills: int = 5,
+    max_attempts: int = 3,
+    temperature: float = 0.0,
+    retry_temperature: float = 0.7,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    match_threshold: float = DEFAULT_MATCH_THRESHOLD,
+    relabel: bool = False,
+) -> tuple[list[ProblemRecord], dict[str, Any]]:
     """Stage 0 (Didolkar et al. 2024): label each question with up to ``max_skills`` skills of its subject.
 
     Returns every record, in order (labelled ones with their new ``skills``; unlabelled ones as they
@@ -133,10 +160,17 @@ def label_skills(records: Sequence[ProblemRecord], teacher: Teacher, catalog: Sk
     templates.load("label_skills")
     todo = [i for i, r in enumerate(records) if relabel or not r.skills]
     subjects = {i: _subject_of(records[i], catalog) for i in todo}
-    prompts = [templates.render(
-        "label_skills", question=records[i].problem, subject=subjects[i], max_skills=max_skills,
-        solution=records[i].solutions[0] if records[i].solutions else "(not given)",
-        skills=format_skill_list(catalog.skills(subjects[i]))) for i in todo]
+    prompts = [
+        templates.render(
+            "label_skills",
+            question=records[i].problem,
+            subject=subjects[i],
+            max_skills=max_skills,
+            solution=records[i].solutions[0] if records[i].solutions else "(not given)",
+            skills=format_skill_list(catalog.skills(subjects[i])),
+        )
+        for i in todo
+    ]
     matchers = _matchers(catalog, list(subjects.values()), match_threshold)
     asking = _asking(max_skills, max_attempts, temperature, retry_temperature, max_tokens)
     outcomes, stats = _ask_for_skills(teacher, prompts, [matchers[subjects[i]] for i in todo], asking)
@@ -153,8 +187,9 @@ def _load_catalog(catalog: SkillCatalog | str, benchmark: str) -> SkillCatalog:
     return catalog if isinstance(catalog, SkillCatalog) else SkillCatalog.from_json(catalog, benchmark)
 
 
-def _asking(max_skills: int, max_attempts: int, temperature: float, retry_temperature: float,
-            max_tokens: int) -> _Asking:
+def _asking(
+    max_skills: int, max_attempts: int, temperature: float, retry_temperature: float, max_tokens: int
+) -> _Asking:
     if max_skills < 1:
         raise ValueError(f"max_skills must be >= 1, got {max_skills}")
     if max_attempts < 1:
@@ -167,8 +202,10 @@ def _subject_of(record: ProblemRecord, catalog: SkillCatalog) -> str:
     if not record.subject and len(catalog.subjects) == 1:
         return catalog.subjects[0]
     if not record.subject:
-        raise ValueError(f"question {record.id} has no subject and the catalog {catalog.source} has "
-                         f"several ({catalog.subjects}); give the records a subject")
+        raise ValueError(
+            f"question {record.id} has no subject and the catalog {catalog.source} has "
+            f"several ({catalog.subjects}); give the records a subject"
+        )
     try:
         catalog.skills(record.subject)
     except KeyError as err:
@@ -180,8 +217,9 @@ def _matchers(catalog: SkillCatalog, subjects: Sequence[str], threshold: float) 
     return {s: SkillMatcher(catalog.skills(s), threshold) for s in set(subjects)}
 
 
-def _ask_for_skills(teacher: Teacher, prompts: Sequence[list[Message]], matchers: Sequence[SkillMatcher],
-                    asking: _Asking) -> tuple[list[_Outcome], dict[str, Any]]:
+def _ask_for_skills(
+    teacher: Teacher, prompts: Sequence[list[Message]], matchers: Sequence[SkillMatcher], asking: _Asking
+) -> tuple[list[_Outcome], dict[str, Any]]:
     """Ask every prompt, re-ask the unusable ones; one outcome per prompt and the run's counters."""
     before = teacher.stats()
     outcomes: dict[int, _Outcome] = {}
@@ -214,12 +252,14 @@ def _request(messages: list[Message], attempt: int, asking: _Asking) -> TeacherR
     """The first try as configured; re-ask ``k`` is a new sample (seed ``k``, ``retry_temperature``)."""
     if attempt == 0:
         return TeacherRequest(tuple(messages), temperature=asking.temperature, max_tokens=asking.max_tokens)
-    return TeacherRequest(tuple(messages), temperature=asking.retry_temperature,
-                          max_tokens=asking.max_tokens, seed=attempt)
+    return TeacherRequest(
+        tuple(messages), temperature=asking.retry_temperature, max_tokens=asking.max_tokens, seed=attempt
+    )
 
 
-def _stats(outcomes: Sequence[_Outcome], unmatched: Counter[str], re_asked: int,
-           before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+def _stats(
+    outcomes: Sequence[_Outcome], unmatched: Counter[str], re_asked: int, before: dict[str, int], after: dict[str, int]
+) -> dict[str, Any]:
     labelled = [o.answer for o in outcomes if o.answer is not None]
     failures = sum(o.failure is not None for o in outcomes)
     return {
@@ -238,8 +278,16 @@ def _stats(outcomes: Sequence[_Outcome], unmatched: Counter[str], re_asked: int,
 
 
 def _log_summary(what: str, stats: dict[str, Any]) -> None:
-    log.info("%s: %d questions, %d labelled, %d unlabelled (%d without usable tags, %d teacher failures), "
-             "%d unmatched skill names, %d teacher calls, %d cache hits", what, stats["questions"],
-             stats["labelled"], stats["unlabelled"], stats["unlabelled_no_usable_tags"],
-             stats["unlabelled_teacher_failures"], stats["unmatched_skill_names"], stats["teacher_calls"],
-             stats["cache_hits"])
+    log.info(
+        "%s: %d questions, %d labelled, %d unlabelled (%d without usable tags, %d teacher failures), "
+        "%d unmatched skill names, %d teacher calls, %d cache hits",
+        what,
+        stats["questions"],
+        stats["labelled"],
+        stats["unlabelled"],
+        stats["unlabelled_no_usable_tags"],
+        stats["unlabelled_teacher_failures"],
+        stats["unmatched_skill_names"],
+        stats["teacher_calls"],
+        stats["cache_hits"],
+    )

@@ -50,9 +50,16 @@ class TeacherRequest:
     def cache_key(self, model: str) -> str:
         """The canonical JSON of everything that changes the answer: the cache key (never the API key)."""
         return json.dumps(
-            {"model": model, "messages": list(self.messages), "n": self.n,
-             "temperature": float(self.temperature), "max_tokens": self.max_tokens, "seed": self.seed},
-            sort_keys=True, ensure_ascii=False,
+            {
+                "model": model,
+                "messages": list(self.messages),
+                "n": self.n,
+                "temperature": float(self.temperature),
+                "max_tokens": self.max_tokens,
+                "seed": self.seed,
+            },
+            sort_keys=True,
+            ensure_ascii=False,
         )
 
 
@@ -70,8 +77,9 @@ TeacherAnswer = list[str] | TeacherFailure
 class Teacher(Protocol):
     """Chat messages in, ``n`` sampled texts out; batches with bounded concurrency, cached."""
 
-    def complete(self, messages: Sequence[Message], n: int = 1, temperature: float = 0.0,
-                 max_tokens: int = DEFAULT_MAX_TOKENS) -> list[str]:
+    def complete(
+        self, messages: Sequence[Message], n: int = 1, temperature: float = 0.0, max_tokens: int = DEFAULT_MAX_TOKENS
+    ) -> list[str]:
         """One request; raises :class:`TeacherError` when it cannot be answered."""
         ...
 
@@ -84,8 +92,9 @@ class Teacher(Protocol):
         ...
 
 
-def complete_one(teacher: Teacher, messages: Sequence[Message], n: int, temperature: float,
-                 max_tokens: int) -> list[str]:
+def complete_one(
+    teacher: Teacher, messages: Sequence[Message], n: int, temperature: float, max_tokens: int
+) -> list[str]:
     """``Teacher.complete`` for teachers that batch: one request through ``complete_many``, failures raised."""
     request = TeacherRequest(tuple(messages), n=n, temperature=temperature, max_tokens=max_tokens)
     (answer,) = teacher.complete_many([request])
@@ -120,7 +129,8 @@ def answer_through_cache(
     if missing:
         fetched = fetch(list(missing.values()))
         if len(fetched) != len(missing):
-            raise TeacherError(f"teacher for model {model!r} returned {len(fetched)} answers "
-                               f"for {len(missing)} requests")
+            raise TeacherError(
+                f"teacher for model {model!r} returned {len(fetched)} answers for {len(missing)} requests"
+            )
         answers.update(zip(missing, fetched, strict=True))
     return [answers[key] for key in keys]

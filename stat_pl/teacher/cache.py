@@ -83,8 +83,11 @@ class TeacherCache:
     def get(self, key: str) -> list[str] | None:
         """The texts stored for ``key``, or None; counts a hit or a miss."""
         with self._lock:
-            row = self._connection().execute(
-                "SELECT texts FROM answers WHERE key_hash = ?", (self.hash_key(key),)).fetchone()
+            row = (
+                self._connection()
+                .execute("SELECT texts FROM answers WHERE key_hash = ?", (self.hash_key(key),))
+                .fetchone()
+            )
             if row is None:
                 self.misses += 1
                 return None
@@ -97,8 +100,7 @@ class TeacherCache:
             conn = self._connection()
             with conn:
                 conn.execute(
-                    "INSERT OR IGNORE INTO answers (key_hash, request, texts, created_at) "
-                    "VALUES (?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO answers (key_hash, request, texts, created_at) VALUES (?, ?, ?, ?)",
                     (self.hash_key(key), key, json.dumps(texts, ensure_ascii=False), time.time()),
                 )
             self.writes += 1
@@ -124,13 +126,13 @@ class TeacherCache:
             raise  # locked, busy, unreadable directory: not the file's fault, never move it
         except sqlite3.DatabaseError as err:
             aside = self._set_aside()
-            log.warning("teacher cache %s is corrupt (%s); moved it to %s and started a fresh cache",
-                        self.path, err, aside)
+            log.warning(
+                "teacher cache %s is corrupt (%s); moved it to %s and started a fresh cache", self.path, err, aside
+            )
             return self._open()
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
-                               isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
         try:
             _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")

@@ -45,11 +45,11 @@ class LocalTeacher:
         self._counts = {"requests": 0, "failures": 0}
 
     def __repr__(self) -> str:
-        return (f"LocalTeacher(engine={type(self.engine).__name__}, model={self.model!r}, "
-                f"cache_dir={self.cache_dir!r})")
+        return f"LocalTeacher(engine={type(self.engine).__name__}, model={self.model!r}, cache_dir={self.cache_dir!r})"
 
-    def complete(self, messages: Sequence[Message], n: int = 1, temperature: float = 0.0,
-                 max_tokens: int = DEFAULT_MAX_TOKENS) -> list[str]:
+    def complete(
+        self, messages: Sequence[Message], n: int = 1, temperature: float = 0.0, max_tokens: int = DEFAULT_MAX_TOKENS
+    ) -> list[str]:
         """``n`` texts for ``messages``; raises :class:`TeacherError` with the reason if it fails."""
         return complete_one(self, messages, n, temperature, max_tokens)
 
@@ -65,8 +65,9 @@ class LocalTeacher:
         """One ``engine.generate`` per group of requests that share their sampling parameters."""
         groups: dict[SamplingParams, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
-            params = SamplingParams(max_new_tokens=r.max_tokens, temperature=r.temperature, n=r.n,
-                                    seed=r.seed if r.seed is not None else 0)
+            params = SamplingParams(
+                max_new_tokens=r.max_tokens, temperature=r.temperature, n=r.n, seed=r.seed if r.seed is not None else 0
+            )
             groups[params].append(i)
         answers: dict[int, TeacherAnswer] = {}
         for params, indices in groups.items():
@@ -79,13 +80,21 @@ class LocalTeacher:
         try:
             outputs = self.engine.generate([list(r.messages) for r in requests], params)
         except Exception as err:  # an engine error fails this group, reported; other groups still run
-            log.warning("LocalTeacher %s: engine %s failed on %d prompt(s): %s", self.model,
-                        type(self.engine).__name__, len(requests), err, exc_info=True)
+            log.warning(
+                "LocalTeacher %s: engine %s failed on %d prompt(s): %s",
+                self.model,
+                type(self.engine).__name__,
+                len(requests),
+                err,
+                exc_info=True,
+            )
             self._counts["failures"] += len(requests)
             return [TeacherFailure(f"engine error: {type(err).__name__}: {err}", 1)] * len(requests)
         if len(outputs) != len(requests):
-            raise TeacherError(f"engine {type(self.engine).__name__} returned {len(outputs)} outputs for "
-                               f"{len(requests)} prompts (the Engine protocol is one list per prompt)")
+            raise TeacherError(
+                f"engine {type(self.engine).__name__} returned {len(outputs)} outputs for "
+                f"{len(requests)} prompts (the Engine protocol is one list per prompt)"
+            )
         answers: list[TeacherAnswer] = []
         for request, completions in zip(requests, outputs, strict=True):
             texts = [c.text for c in completions]

@@ -72,9 +72,16 @@ class OpenAICompatibleTeacher:
         cache_dir: where the answer cache lives (default: :func:`default_cache_dir`).
     """
 
-    def __init__(self, model: str, base_url: str = "https://api.openai.com/v1",
-                 api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0, max_retries: int = 5,
-                 concurrency: int = 16, cache_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "https://api.openai.com/v1",
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        concurrency: int = 16,
+        cache_dir: str | None = None,
+    ) -> None:
         if max_retries < 0:
             raise ValueError(f"teacher.max_retries must be >= 0, got {max_retries}")
         if concurrency < 1:
@@ -99,9 +106,11 @@ class OpenAICompatibleTeacher:
         self._calls = threading.local()  # HTTP calls of the request this thread is asking
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r}, "
-                f"api_key_env={self.api_key_env!r}, timeout={self.timeout}, max_retries={self.max_retries}, "
-                f"concurrency={self.concurrency}, cache_dir={self.cache_dir!r})")
+        return (
+            f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r}, "
+            f"api_key_env={self.api_key_env!r}, timeout={self.timeout}, max_retries={self.max_retries}, "
+            f"concurrency={self.concurrency}, cache_dir={self.cache_dir!r})"
+        )
 
     def __getstate__(self) -> dict[str, object]:
         """Pickle the configuration only: the client (which holds the key) is rebuilt on demand."""
@@ -112,8 +121,9 @@ class OpenAICompatibleTeacher:
         self.__dict__.update(state)
         self._init_runtime()
 
-    def complete(self, messages: Sequence[Message], n: int = 1, temperature: float = 0.0,
-                 max_tokens: int = DEFAULT_MAX_TOKENS) -> list[str]:
+    def complete(
+        self, messages: Sequence[Message], n: int = 1, temperature: float = 0.0, max_tokens: int = DEFAULT_MAX_TOKENS
+    ) -> list[str]:
         """``n`` texts for ``messages``; raises :class:`TeacherError` with the reason if it fails."""
         return complete_one(self, messages, n, temperature, max_tokens)
 
@@ -133,12 +143,12 @@ class OpenAICompatibleTeacher:
         are awaited so that their answers reach the cache.
         """
         client = self._client_or_raise()
-        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)),
-                                  thread_name_prefix="teacher")
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)), thread_name_prefix="teacher")
         try:
             futures = [pool.submit(self._ask, client, r) for r in requests]
-            with tqdm(total=len(futures), desc=f"teacher {self.model}", unit="request", disable=None,
-                      leave=False) as progress:
+            with tqdm(
+                total=len(futures), desc=f"teacher {self.model}", unit="request", disable=None, leave=False
+            ) as progress:
                 for _ in as_completed(futures):
                     progress.update()
             return [f.result() for f in futures]
@@ -152,10 +162,16 @@ class OpenAICompatibleTeacher:
                 if not key:
                     raise TeacherError(
                         f"environment variable {self.api_key_env} (teacher.api_key_env) is not set: export "
-                        "it with the API key, or with any value (e.g. EMPTY) for a server without a key")
+                        "it with the API key, or with any value (e.g. EMPTY) for a server without a key"
+                    )
                 http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._on_http_call]})
-                self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout,
-                                             max_retries=self.max_retries, http_client=http_client)
+                self._client = openai.OpenAI(
+                    base_url=self.base_url,
+                    api_key=key,
+                    timeout=self.timeout,
+                    max_retries=self.max_retries,
+                    http_client=http_client,
+                )
                 self._client_pid = os.getpid()  # a forked child builds its own: sockets are not shared
             return self._client
 
@@ -178,8 +194,13 @@ class OpenAICompatibleTeacher:
                 except (_MalformedResponse, ValueError, openai.APIResponseValidationError) as err:
                     if self._calls.count > self.max_retries:
                         return self._give_up(self._describe(err), self._calls.count)
-                    log.info("teacher %s: %s; asking again (%d of %d calls made)", self.model,
-                             self._describe(err), self._calls.count, 1 + self.max_retries)
+                    log.info(
+                        "teacher %s: %s; asking again (%d of %d calls made)",
+                        self.model,
+                        self._describe(err),
+                        self._calls.count,
+                        1 + self.max_retries,
+                    )
                 except openai.OpenAIError as err:  # what the openai client retries, it has retried
                     return self._give_up(self._describe(err), self._calls.count)
                 else:
@@ -191,15 +212,21 @@ class OpenAICompatibleTeacher:
     def _call(self, client: openai.OpenAI, request: TeacherRequest) -> list[str]:
         extra = {} if request.seed is None else {"seed": request.seed}
         response = client.chat.completions.create(
-            model=self.model, messages=list(request.messages), n=request.n,
-            temperature=request.temperature, max_tokens=request.max_tokens, **extra)
+            model=self.model,
+            messages=list(request.messages),
+            n=request.n,
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            **extra,
+        )
         choices = sorted(response.choices or [], key=lambda c: c.index)
         texts = [c.message.content if c.message is not None else None for c in choices]
         if any(t is None for t in texts):
             raise _MalformedResponse("a choice without message content")
         if len(texts) != request.n:
-            raise _WrongChoiceCount(f"the server returned {len(texts)} choice(s) for n={request.n}; "
-                                    "does it support n > 1?")
+            raise _WrongChoiceCount(
+                f"the server returned {len(texts)} choice(s) for n={request.n}; does it support n > 1?"
+            )
         return texts
 
     def _describe(self, err: Exception) -> str:
@@ -219,11 +246,11 @@ class OpenAICompatibleTeacher:
 
     def _give_up(self, reason: str, attempts: int) -> TeacherFailure:
         self._count("failures")
-        log.warning("teacher %s at %s: gave up on a request after %d call(s): %s", self.model,
-                    self.base_url, attempts, reason)
+        log.warning(
+            "teacher %s at %s: gave up on a request after %d call(s): %s", self.model, self.base_url, attempts, reason
+        )
         return TeacherFailure(reason=reason, attempts=attempts)
 
     def _count(self, name: str, by: int = 1) -> None:
         with self._lock:
             self._counts[name] += by
-

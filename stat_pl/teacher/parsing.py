@@ -42,7 +42,7 @@ def extract_tags(text: str, tag: str) -> list[str]:
     closer = re.compile(rf"<\s*/\s*{re.escape(tag)}s?\s*>", re.IGNORECASE)
     contents = []
     for match in opener.finditer(text):
-        rest = text[match.end():]
+        rest = text[match.end() :]
         following = _ANY_TAG.search(rest)
         content = rest[: following.start()] if following else rest
         if following is None or not closer.fullmatch(following.group()):

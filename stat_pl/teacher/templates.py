@@ -37,8 +37,10 @@ PROMPTS_DIR = Path(__file__).parent / "prompts"
 TEMPLATE_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "label_skills": (frozenset({"question", "skills"}), frozenset({"subject", "solution", "max_skills"})),
     "missing_skills": (frozenset({"question", "response", "skills"}), frozenset({"subject", "max_skills"})),
-    "missing_skills_with_reference": (frozenset({"question", "response", "skills", "answer"}),
-                                      frozenset({"subject", "max_skills"})),
+    "missing_skills_with_reference": (
+        frozenset({"question", "response", "skills", "answer"}),
+        frozenset({"subject", "max_skills"}),
+    ),
     "propose_question": (frozenset({"skill", "examples"}), frozenset({"subject"})),
     "solve": (frozenset({"question"}), frozenset()),
 }
@@ -96,7 +98,8 @@ class PromptTemplates:
         except KeyError as err:
             raise PromptTemplateError(
                 f"prompt template {self.path(name)}: field ${err.args[0]} has no value; "
-                f"the caller gave {sorted(values)}") from None
+                f"the caller gave {sorted(values)}"
+            ) from None
         return [{"role": "user", "content": text}]
 
 
@@ -118,17 +121,21 @@ def _read_checked(path: Path, required: frozenset[str], optional: frozenset[str]
     for match in template.pattern.finditer(template.template):
         if match.group("invalid") is not None:
             line = template.template.count("\n", 0, match.start("invalid")) + 1
-            raise PromptTemplateError(f"prompt template {path}:{line}: a lone '$' is not a field; "
-                                      "write $$ for a literal dollar sign")
+            raise PromptTemplateError(
+                f"prompt template {path}:{line}: a lone '$' is not a field; write $$ for a literal dollar sign"
+            )
         name = match.group("named") or match.group("braced")
         if name:
             used.add(name)
     unknown = sorted(used - required - optional)
     if unknown:
-        raise PromptTemplateError(f"prompt template {path}: unknown field(s) {['$' + u for u in unknown]}; "
-                                  f"this template may use {sorted('$' + f for f in required | optional)}")
+        raise PromptTemplateError(
+            f"prompt template {path}: unknown field(s) {['$' + u for u in unknown]}; "
+            f"this template may use {sorted('$' + f for f in required | optional)}"
+        )
     missing = sorted(required - used)
     if missing:
-        raise PromptTemplateError(f"prompt template {path}: required field(s) "
-                                  f"{['$' + m for m in missing]} are missing from the text")
+        raise PromptTemplateError(
+            f"prompt template {path}: required field(s) {['$' + m for m in missing]} are missing from the text"
+        )
     return template
