@@ -194,18 +194,19 @@ class MergedCopy:
         self.adapter = model.active_adapter
         self.dtype = dtype
         self.model = AutoModelForCausalLM.from_config(type(base.config).from_dict(config), dtype=dtype)
-        self._lora_layers = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
-        for name, layer in self._lora_layers.items():
+        lora_layers = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+        for name, layer in lora_layers.items():
             if layer.use_dora.get(self.adapter) or getattr(layer, "fan_in_fan_out", False):
                 raise ValueError(f"MergedCopy: {name} is a DoRA or fan_in_fan_out LoRA layer; only plain LoRA merges")
-        self._frozen = {name: _float_weight(layer.base_layer).to(dtype) for name, layer in self._lora_layers.items()}
+        # the frozen base weight W of each adapted projection, by its name; refresh() writes W + s * B @ A
+        self._frozen = {name: _float_weight(layer.base_layer).to(dtype) for name, layer in lora_layers.items()}
         state = {f"{name}.weight": weight for name, weight in self._frozen.items()}
         for name, module in base.named_modules():
-            if "lora_" in name or name in self._lora_layers:  # the adapter itself, merged in refresh()
+            if "lora_" in name or name in self._frozen:  # the adapter itself, merged in refresh()
                 continue
             plain = name.removesuffix(".base_layer")  # where the twin, which has no PEFT wrappers, keeps it
             for param_name, param in module.named_parameters(recurse=False):
-                if not (plain in self._lora_layers and param_name == "weight"):
+                if not (plain in self._frozen and param_name == "weight"):
                     state[f"{plain}.{param_name}" if plain else param_name] = (
                         _float_weight(module) if param_name == "weight" else param
                     )
@@ -219,7 +220,7 @@ class MergedCopy:
     @torch.no_grad()
     def refresh(self, model: torch.nn.Module) -> torch.nn.Module:
         """Merge the adapter weights ``model`` holds now into the copy; returns the copy's model."""
-        lora_layers = {name: m for name, m in model.get_base_model().named_modules() if name in self._lora_layers}
+        lora_layers = {name: m for name, m in model.get_base_model().named_modules() if name in self._frozen}
         for name, layer in lora_layers.items():
             a = layer.lora_A[self.adapter].weight  # [r, in]
             b = layer.lora_B[self.adapter].weight  # [out, r]
