@@ -51,13 +51,12 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from sft_throughput import clocks, cpu_model, load_average, peak_rss_mib
+from sft_throughput import clocks, cpu_model, load_average, peak_rss_mib, run_worker
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -382,25 +381,9 @@ def run_trl(args: argparse.Namespace, plan: dict) -> dict:
 
 # ---- the parent: interleave the arms, print the table --------------------------------------------
 def run_arm(arm: str, args: argparse.Namespace, plan_file: str) -> dict:
-    """One arm in a fresh subprocess (its own peak RSS), with the load average before and after."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as result:
-        load_before = load_average()
-        command = [
-            sys.executable,
-            __file__,
-            "--worker",
-            arm,
-            "--plan",
-            plan_file,
-            "--result",
-            result.name,
-            *[f"--{name.replace('_', '-')}={getattr(args, name)}" for name in WORKER_ARGS],
-        ]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"arm {arm} failed:\n{done.stderr[-4000:]}")
-        row = json.loads(Path(result.name).read_text())
-    return {"arm": arm, "load_before": load_before, "load_after": load_average(), **row}
+    """One arm of this bench in a fresh subprocess, given the shared prompt plan."""
+    options = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in WORKER_ARGS]
+    return run_worker(__file__, arm, ["--plan", plan_file, *options])
 
 
 def worker(args: argparse.Namespace) -> None:

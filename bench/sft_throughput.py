@@ -354,18 +354,18 @@ ARMS = {"stat-pl": ("stat-pl", "none"), "trl": ("TRL SFTTrainer", None), "stat-p
 
 
 def run_arm(arm: str, args: argparse.Namespace) -> dict:
-    """One arm in a fresh subprocess (its own peak RSS), with the load average before and after."""
+    """One arm of this bench in a fresh subprocess."""
+    return run_worker(__file__, arm, [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in WORKER_ARGS])
+
+
+def run_worker(script: str, arm: str, options: list[str]) -> dict:
+    """``script --worker arm`` in a fresh subprocess (its own peak RSS), with the load average before and after.
+
+    The worker writes its figures as JSON to the file named by ``--result``; shared by the bench scripts.
+    """
     with tempfile.NamedTemporaryFile(suffix=".json") as result:
         load_before = load_average()
-        command = [
-            sys.executable,
-            __file__,
-            "--worker",
-            arm,
-            "--result",
-            result.name,
-            *[f"--{name.replace('_', '-')}={getattr(args, name)}" for name in WORKER_ARGS],
-        ]
+        command = [sys.executable, script, "--worker", arm, "--result", result.name, *options]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"arm {arm} failed:\n{done.stderr[-4000:]}")
