@@ -1,10 +1,30 @@
-"""Does re-profiling help? Uniform SFT vs static STAT-Sel vs online STAT-Sel on the skill world.
+"""Does targeting work? Uniform SFT vs static vs online STAT-Sel on the skill world, with seeds and intervals.
 
-Same model (SmolLM2-135M-Instruct + QLoRA), same seed, same number of optimizer steps, same
-validation budget for the two profiling arms; per-skill accuracy on a held-out skill-world test set
-before and after. Prints a table and the mean over the 3 skills that were weakest at the start.
+The experiment (bench/README.md, "skillworld_effect.py", says what it found):
 
-    python bench/skillworld_effect.py [--epochs 3] [--samples-per-epoch 320] [--test-questions 240]
+- Student: SmolLM2-135M-Instruct + QLoRA (NF4, r 16). World: single-skill skill-world problems (one skill
+  per question, so a wrong answer is that skill's failure), ``--levels`` (default 1). Fixed sets: a training
+  pool, ``--validation-questions`` for profiling and a test set of ``--test-per-skill`` questions per skill.
+- ``start`` (one per seed): a short uniform warm-up SFT (``--warmup-steps``) teaches the answer format, so
+  that "weakest" is a measured weakness rather than "cannot write the format yet". Then the start figures:
+  per-question test accuracy (greedy) and NLL of the gold worked solution (teacher-forced), and the oracle's
+  Missing-Skill-Profile on the validation questions. The weakest skills of the seed are the top
+  ``--weakest`` skills of that profile (most missing), ties broken by validation NLL, never by name.
+- ``arm`` (one per arm and seed), all from the seed's warm-up adapter with identical step and token
+  counts: ``uniform`` (no profile), ``static`` (the start profile, every epoch), ``online`` (the start
+  profile, then the SkillReprofiler re-profiles after every epoch with the oracle, EMA ``--ema-alpha``).
+  End figures as at the start, and the realised share of training examples per skill in each epoch.
+- ``calibrate``: uniform SFT from seed 0's warm-up for ``--calibrate-epochs`` epochs with per-skill
+  validation accuracy and NLL after each epoch: the curve that sets the arms' budget.
+- ``report``: means over seeds with 95% bootstrap intervals (over seeds and test questions, paired across
+  arms), ``bench/results/skillworld_effect.json``, one per-skill PNG per arm, and the Markdown table.
+
+Every job writes ``<out>/<job>.json`` when it finishes, and a rerun skips finished jobs: an interrupted
+experiment resumes at job granularity (a job that was cut off reruns from its start). Jobs run as
+``--jobs`` parallel subprocesses with ``--threads`` torch threads each.
+
+    python bench/skillworld_effect.py calibrate
+    python bench/skillworld_effect.py run --seeds 0 1 2 --epochs 3 --steps-per-epoch 10
 """
 
 from __future__ import annotations
@@ -12,163 +32,553 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import platform
+import random
+import subprocess
+import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from stat_pl.callbacks.skill_reprofiler import SkillReprofiler
-from stat_pl.data.formatting import prompt_messages
+from stat_pl.data.formatting import IGNORE_INDEX, collate, encode_example, prompt_messages
 from stat_pl.data.sft_datamodule import SFTDataModule
-from stat_pl.data.skillworld import SkillWorldSource
+from stat_pl.data.skillworld import SKILLWORLD_SKILLS, SkillWorldSource
 from stat_pl.engines.base import SamplingParams
 from stat_pl.engines.hf import HFEngine
 from stat_pl.grading import grade
-from stat_pl.hardware import configure_threads
 from stat_pl.models import LoRAConfig
 from stat_pl.modules.sft import SFTModule
+from stat_pl.plots import plot_bars
+from stat_pl.profile import MissingSkillProfile
 from stat_pl.profiling.detectors import GroundTruthDetector
 from stat_pl.profiling.oracle import SkillWorldOracle
-from stat_pl.records import ProblemRecord
+from stat_pl.profiling.round import profile_round
 from stat_pl.trainer import StatTrainer
 
+ARMS = ("uniform", "static", "online")
 MODEL = "offline:smollm2-135m-instruct"
-WORLD = {"levels": (1, 2), "max_skills": 2}
+RESULTS = Path(__file__).parent / "results"
+# Powers has only ~90 distinct problems at levels 1-2 (a small base squared or cubed): too few for a
+# 50-question test set disjoint from training, so the experiment's world leaves it out.
+LEFT_OUT = ("powers",)
+SKILLS = tuple(s for s in SKILLWORLD_SKILLS if s not in LEFT_OUT)
 
 
-def per_skill_accuracy(model: torch.nn.Module, tokenizer, test: list[ProblemRecord], max_new_tokens: int) -> dict:
-    completions = HFEngine(model, tokenizer, batch_size=48).generate(
-        [prompt_messages(r.problem) for r in test], SamplingParams(max_new_tokens=max_new_tokens)
+# ---- the fixed question sets --------------------------------------------------------------------
+def world(args: argparse.Namespace):
+
+    return functools.partial(
+        SkillWorldSource,
+        seed=0,
+        levels=tuple(args.levels),
+        max_skills=1,
+        skill_weights=dict.fromkeys(LEFT_OUT, 0.0),
     )
-    right: dict[str, list[bool]] = defaultdict(list)
-    for record, (completion,) in zip(test, completions, strict=True):
-        for skill in record.skills:
-            right[skill].append(grade(completion.text, record.answer))
-    return {s: sum(v) / len(v) for s, v in sorted(right.items())}
 
 
-def train_arm(arm: str, args: argparse.Namespace, out: Path) -> SFTModule:
-    L.seed_everything(args.seed)
+def test_records(args: argparse.Namespace) -> list:
+    """The first ``test_per_skill`` test problems of every skill (the same set for every seed and arm)."""
+
+    wanted = args.test_per_skill * len(SKILLS)
+    for draw in (2 * wanted, 4 * wanted):  # unit conversions are rare in the test split: few distinct ones
+        taken: dict[str, list] = defaultdict(list)
+        for record in world(args)("test", draw).load():
+            if len(taken[record.skills[0]]) < args.test_per_skill:
+                taken[record.skills[0]].append(record)
+        short = {s: len(taken[s]) for s in SKILLS if len(taken[s]) < args.test_per_skill}
+        if not short:
+            break
+    else:
+        raise ValueError(f"the skill world's test split gave too few questions for {short}; lower --test-per-skill")
+    return [r for s in SKILLS for r in taken[s]]
+
+
+# ---- measuring a model --------------------------------------------------------------------------
+def answer_correctness(model, tokenizer, records: Sequence, max_new_tokens: int) -> list[bool]:
+    """Greedy answer of every record, graded against its gold answer."""
+
+    completions = HFEngine(model, tokenizer, batch_size=48).generate(
+        [prompt_messages(r.problem) for r in records], SamplingParams(max_new_tokens=max_new_tokens)
+    )
+    return [grade(c.text, r.answer) for r, (c,) in zip(records, completions, strict=True)]
+
+
+def solution_nll(model, tokenizer, records: Sequence, batch_size: int = 32) -> list[float]:
+    """Mean per-token negative log-likelihood of each record's gold worked solution (teacher-forced)."""
+
+    examples = [
+        {**encode_example(tokenizer, r.problem, r.solutions[0], 512), "index": i} for i, r in enumerate(records)
+    ]
+    out: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = collate(examples[start : start + batch_size], pad_token_id=tokenizer.pad_token_id)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            labels = batch["labels"][:, 1:]
+            token_nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+            )
+            counted = (labels != IGNORE_INDEX).sum(1)
+            out.extend((token_nll.sum(1) / counted).tolist())
+    return out
+
+
+def measure(module, tokenizer, records: Sequence, max_new_tokens: int) -> dict:
+    model = module.generation_model()
+    return {
+        "correct": answer_correctness(model, tokenizer, records, max_new_tokens),
+        "nll": solution_nll(model, tokenizer, records),
+    }
+
+
+def by_skill(records: Sequence, values: Sequence[float]) -> dict[str, float]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for record, value in zip(records, values, strict=True):
+        groups[record.skills[0]].append(float(value))
+    return {s: sum(v) / len(v) for s, v in sorted(groups.items())}
+
+
+# ---- training -----------------------------------------------------------------------------------
+class SkillShares(Callback):
+    """Counts the skills of the examples each training epoch actually drew (the realised mix)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+        self.tokens = 0  # non-padding tokens forwarded in training
+        self._counts: Counter = Counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._counts = Counter()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict, batch_idx: int
+    ) -> None:
+        data = trainer.datamodule
+        self.tokens += int(batch["attention_mask"].sum())
+        for index in batch["index"].tolist():
+            self._counts.update(data.records[data.train_examples[index]["record"]].skills)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = sum(self._counts.values())
+        self.epochs.append({s: c / total for s, c in sorted(self._counts.items())})
+
+
+def fit(
+    args: argparse.Namespace,
+    seed: int,
+    epochs: int,
+    steps_per_epoch: int,
+    root: Path,
+    *,
+    init_adapter: str | None = None,
+    profile: Path | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> tuple[SFTModule, SFTDataModule, L.Trainer]:
+    """SFT from ``init_adapter`` for ``epochs * steps_per_epoch`` steps, sampling by ``profile`` (None: uniform)."""
+    L.seed_everything(seed)
     module = SFTModule(
         MODEL,
         quantization="nf4",
+        compute_dtype=args.compute_dtype,
         lora=LoRAConfig(),
-        optimizer=functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.1),
+        optimizer=functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0),
+        init_adapter=init_adapter,
+        adapter_dir=str(root / "adapter"),
     )
     data = SFTDataModule(
         MODEL,
-        train=[SkillWorldSource("train", 2000, seed=args.seed, **WORLD)],
-        batch_size=8,
-        samples_per_epoch=args.samples_per_epoch,
-        max_length=192,
-        weight_floor=0.2,
-        seed=args.seed,
+        train=[world(args)("train", args.pool)],
+        batch_size=args.batch_size,
+        samples_per_epoch=steps_per_epoch * args.batch_size,
+        max_length=160,
+        weight_floor=args.weight_floor,
+        initial_profile=str(profile) if profile else None,
+        seed=seed,
+        sampling="weighted",
     )
-    callbacks = []
-    if arm != "uniform":
-        callbacks.append(
-            SkillReprofiler(
-                SkillWorldSource("validation", 500, seed=args.seed, **WORLD),
-                GroundTruthDetector(),
-                SkillWorldOracle(),
-                num_questions=args.validation_questions,
-                one_shot=arm == "static",
-                combine="ema",
-                ema_alpha=0.7,
-                max_new_tokens=args.max_new_tokens,
-                batch_size=48,
-                seed=args.seed,
-            )
-        )
     trainer = StatTrainer(
         accelerator="cpu",
-        max_epochs=args.epochs,
-        precision="auto",
-        accumulate_grad_batches=2,
-        gradient_clip_val=0.3,
-        default_root_dir=out / arm,
+        precision=args.precision,
+        max_epochs=epochs,
+        default_root_dir=root,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=callbacks,
+        callbacks=list(callbacks),
     )
     trainer.fit(module, data)
-    module.tokenizer = data.tokenizer
-    return module
+    return module, data, trainer
 
 
-def weakest(before: dict[str, float], k: int = 3) -> list[str]:
-    return sorted(before, key=lambda s: (before[s], s))[:k]
+def start_job(args: argparse.Namespace, seed: int, out: Path) -> dict:
+    """Warm-up, then the start figures and the start profile of one seed."""
+
+    root = out / f"seed{seed}" / "warmup"
+    module, data, _ = fit(args, seed, 1, args.warmup_steps, root)
+    test = test_records(args)
+    validation = world(args)("validation", args.validation_questions).load()
+    attempts, difficult, diagnoses = profile_round(
+        HFEngine(module.generation_model(), data.tokenizer, batch_size=48),
+        validation,
+        GroundTruthDetector(),
+        SkillWorldOracle(),
+        SamplingParams(max_new_tokens=args.max_new_tokens),
+    )
+    profile = MissingSkillProfile.from_questions({d.question_id: d.skills for d in diagnoses}, epoch=0)
+    profile.to_json(root / "start-profile.json")
+    validation_nll = by_skill(validation, solution_nll(module.generation_model(), data.tokenizer, validation))
+    validation_accuracy = by_skill(validation, [_right(a) for a in attempts])
+    missing = {s: profile.histogram.get(s, 0.0) for s in validation_nll}
+    ranked = sorted(missing, key=lambda s: (-missing[s], -validation_nll[s]))
+    return {
+        "test": measure(module, data.tokenizer, test, args.max_new_tokens),
+        "profile": profile.to_dict(),
+        "round": {
+            "epoch": 0,
+            "skill_accuracy": validation_accuracy,
+            "metrics": {"accuracy": sum(map(_right, attempts)) / len(attempts), "difficult": len(difficult)},
+            "histogram": profile.histogram,
+        },
+        "validation": {"accuracy": validation_accuracy, "nll": validation_nll, "missing": missing},
+        "weakest": ranked[: args.weakest],
+        "adapter": str(root / "adapter"),
+    }
 
 
-def report(before: dict[str, float], after: dict[str, dict[str, float]]) -> str:
-    weak = weakest(before)
-    lines = ["| skill | before | " + " | ".join(after) + " |", "|---|---|" + "---|" * len(after)]
-    for skill in before:
-        mark = " (weak)" if skill in weak else ""
-        lines.append(
-            f"| {skill}{mark} | {before[skill]:.2f} | " + " | ".join(f"{a[skill]:.2f}" for a in after.values()) + " |"
+def _right(attempt) -> bool:
+
+    return grade(attempt.responses[0], attempt.record.answer)
+
+
+def arm_job(args: argparse.Namespace, arm: str, seed: int, start: dict, out: Path) -> dict:
+    """One arm of one seed, from the seed's warm-up adapter; the end figures and the realised skill mix."""
+
+    root = out / f"seed{seed}" / arm
+    shares = SkillShares()
+    callbacks = [shares]
+    reprofiler = None
+    if arm == "online":
+        reprofiler = SkillReprofiler(
+            world(args)("validation", args.validation_questions),
+            GroundTruthDetector(),
+            SkillWorldOracle(),
+            num_questions=args.validation_questions,
+            at_fit_start=False,
+            combine="ema",
+            ema_alpha=args.ema_alpha,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=48,
+            seed=seed,
         )
-    mean = lambda acc, skills: sum(acc[s] for s in skills) / len(skills)  # noqa: E731
-    others = [s for s in before if s not in weak]
-    lines.append(
-        f"| **mean, 3 weakest at start** | {mean(before, weak):.3f} | "
-        + " | ".join(f"{mean(a, weak):.3f}" for a in after.values())
-        + " |"
+        reprofiler.load_state_dict({"profile": start["profile"], "history": [start["round"]]})
+        callbacks.append(reprofiler)
+    profile = out / f"seed{seed}" / "warmup" / "start-profile.json" if arm != "uniform" else None
+    started = time.perf_counter()
+    module, data, trainer = fit(
+        args,
+        seed,
+        args.epochs,
+        args.steps_per_epoch,
+        root,
+        init_adapter=start["adapter"],
+        profile=profile,
+        callbacks=callbacks,
     )
-    lines.append(
-        f"| **mean, other skills** | {mean(before, others):.3f} | "
-        + " | ".join(f"{mean(a, others):.3f}" for a in after.values())
-        + " |"
+    seconds = time.perf_counter() - started
+    return {
+        "test": measure(module, data.tokenizer, test_records(args), args.max_new_tokens),
+        "skill_shares": shares.epochs,
+        "rounds": reprofiler.history if reprofiler else [],
+        "steps": trainer.global_step,
+        "examples": trainer.global_step * args.batch_size,
+        "tokens": shares.tokens,
+        "train_seconds": seconds,
+    }
+
+
+def calibrate_job(args: argparse.Namespace, start: dict, out: Path) -> dict:
+    """Uniform SFT from seed 0's warm-up with per-skill validation accuracy and NLL after every epoch."""
+
+    validation = world(args)("validation", args.validation_questions).load()
+    curve: list[dict] = [{"step": 0, "accuracy": start["validation"]["accuracy"], "nll": start["validation"]["nll"]}]
+
+    class Curve(Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            model, tokenizer = pl_module.generation_model(), trainer.datamodule.tokenizer
+            correct = answer_correctness(model, tokenizer, validation, args.max_new_tokens)
+            curve.append(
+                {
+                    "step": trainer.global_step,
+                    "accuracy": by_skill(validation, correct),
+                    "nll": by_skill(validation, solution_nll(model, tokenizer, validation)),
+                }
+            )
+            print(f"calibration step {trainer.global_step}: accuracy {sum(correct) / len(correct):.3f}", flush=True)
+
+    fit(
+        args,
+        0,
+        args.calibrate_epochs,
+        args.steps_per_epoch,
+        out / "calibrate",
+        init_adapter=start["adapter"],
+        callbacks=[Curve()],
     )
+    return {"curve": curve, "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size}
+
+
+# ---- jobs, run in parallel subprocesses ---------------------------------------------------------
+def job_file(out: Path, job: str) -> Path:
+    return out / f"{job.replace(':', '-')}.json"
+
+
+def read_job(out: Path, job: str) -> dict:
+    return json.loads(job_file(out, job).read_text())
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Run one job (``start:S``, ``arm:A:S`` or ``calibrate``) in this process and write its JSON."""
+    torch.set_num_threads(args.threads)
+    kind, *rest = args.worker.split(":")
+    started = time.perf_counter()
+    if kind == "start":
+        row = start_job(args, int(rest[0]), args.out)
+    elif kind == "arm":
+        row = arm_job(args, rest[0], int(rest[1]), read_job(args.out, f"start:{rest[1]}"), args.out)
+    else:
+        row = calibrate_job(args, read_job(args.out, "start:0"), args.out)
+    row["wall_seconds"] = time.perf_counter() - started
+    path = job_file(args.out, args.worker)
+    path.with_suffix(".tmp").write_text(json.dumps(row))
+    path.with_suffix(".tmp").replace(path)  # a job file exists only once its job has finished
+
+
+def run_jobs(args: argparse.Namespace, jobs: list[tuple[str, str | None]]) -> None:
+    """Run ``(job, needs)`` pairs, ``--jobs`` at a time, each once its ``needs`` job has finished.
+
+    Finished jobs (their JSON exists) are skipped, so a rerun resumes an interrupted experiment.
+    """
+    options = [a for a in sys.argv[1:] if a not in ("run", "calibrate", "report")]
+    pending = [(job, needs) for job, needs in jobs if not job_file(args.out, job).exists()]
+    running: dict[str, subprocess.Popen] = {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    while pending or running:
+        for job, process in list(running.items()):
+            if process.poll() is not None:
+                del running[job]
+                if process.returncode != 0:
+                    log = job_file(args.out, job).with_suffix(".log")
+                    sys.exit(f"job {job} failed (exit {process.returncode}); its log: {log}")
+                print(f"done: {job}", flush=True)
+        ready = [(j, n) for j, n in pending if n is None or job_file(args.out, n).exists()]
+        for job, needs in ready[: args.jobs - len(running)]:
+            pending.remove((job, needs))
+            log = job_file(args.out, job).with_suffix(".log").open("w")
+            command = [sys.executable, __file__, *options, "--worker", job]
+            running[job] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            print(f"started: {job}", flush=True)
+        time.sleep(2)
+
+
+# ---- report -------------------------------------------------------------------------------------
+def skill_means(correct: Sequence[float], skills: Sequence[str], pick: Sequence[int] | None = None) -> dict:
+    """Per-skill mean of per-question values, over the questions ``pick`` (default all)."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for i in pick if pick is not None else range(len(correct)):
+        groups[skills[i]].append(float(correct[i]))
+    return {s: sum(v) / len(v) for s, v in groups.items()}
+
+
+def group_mean(per_skill: dict[str, float], group: Sequence[str]) -> float:
+    return sum(per_skill[s] for s in group) / len(group)
+
+
+def summary_statistics(runs: dict, skills: Sequence[str], seeds: Sequence[int], arms: Sequence[str], pick=None):
+    """Mean over seeds of weak / other accuracy and NLL, start and per arm (``pick``: resampled questions)."""
+    table: dict[str, dict[str, float]] = {}
+    for name in ["start", *arms]:
+        row: dict[str, list[float]] = defaultdict(list)
+        for seed in seeds:
+            start = runs["start"][seed]
+            weak = start["weakest"]
+            others = [s for s in SKILLS if s not in weak]
+            test = start["test"] if name == "start" else runs[name][seed]["test"]
+            for metric in ("correct", "nll"):
+                per_skill = skill_means(test[metric], skills, pick)
+                row[f"{metric}_weak"].append(group_mean(per_skill, weak))
+                row[f"{metric}_others"].append(group_mean(per_skill, others))
+        table[name] = {k: sum(v) / len(v) for k, v in row.items()}
+    return table
+
+
+def bootstrap(runs: dict, skills: Sequence[str], seeds: Sequence[int], arms: Sequence[str], reps: int) -> dict:
+    """95% percentile intervals: resample seeds, and test questions within each skill, paired across arms."""
+    rng = random.Random(0)
+    by_skill_index: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(skills):
+        by_skill_index[s].append(i)
+    draws: dict[str, list[float]] = defaultdict(list)
+    for _ in range(reps):
+        seed_draw = [rng.choice(seeds) for _ in seeds]
+        pick = [rng.choice(idx) for idx in by_skill_index.values() for _ in idx]
+        stats = summary_statistics(runs, skills, seed_draw, arms, pick)
+        for name, row in stats.items():
+            for key, value in row.items():
+                draws[f"{name}.{key}"].append(value)
+        for arm in arms:
+            for key in stats[arm]:
+                draws[f"{arm}-uniform.{key}"].append(stats[arm][key] - stats["uniform"][key])
+        if "static" in arms and "online" in arms:
+            for key in stats["online"]:
+                draws[f"online-static.{key}"].append(stats["online"][key] - stats["static"][key])
+    intervals = {}
+    for key, values in draws.items():
+        values.sort()
+        intervals[key] = (values[int(0.025 * reps)], values[int(0.975 * reps) - 1])
+    return intervals
+
+
+def report(args: argparse.Namespace) -> None:
+    """The results JSON, a per-skill PNG per arm and the Markdown table (printed)."""
+    test = test_records(args)
+    skills = [r.skills[0] for r in test]
+    runs: dict = {"start": {s: read_job(args.out, f"start:{s}") for s in args.seeds}}
+    for arm in args.arms:
+        runs[arm] = {s: read_job(args.out, f"arm:{arm}:{s}") for s in args.seeds}
+    point = summary_statistics(runs, skills, args.seeds, args.arms)
+    intervals = bootstrap(runs, skills, args.seeds, args.arms, args.bootstrap)
+    calibration = read_job(args.out, "calibrate") if job_file(args.out, "calibrate").exists() else None
+    result = {
+        "design": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("worker",)},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"),
+        },
+        "test_questions": {s: skills.count(s) for s in SKILLS},
+        "interval": "95% percentile bootstrap over seeds and test questions (per skill), paired across arms",
+        "summary": point,
+        "intervals": intervals,
+        "seeds": {
+            seed: {
+                "weakest": runs["start"][seed]["weakest"],
+                "validation": runs["start"][seed]["validation"],
+                "start": _per_skill(runs["start"][seed]["test"], skills),
+                **{
+                    arm: {
+                        **_per_skill(runs[arm][seed]["test"], skills),
+                        "skill_shares": runs[arm][seed]["skill_shares"],
+                        "profile_rounds": runs[arm][seed]["rounds"],
+                        "steps": runs[arm][seed]["steps"],
+                        "examples": runs[arm][seed]["examples"],
+                        "tokens": runs[arm][seed]["tokens"],
+                        "train_seconds": runs[arm][seed]["train_seconds"],
+                        "wall_seconds": runs[arm][seed]["wall_seconds"],
+                    }
+                    for arm in args.arms
+                },
+            }
+            for seed in args.seeds
+        },
+        "calibration": calibration,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "skillworld_effect.json").write_text(json.dumps(result, indent=1))
+    for arm in args.arms:
+        mean_after = _seed_mean([result["seeds"][s][arm]["accuracy"] for s in args.seeds])
+        mean_start = _seed_mean([result["seeds"][s]["start"]["accuracy"] for s in args.seeds])
+        plot_bars(
+            {"start (after warm-up)": mean_start, f"{arm}, end": mean_after},
+            RESULTS / f"skillworld_effect_{arm}.png",
+            f"skill world, {arm}: test accuracy per skill (mean of {len(args.seeds)} seeds)",
+            "accuracy (%)",
+            rows=list(SKILLS),
+            scale=100,
+            value_range=(0, 100),
+        )
+    print(markdown_table(point, intervals, args.arms))
+
+
+def _per_skill(test: dict, skills: Sequence[str]) -> dict:
+    return {"accuracy": skill_means(test["correct"], skills), "nll": skill_means(test["nll"], skills)}
+
+
+def _seed_mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {s: sum(r[s] for r in rows) / len(rows) for s in rows[0]}
+
+
+def markdown_table(point: dict, intervals: dict, arms: Sequence[str]) -> str:
+    def cell(name: str, key: str, scale: float) -> str:
+        low, high = intervals[f"{name}.{key}"]
+        return f"{scale * point_value(name, key):.1f} [{scale * low:.1f}, {scale * high:.1f}]"
+
+    def point_value(name: str, key: str) -> float:
+        if "-" in name:
+            a, b = name.split("-")
+            return point[a][key] - point[b][key]
+        return point[name][key]
+
+    names = ["start", *arms, *(f"{a}-uniform" for a in arms if a != "uniform")]
+    if "static" in arms and "online" in arms:
+        names.append("online-static")
+    lines = [
+        "| | accuracy, weakest (%) | accuracy, others (%) | NLL, weakest | NLL, others |",
+        "|---|---|---|---|---|",
+    ]
+    for name in names:
+        lines.append(
+            f"| {name} | {cell(name, 'correct_weak', 100)} | {cell(name, 'correct_others', 100)} | "
+            f"{cell(name, 'nll_weak', 1)} | {cell(name, 'nll_others', 1)} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--samples-per-epoch", type=int, default=320)
-    parser.add_argument("--validation-questions", type=int, default=48)
-    parser.add_argument("--test-questions", type=int, default=240)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("command", choices=["calibrate", "run", "report"], nargs="?", default="run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2], help="skill-world levels")
+    parser.add_argument("--pool", type=int, default=3000, help="training problems")
+    parser.add_argument("--validation-questions", type=int, default=192, help="profiling questions")
+    parser.add_argument("--test-per-skill", type=int, default=50)
+    parser.add_argument("--weakest", type=int, default=3, help="how many skills count as the weakest")
+    parser.add_argument("--warmup-steps", type=int, default=16, help="uniform warm-up steps before the start")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per arm (online re-profiles after each)")
+    parser.add_argument("--calibrate-epochs", type=int, default=6)
+    parser.add_argument("--steps-per-epoch", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--arms", nargs="+", default=["uniform", "static", "online"])
+    parser.add_argument("--weight-floor", type=float, default=0.1)
+    parser.add_argument("--ema-alpha", type=float, default=0.7)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--precision", default="auto", help="Lightning precision ('auto': the hardware decides)")
+    parser.add_argument("--compute-dtype", default="auto", help="NF4 compute dtype")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel job processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_skillworld_effect"))
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: $STAT_PL_THREADS, else torch's choice)"
-    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.worker:
+        worker(args)
+    elif args.command == "calibrate":
+        run_jobs(args, [("start:0", None), ("calibrate", "start:0")])
+    elif args.command == "run":
+        starts = [(f"start:{s}", None) for s in args.seeds]
+        arms = [(f"arm:{a}:{s}", f"start:{s}") for s in args.seeds for a in args.arms]
+        run_jobs(args, [*starts, *arms])
+        report(args)
     else:
-        configure_threads()
-    test = SkillWorldSource("test", args.test_questions, seed=args.seed, **WORLD).load()
-    base = SFTModule(MODEL, quantization="nf4", lora=LoRAConfig())
-    base.configure_model()
-    from stat_pl.models import load_tokenizer
-
-    tokenizer = load_tokenizer(MODEL)
-    before = per_skill_accuracy(base.generation_model(), tokenizer, test, args.max_new_tokens)
-    after, seconds = {}, {}
-    for arm in args.arms:
-        started = time.perf_counter()
-        module = train_arm(arm, args, args.out)
-        seconds[arm] = time.perf_counter() - started
-        after[arm] = per_skill_accuracy(module.generation_model(), tokenizer, test, args.max_new_tokens)
-    table = report(before, after)
-    print(table)
-    print("train+profile seconds per arm:", {k: round(v) for k, v in seconds.items()})
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "result.json").write_text(
-        json.dumps(
-            {"before": before, "after": after, "seconds": seconds, "args": {k: str(v) for k, v in vars(args).items()}},
-            indent=1,
-        )
-    )
+        report(args)
 
 
 if __name__ == "__main__":
