@@ -9,7 +9,8 @@ The experiment (bench/README.md, "skillworld_effect.py", says what it found):
   that "weakest" is a measured weakness rather than "cannot write the format yet". Then the start figures:
   per-question test accuracy (greedy) and NLL of the gold worked solution (teacher-forced), and the oracle's
   Missing-Skill-Profile on the validation questions. The weakest skills of the seed are the top
-  ``--weakest`` skills of that profile (most missing), ties broken by validation NLL, never by name.
+  ``--weakest`` skills of that profile (largest share of their validation questions blamed on them),
+  ties broken by validation NLL, never by name.
 - ``arm`` (one per arm and seed), all from the seed's warm-up adapter with identical step and token
   counts: ``uniform`` (no profile), ``static`` (the start profile, every epoch), ``online`` (the start
   profile, then the SkillReprofiler re-profiles after every epoch with the oracle, EMA ``--ema-alpha``).
@@ -219,7 +220,6 @@ def fit(
 
 def start_job(args: argparse.Namespace, seed: int, out: Path) -> dict:
     """Warm-up, then the start figures and the start profile of one seed."""
-
     root = out / f"seed{seed}" / "warmup"
     module, data, _ = fit(args, seed, 1, args.warmup_steps, root)
     test = test_records(args)
@@ -235,8 +235,6 @@ def start_job(args: argparse.Namespace, seed: int, out: Path) -> dict:
     profile.to_json(root / "start-profile.json")
     validation_nll = by_skill(validation, solution_nll(module.generation_model(), data.tokenizer, validation))
     validation_accuracy = by_skill(validation, [_right(a) for a in attempts])
-    missing = {s: profile.histogram.get(s, 0.0) for s in validation_nll}
-    ranked = sorted(missing, key=lambda s: (-missing[s], -validation_nll[s]))
     return {
         "test": measure(module, data.tokenizer, test, args.max_new_tokens),
         "profile": profile.to_dict(),
@@ -246,20 +244,21 @@ def start_job(args: argparse.Namespace, seed: int, out: Path) -> dict:
             "metrics": {"accuracy": sum(map(_right, attempts)) / len(attempts), "difficult": len(difficult)},
             "histogram": profile.histogram,
         },
-        "validation": {"accuracy": validation_accuracy, "nll": validation_nll, "missing": missing},
-        "weakest": ranked[: args.weakest],
+        "validation": {
+            "accuracy": validation_accuracy,
+            "nll": validation_nll,
+            "missing": {s: profile.histogram.get(s, 0.0) for s in validation_nll},
+        },
         "adapter": str(root / "adapter"),
     }
 
 
 def _right(attempt) -> bool:
-
     return grade(attempt.responses[0], attempt.record.answer)
 
 
 def arm_job(args: argparse.Namespace, arm: str, seed: int, start: dict, out: Path) -> dict:
     """One arm of one seed, from the seed's warm-up adapter; the end figures and the realised skill mix."""
-
     root = out / f"seed{seed}" / arm
     shares = SkillShares()
     callbacks = [shares]
@@ -388,6 +387,15 @@ def run_jobs(args: argparse.Namespace, jobs: list[tuple[str, str | None]]) -> No
 
 
 # ---- report -------------------------------------------------------------------------------------
+def weakest_skills(start: dict, questions: Counter, k: int) -> list[str]:
+    """The ``k`` skills the start profile finds most missing: the share of a skill's validation questions
+    that the profile blames on it (questions per skill differ), ties broken by the validation NLL of the
+    gold solutions, a continuous measure of the same weakness; never by name."""
+    validation = start["validation"]
+    rate = {s: validation["missing"][s] / questions[s] for s in questions}
+    return sorted(rate, key=lambda s: (-rate[s], -validation["nll"][s]))[:k]
+
+
 def skill_means(correct: Sequence[float], skills: Sequence[str], pick: Sequence[int] | None = None) -> dict:
     """Per-skill mean of per-question values, over the questions ``pick`` (default all)."""
     groups: dict[str, list[float]] = defaultdict(list)
@@ -400,25 +408,54 @@ def group_mean(per_skill: dict[str, float], group: Sequence[str]) -> float:
     return sum(per_skill[s] for s in group) / len(group)
 
 
-def summary_statistics(runs: dict, skills: Sequence[str], seeds: Sequence[int], arms: Sequence[str], pick=None):
+def diagnosis(runs: dict, skills: Sequence[str], seeds: Sequence[int], arms: Sequence[str], weakest: dict) -> dict:
+    """Does the sampler shift the mix, and does the profile find the weak skills?
+
+    ``weak_share``: per arm and epoch, the realised share of training examples of the seed's weakest
+    skills (mean over seeds). ``profile_precision``: the share of the start profile's weakest skills that
+    are also among the weakest on the test set at the start (test accuracy, ties by test NLL); with k
+    skills on both sides it is also the recall.
+    """
+    weak_share = {
+        arm: [
+            sum(sum(runs[arm][seed]["skill_shares"][e].get(s, 0.0) for s in weakest[seed]) for seed in seeds)
+            / len(seeds)
+            for e in range(len(runs[arm][seeds[0]]["skill_shares"]))
+        ]
+        for arm in arms
+    }
+    precision = {}
+    for seed in seeds:
+        test = runs["start"][seed]["test"]
+        accuracy, nll = skill_means(test["correct"], skills), skill_means(test["nll"], skills)
+        truth = sorted(accuracy, key=lambda s: (accuracy[s], -nll[s]))[: len(weakest[seed])]
+        precision[seed] = len(set(truth) & set(weakest[seed])) / len(weakest[seed])
+    return {"weak_share": weak_share, "profile_precision": precision}
+
+
+def summary_statistics(
+    runs: dict, skills: Sequence[str], seeds: Sequence[int], arms: Sequence[str], weakest: dict, pick=None
+) -> dict:
     """Mean over seeds of weak / other accuracy and NLL, start and per arm (``pick``: resampled questions)."""
     table: dict[str, dict[str, float]] = {}
     for name in ["start", *arms]:
         row: dict[str, list[float]] = defaultdict(list)
         for seed in seeds:
             start = runs["start"][seed]
-            weak = start["weakest"]
-            others = [s for s in SKILLS if s not in weak]
+            weak = weakest[seed]
             test = start["test"] if name == "start" else runs[name][seed]["test"]
             for metric in ("correct", "nll"):
                 per_skill = skill_means(test[metric], skills, pick)
+                others = [s for s in per_skill if s not in weak]
                 row[f"{metric}_weak"].append(group_mean(per_skill, weak))
                 row[f"{metric}_others"].append(group_mean(per_skill, others))
         table[name] = {k: sum(v) / len(v) for k, v in row.items()}
     return table
 
 
-def bootstrap(runs: dict, skills: Sequence[str], seeds: Sequence[int], arms: Sequence[str], reps: int) -> dict:
+def bootstrap(
+    runs: dict, skills: Sequence[str], seeds: Sequence[int], arms: Sequence[str], weakest: dict, reps: int
+) -> dict:
     """95% percentile intervals: resample seeds, and test questions within each skill, paired across arms."""
     rng = random.Random(0)
     by_skill_index: dict[str, list[int]] = defaultdict(list)
@@ -428,7 +465,7 @@ def bootstrap(runs: dict, skills: Sequence[str], seeds: Sequence[int], arms: Seq
     for _ in range(reps):
         seed_draw = [rng.choice(seeds) for _ in seeds]
         pick = [rng.choice(idx) for idx in by_skill_index.values() for _ in idx]
-        stats = summary_statistics(runs, skills, seed_draw, arms, pick)
+        stats = summary_statistics(runs, skills, seed_draw, arms, weakest, pick)
         for name, row in stats.items():
             for key, value in row.items():
                 draws[f"{name}.{key}"].append(value)
@@ -452,8 +489,10 @@ def report(args: argparse.Namespace) -> None:
     runs: dict = {"start": {s: read_job(args.out, f"start:{s}") for s in args.seeds}}
     for arm in args.arms:
         runs[arm] = {s: read_job(args.out, f"arm:{arm}:{s}") for s in args.seeds}
-    point = summary_statistics(runs, skills, args.seeds, args.arms)
-    intervals = bootstrap(runs, skills, args.seeds, args.arms, args.bootstrap)
+    questions = Counter(r.skills[0] for r in world(args)("validation", args.validation_questions).load())
+    weakest = {seed: weakest_skills(runs["start"][seed], questions, args.weakest) for seed in args.seeds}
+    point = summary_statistics(runs, skills, args.seeds, args.arms, weakest)
+    intervals = bootstrap(runs, skills, args.seeds, args.arms, weakest, args.bootstrap)
     calibration = read_job(args.out, "calibrate") if job_file(args.out, "calibrate").exists() else None
     result = {
         "design": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("worker",)},
@@ -467,9 +506,10 @@ def report(args: argparse.Namespace) -> None:
         "interval": "95% percentile bootstrap over seeds and test questions (per skill), paired across arms",
         "summary": point,
         "intervals": intervals,
+        "diagnosis": diagnosis(runs, skills, args.seeds, args.arms, weakest),
         "seeds": {
             seed: {
-                "weakest": runs["start"][seed]["weakest"],
+                "weakest": weakest[seed],
                 "validation": runs["start"][seed]["validation"],
                 "start": _per_skill(runs["start"][seed]["test"], skills),
                 **{
@@ -505,6 +545,7 @@ def report(args: argparse.Namespace) -> None:
             value_range=(0, 100),
         )
     print(markdown_table(point, intervals, args.arms))
+    print("diagnosis:", json.dumps(result["diagnosis"]))
 
 
 def _per_skill(test: dict, skills: Sequence[str]) -> dict:
