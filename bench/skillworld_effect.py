@@ -320,6 +320,7 @@ def calibrate_job(args: argparse.Namespace, start: dict, out: Path) -> dict:
                 }
             )
             print(f"calibration step {trainer.global_step}: accuracy {sum(correct) / len(correct):.3f}", flush=True)
+            (out / "calibrate-partial.json").write_text(json.dumps({"curve": curve}))  # kept if the job is cut off
 
     fit(
         args,
@@ -493,7 +494,14 @@ def report(args: argparse.Namespace) -> None:
     weakest = {seed: weakest_skills(runs["start"][seed], questions, args.weakest) for seed in args.seeds}
     point = summary_statistics(runs, skills, args.seeds, args.arms, weakest)
     intervals = bootstrap(runs, skills, args.seeds, args.arms, weakest, args.bootstrap)
-    calibration = read_job(args.out, "calibrate") if job_file(args.out, "calibrate").exists() else None
+    partial = args.out / "calibrate-partial.json"
+    calibration = (
+        read_job(args.out, "calibrate")
+        if job_file(args.out, "calibrate").exists()
+        else {**json.loads(partial.read_text()), "cut_off": True}
+        if partial.exists()
+        else None
+    )
     result = {
         "design": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("worker",)},
         "machine": {
@@ -593,8 +601,8 @@ def main() -> None:
     parser.add_argument("--test-per-skill", type=int, default=50)
     parser.add_argument("--weakest", type=int, default=3, help="how many skills count as the weakest")
     parser.add_argument("--warmup-steps", type=int, default=16, help="uniform warm-up steps before the start")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per arm (online re-profiles after each)")
-    parser.add_argument("--calibrate-epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per arm (online re-profiles after each)")
+    parser.add_argument("--calibrate-epochs", type=int, default=3, help="uniform epochs of the calibration curve")
     parser.add_argument("--steps-per-epoch", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -616,7 +624,7 @@ def main() -> None:
     elif args.command == "run":
         starts = [(f"start:{s}", None) for s in args.seeds]
         arms = [(f"arm:{a}:{s}", f"start:{s}") for s in args.seeds for a in args.arms]
-        run_jobs(args, [*starts, *arms])
+        run_jobs(args, [*starts, *arms, ("calibrate", "start:0")])
         report(args)
     else:
         report(args)
