@@ -15,6 +15,8 @@ The experiment (bench/README.md, "skillworld_effect.py", says what it found):
   counts: ``uniform`` (no profile), ``static`` (the start profile, every epoch), ``online`` (the start
   profile, then the SkillReprofiler re-profiles after every epoch with the oracle, EMA ``--ema-alpha``).
   End figures as at the start, and the realised share of training examples per skill in each epoch.
+- ``focused`` (optional, ``--arms ... focused``): static with the start profile cut to the seed's weakest
+  skills, the fix the diagnosis points to when a student misses nearly everything (bench/README.md).
 - ``calibrate``: uniform SFT from seed 0's warm-up for ``--calibrate-epochs`` epochs with per-skill
   validation accuracy and NLL after each epoch: the curve that sets the arms' budget.
 - ``report``: means over seeds with 95% bootstrap intervals (over seeds and test questions, paired across
@@ -62,7 +64,7 @@ from stat_pl.profiling.oracle import SkillWorldOracle
 from stat_pl.profiling.round import profile_round
 from stat_pl.trainer import StatTrainer
 
-ARMS = ("uniform", "static", "online")
+ARMS = ("uniform", "static", "online", "focused")
 MODEL = "offline:smollm2-135m-instruct"
 RESULTS = Path(__file__).parent / "results"
 # Powers has only ~90 distinct problems at levels 1-2 (a small base squared or cubed): too few for a
@@ -279,6 +281,8 @@ def arm_job(args: argparse.Namespace, arm: str, seed: int, start: dict, out: Pat
         reprofiler.load_state_dict({"profile": start["profile"], "history": [start["round"]]})
         callbacks.append(reprofiler)
     profile = out / f"seed{seed}" / "warmup" / "start-profile.json" if arm != "uniform" else None
+    if arm == "focused":
+        profile = focused_profile(args, start, profile)
     started = time.perf_counter()
     module, data, trainer = fit(
         args,
@@ -300,6 +304,15 @@ def arm_job(args: argparse.Namespace, arm: str, seed: int, start: dict, out: Pat
         "tokens": shares.tokens,
         "train_seconds": seconds,
     }
+
+
+def focused_profile(args: argparse.Namespace, start: dict, profile: Path) -> Path:
+    """The start profile cut to the seed's weakest skills: targeting that a nearly flat profile cannot give."""
+    questions = Counter(r.skills[0] for r in world(args)("validation", args.validation_questions).load())
+    weakest = weakest_skills(start, questions, args.weakest)
+    full = MissingSkillProfile.from_json(profile)
+    focused = MissingSkillProfile(histogram={s: full.histogram[s] for s in weakest}, meta={"focused_on": weakest})
+    return focused.to_json(profile.with_name("focused-profile.json"))
 
 
 def calibrate_job(args: argparse.Namespace, start: dict, out: Path) -> dict:
@@ -594,7 +607,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["calibrate", "run", "report"], nargs="?", default="run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=["uniform", "static", "online"])
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2], help="skill-world levels")
     parser.add_argument("--pool", type=int, default=3000, help="training problems")
     parser.add_argument("--validation-questions", type=int, default=192, help="profiling questions")
