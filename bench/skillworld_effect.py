@@ -497,16 +497,35 @@ def bootstrap(
 
 
 def report(args: argparse.Namespace) -> None:
-    """The results JSON, a per-skill PNG per arm and the Markdown table (printed)."""
+    """The results JSON, a per-skill PNG per arm, the calibration curve and the Markdown tables (printed).
+
+    Arms run on all ``--seeds`` are compared in one table; an arm run on fewer seeds (a later fix, say) gets
+    its own table against ``uniform`` on the seeds it has.
+    """
     test = test_records(args)
     skills = [r.skills[0] for r in test]
+    seeds_of = {arm: [s for s in args.seeds if job_file(args.out, f"arm:{arm}:{s}").exists()] for arm in args.arms}
+    if seeds_of.get("uniform") != list(args.seeds):
+        raise ValueError(f"report needs the uniform arm for every seed {args.seeds}; {args.out} has {seeds_of}")
     runs: dict = {"start": {s: read_job(args.out, f"start:{s}") for s in args.seeds}}
-    for arm in args.arms:
-        runs[arm] = {s: read_job(args.out, f"arm:{arm}:{s}") for s in args.seeds}
+    for arm, seeds in seeds_of.items():
+        runs[arm] = {s: read_job(args.out, f"arm:{arm}:{s}") for s in seeds}
     questions = Counter(r.skills[0] for r in world(args)("validation", args.validation_questions).load())
     weakest = {seed: weakest_skills(runs["start"][seed], questions, args.weakest) for seed in args.seeds}
-    point = summary_statistics(runs, skills, args.seeds, args.arms, weakest)
-    intervals = bootstrap(runs, skills, args.seeds, args.arms, weakest, args.bootstrap)
+    complete = [arm for arm in args.arms if seeds_of[arm] == list(args.seeds)]
+    groups = [(complete, list(args.seeds))]
+    groups += [(["uniform", arm], seeds_of[arm]) for arm in args.arms if arm not in complete and seeds_of[arm]]
+    comparisons = []
+    for arms, seeds in groups:
+        comparisons.append(
+            {
+                "arms": arms,
+                "seeds": seeds,
+                "summary": summary_statistics(runs, skills, seeds, arms, weakest),
+                "intervals": bootstrap(runs, skills, seeds, arms, weakest, args.bootstrap),
+                "diagnosis": diagnosis(runs, skills, seeds, arms, weakest),
+            }
+        )
     partial = args.out / "calibrate-partial.json"
     calibration = (
         read_job(args.out, "calibrate")
@@ -525,48 +544,67 @@ def report(args: argparse.Namespace) -> None:
         },
         "test_questions": {s: skills.count(s) for s in SKILLS},
         "interval": "95% percentile bootstrap over seeds and test questions (per skill), paired across arms",
-        "summary": point,
-        "intervals": intervals,
-        "diagnosis": diagnosis(runs, skills, args.seeds, args.arms, weakest),
-        "seeds": {
-            seed: {
-                "weakest": weakest[seed],
-                "validation": runs["start"][seed]["validation"],
-                "start": _per_skill(runs["start"][seed]["test"], skills),
-                **{
-                    arm: {
-                        **_per_skill(runs[arm][seed]["test"], skills),
-                        "skill_shares": runs[arm][seed]["skill_shares"],
-                        "profile_rounds": runs[arm][seed]["rounds"],
-                        "steps": runs[arm][seed]["steps"],
-                        "examples": runs[arm][seed]["examples"],
-                        "tokens": runs[arm][seed]["tokens"],
-                        "train_seconds": runs[arm][seed]["train_seconds"],
-                        "wall_seconds": runs[arm][seed]["wall_seconds"],
-                    }
-                    for arm in args.arms
-                },
-            }
-            for seed in args.seeds
-        },
+        "comparisons": comparisons,
+        "seeds": {seed: _seed_result(runs, seed, weakest[seed], skills) for seed in args.seeds},
         "calibration": calibration,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "skillworld_effect.json").write_text(json.dumps(result, indent=1))
-    for arm in args.arms:
-        mean_after = _seed_mean([result["seeds"][s][arm]["accuracy"] for s in args.seeds])
-        mean_start = _seed_mean([result["seeds"][s]["start"]["accuracy"] for s in args.seeds])
+    for arm, seeds in seeds_of.items():
         plot_bars(
-            {"start (after warm-up)": mean_start, f"{arm}, end": mean_after},
+            {
+                "start (after warm-up)": _seed_mean([result["seeds"][s]["start"]["accuracy"] for s in seeds]),
+                f"{arm}, end": _seed_mean([result["seeds"][s][arm]["accuracy"] for s in seeds]),
+            },
             RESULTS / f"skillworld_effect_{arm}.png",
-            f"skill world, {arm}: test accuracy per skill (mean of {len(args.seeds)} seeds)",
+            f"skill world, {arm}: test accuracy per skill (mean of {len(seeds)} seeds)",
             "accuracy (%)",
             rows=list(SKILLS),
             scale=100,
             value_range=(0, 100),
         )
-    print(markdown_table(point, intervals, args.arms))
-    print("diagnosis:", json.dumps(result["diagnosis"]))
+    if calibration:
+        plot_calibration(calibration["curve"], RESULTS / "skillworld_effect_calibration.png")
+    for comparison in comparisons:
+        print(f"\nseeds {comparison['seeds']}:")
+        print(markdown_table(comparison["summary"], comparison["intervals"], comparison["arms"]))
+        print("diagnosis:", json.dumps(comparison["diagnosis"]))
+
+
+def _seed_result(runs: dict, seed: int, weakest: list[str], skills: Sequence[str]) -> dict:
+    """Everything one seed measured: the weakest set, the start, and each arm's end, mix and cost."""
+    arms = {
+        arm: {
+            **_per_skill(by_seed[seed]["test"], skills),
+            **{k: by_seed[seed][k] for k in ("skill_shares", "steps", "examples", "tokens", "train_seconds")},
+            "profile_rounds": by_seed[seed]["rounds"],
+            "wall_seconds": by_seed[seed]["wall_seconds"],
+        }
+        for arm, by_seed in runs.items()
+        if arm != "start" and seed in by_seed
+    }
+    start = runs["start"][seed]
+    return {"weakest": weakest, "validation": start["validation"], "start": _per_skill(start["test"], skills), **arms}
+
+
+def plot_calibration(curve: list[dict], path: Path) -> None:
+    """Per-skill validation accuracy against optimizer steps, one line per skill (the calibration curve)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    steps = [point["step"] for point in curve]
+    for skill in SKILLS:
+        axes.plot(steps, [100 * point["accuracy"].get(skill, 0.0) for point in curve], marker="o", label=skill)
+    axes.set(
+        xlabel="optimizer steps after the warm-up", ylabel="validation accuracy (%)", title="calibration: uniform SFT"
+    )
+    axes.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def _per_skill(test: dict, skills: Sequence[str]) -> dict:
