@@ -616,9 +616,12 @@ def _seed_mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def markdown_table(point: dict, intervals: dict, arms: Sequence[str]) -> str:
+    """Accuracy in points, NLL in nats per solution token; each a mean with its 95% interval."""
+
     def cell(name: str, key: str, scale: float) -> str:
         low, high = intervals[f"{name}.{key}"]
-        return f"{scale * point_value(name, key):.1f} [{scale * low:.1f}, {scale * high:.1f}]"
+        digits = 1 if scale == 100 else 3
+        return f"{scale * point_value(name, key):.{digits}f} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
 
     def point_value(name: str, key: str) -> float:
         if "-" in name:
@@ -630,7 +633,7 @@ def markdown_table(point: dict, intervals: dict, arms: Sequence[str]) -> str:
     if "static" in arms and "online" in arms:
         names.append("online-static")
     lines = [
-        "| | accuracy, weakest (%) | accuracy, others (%) | NLL, weakest | NLL, others |",
+        "| arm | accuracy, weakest (%) | accuracy, others (%) | NLL, weakest | NLL, others |",
         "|---|---|---|---|---|",
     ]
     for name in names:
