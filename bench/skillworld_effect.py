@@ -75,7 +75,6 @@ SKILLS = tuple(s for s in SKILLWORLD_SKILLS if s not in LEFT_OUT)
 
 # ---- the fixed question sets --------------------------------------------------------------------
 def world(args: argparse.Namespace):
-
     return functools.partial(
         SkillWorldSource,
         seed=0,
@@ -87,7 +86,6 @@ def world(args: argparse.Namespace):
 
 def test_records(args: argparse.Namespace) -> list:
     """The first ``test_per_skill`` test problems of every skill (the same set for every seed and arm)."""
-
     wanted = args.test_per_skill * len(SKILLS)
     for draw in (2 * wanted, 4 * wanted):  # unit conversions are rare in the test split: few distinct ones
         taken: dict[str, list] = defaultdict(list)
@@ -105,7 +103,6 @@ def test_records(args: argparse.Namespace) -> list:
 # ---- measuring a model --------------------------------------------------------------------------
 def answer_correctness(model, tokenizer, records: Sequence, max_new_tokens: int) -> list[bool]:
     """Greedy answer of every record, graded against its gold answer."""
-
     completions = HFEngine(model, tokenizer, batch_size=48).generate(
         [prompt_messages(r.problem) for r in records], SamplingParams(max_new_tokens=max_new_tokens)
     )
@@ -114,7 +111,6 @@ def answer_correctness(model, tokenizer, records: Sequence, max_new_tokens: int)
 
 def solution_nll(model, tokenizer, records: Sequence, batch_size: int = 32) -> list[float]:
     """Mean per-token negative log-likelihood of each record's gold worked solution (teacher-forced)."""
-
     examples = [
         {**encode_example(tokenizer, r.problem, r.solutions[0], 512), "index": i} for i, r in enumerate(records)
     ]
@@ -132,19 +128,11 @@ def solution_nll(model, tokenizer, records: Sequence, batch_size: int = 32) -> l
     return out
 
 
-def measure(module, tokenizer, records: Sequence, max_new_tokens: int) -> dict:
-    model = module.generation_model()
+def measure(model, tokenizer, records: Sequence, max_new_tokens: int) -> dict:
     return {
         "correct": answer_correctness(model, tokenizer, records, max_new_tokens),
         "nll": solution_nll(model, tokenizer, records),
     }
-
-
-def by_skill(records: Sequence, values: Sequence[float]) -> dict[str, float]:
-    groups: dict[str, list[float]] = defaultdict(list)
-    for record, value in zip(records, values, strict=True):
-        groups[record.skills[0]].append(float(value))
-    return {s: sum(v) / len(v) for s, v in sorted(groups.items())}
 
 
 # ---- training -----------------------------------------------------------------------------------
@@ -226,8 +214,9 @@ def start_job(args: argparse.Namespace, seed: int, out: Path) -> dict:
     module, data, _ = fit(args, seed, 1, args.warmup_steps, root)
     test = test_records(args)
     validation = world(args)("validation", args.validation_questions).load()
+    model = module.generation_model()
     attempts, difficult, diagnoses = profile_round(
-        HFEngine(module.generation_model(), data.tokenizer, batch_size=48),
+        HFEngine(model, data.tokenizer, batch_size=48),
         validation,
         GroundTruthDetector(),
         SkillWorldOracle(),
@@ -235,15 +224,17 @@ def start_job(args: argparse.Namespace, seed: int, out: Path) -> dict:
     )
     profile = MissingSkillProfile.from_questions({d.question_id: d.skills for d in diagnoses}, epoch=0)
     profile.to_json(root / "start-profile.json")
-    validation_nll = by_skill(validation, solution_nll(module.generation_model(), data.tokenizer, validation))
-    validation_accuracy = by_skill(validation, [_right(a) for a in attempts])
+    skills = [r.skills[0] for r in validation]
+    right = [grade(a.responses[0], a.record.answer) for a in attempts]
+    validation_nll = skill_means(solution_nll(model, data.tokenizer, validation), skills)
+    validation_accuracy = skill_means(right, skills)
     return {
-        "test": measure(module, data.tokenizer, test, args.max_new_tokens),
+        "test": measure(model, data.tokenizer, test, args.max_new_tokens),
         "profile": profile.to_dict(),
         "round": {
             "epoch": 0,
             "skill_accuracy": validation_accuracy,
-            "metrics": {"accuracy": sum(map(_right, attempts)) / len(attempts), "difficult": len(difficult)},
+            "metrics": {"accuracy": sum(right) / len(right), "difficult": len(difficult)},
             "histogram": profile.histogram,
         },
         "validation": {
@@ -253,10 +244,6 @@ def start_job(args: argparse.Namespace, seed: int, out: Path) -> dict:
         },
         "adapter": str(root / "adapter"),
     }
-
-
-def _right(attempt) -> bool:
-    return grade(attempt.responses[0], attempt.record.answer)
 
 
 def arm_job(args: argparse.Namespace, arm: str, seed: int, start: dict, out: Path) -> dict:
@@ -296,7 +283,7 @@ def arm_job(args: argparse.Namespace, arm: str, seed: int, start: dict, out: Pat
     )
     seconds = time.perf_counter() - started
     return {
-        "test": measure(module, data.tokenizer, test_records(args), args.max_new_tokens),
+        "test": measure(module.generation_model(), data.tokenizer, test_records(args), args.max_new_tokens),
         "skill_shares": shares.epochs,
         "rounds": reprofiler.history if reprofiler else [],
         "steps": trainer.global_step,
@@ -317,8 +304,8 @@ def focused_profile(args: argparse.Namespace, start: dict, profile: Path) -> Pat
 
 def calibrate_job(args: argparse.Namespace, start: dict, out: Path) -> dict:
     """Uniform SFT from seed 0's warm-up with per-skill validation accuracy and NLL after every epoch."""
-
     validation = world(args)("validation", args.validation_questions).load()
+    skills = [r.skills[0] for r in validation]
     curve: list[dict] = [{"step": 0, "accuracy": start["validation"]["accuracy"], "nll": start["validation"]["nll"]}]
 
     class Curve(Callback):
@@ -328,8 +315,8 @@ def calibrate_job(args: argparse.Namespace, start: dict, out: Path) -> dict:
             curve.append(
                 {
                     "step": trainer.global_step,
-                    "accuracy": by_skill(validation, correct),
-                    "nll": by_skill(validation, solution_nll(model, tokenizer, validation)),
+                    "accuracy": skill_means(correct, skills),
+                    "nll": skill_means(solution_nll(model, tokenizer, validation), skills),
                 }
             )
             print(f"calibration step {trainer.global_step}: accuracy {sum(correct) / len(correct):.3f}", flush=True)
