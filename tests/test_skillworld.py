@@ -129,6 +129,14 @@ def test_a_world_that_can_build_no_problem_says_so() -> None:
         world.problems("train", 1)
 
 
+def test_asking_for_more_problems_than_a_split_holds_is_an_error_not_a_hang() -> None:
+    only_powers = {s: 0 for s in SKILLWORLD_SKILLS if s != "powers"}
+    world = SkillWorld(levels=(1,), max_skills=1, skill_weights=only_powers)
+    assert len(world.problems("test", 1)) == 1  # level-1 powers: one small base and exponent in the test split
+    with pytest.raises(ValueError, match=r"distinct test problems, fewer than the 1000 asked for"):
+        world.problems("test", 1000)
+
+
 def test_the_source_is_a_skill_world_with_its_defaults_and_skill_weights():
     from stat_pl.data.skillworld import SkillWorldSource
 

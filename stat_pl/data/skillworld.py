@@ -345,12 +345,22 @@ class SkillWorld:
         """The first ``n`` problems of ``split`` (``train``, ``validation`` or ``test``), distinct by text."""
         out: list[SkillWorldProblem] = []
         seen: set[str] = set()
+        repeats = 0  # candidates in a row whose text was already taken: the split may hold fewer than n
         for problem in self._iter_split(split):
             if len(out) == n:
                 break
-            if problem.text not in seen:
-                seen.add(problem.text)
-                out.append(problem)
+            if problem.text in seen:
+                repeats += 1
+                if repeats == _MAX_MISSES:
+                    raise ValueError(
+                        f"{self} has only about {len(out)} distinct {split} problems, fewer than the {n} "
+                        f"asked for (the last {_MAX_MISSES} candidates all repeated one): ask for fewer, or "
+                        "widen levels, max_skills or skill_weights"
+                    )
+                continue
+            repeats = 0
+            seen.add(problem.text)
+            out.append(problem)
         return out
 
     def records(self, split: str, n: int) -> list[ProblemRecord]:
