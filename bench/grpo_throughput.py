@@ -393,6 +393,10 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     plan = json.loads(Path(args.plan).read_text())
     _, quantization, skip = ARMS[args.worker]
+    if args.worker != "trl":  # as `python -m stat_pl` does: freed memory is reused, not faulted in again
+        from stat_pl.hardware import keep_freed_memory
+
+        keep_freed_memory()
     row = run_trl(args, plan) if args.worker == "trl" else run_stat_pl(args, plan, quantization, skip)
     row["peak_rss_mib"] = peak_rss_mib()
     Path(args.result).write_text(json.dumps(row))

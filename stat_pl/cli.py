@@ -16,7 +16,7 @@ import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningCLI
 
-from stat_pl.hardware import configure_threads
+from stat_pl.hardware import configure_threads, keep_freed_memory
 from stat_pl.skills import CatalogKeyError
 from stat_pl.trainer import StatTrainer
 
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     configure_threads()
+    keep_freed_memory()
     if command in LIGHTNING_SUBCOMMANDS:
         run_lightning([command, *rest])
     elif command in OFFLINE_STAGES:

@@ -10,7 +10,6 @@ from stat_pl.modules.grpo_loss import (
     clipped_surrogate,
     group_advantages,
     k3_kl,
-    token_entropy,
     token_logprobs,
     update_normaliser,
 )
@@ -43,13 +42,30 @@ def test_bad_shapes_and_scales_are_named():
         group_advantages(torch.ones(2, 2), "rank")  # type: ignore[arg-type]
 
 
-def test_log_probs_at_the_sampling_temperature():
+def test_log_probs_and_entropy_at_the_sampling_temperature():
     logits = torch.tensor([[0.0, math.log(3.0)]])
     target = torch.tensor([1])
-    assert token_logprobs(logits, target).item() == pytest.approx(math.log(0.75))
+    logp, entropy = token_logprobs(logits, target)
+    assert logp.item() == pytest.approx(math.log(0.75))
+    assert entropy.item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
     s3 = math.sqrt(3.0)
-    assert token_logprobs(logits, target, temperature=2.0).item() == pytest.approx(math.log(s3 / (1 + s3)))
-    assert token_entropy(torch.zeros(1, 4)).item() == pytest.approx(math.log(4.0))
+    assert token_logprobs(logits, target, temperature=2.0)[0].item() == pytest.approx(math.log(s3 / (1 + s3)))
+    assert token_logprobs(torch.zeros(1, 4), torch.tensor([0]))[1].item() == pytest.approx(math.log(4.0))
+
+
+def test_log_probs_match_log_softmax_and_their_gradient_too():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11, requires_grad=True)
+    targets = torch.randint(0, 11, (3, 5))
+    logp, entropy = token_logprobs(logits, targets, temperature=0.7)
+    full = torch.log_softmax(logits / 0.7, dim=-1)
+    expected = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(logp, expected)
+    torch.testing.assert_close(entropy, -(full.exp() * full).sum(-1).detach())
+    assert not entropy.requires_grad
+    (grad,) = torch.autograd.grad(logp.sum(), logits)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
+    torch.testing.assert_close(grad, expected_grad)
 
 
 def test_clipped_surrogate_by_hand():
@@ -91,7 +107,7 @@ def test_micro_batch_gradients_add_up_to_the_one_shot_gradient(mode):
     adv = torch.randn(6)
 
     def loss_of(rows: slice, normaliser: float) -> torch.Tensor:
-        logp = token_logprobs(hidden[rows] @ weight, targets[rows], temperature=0.7)
+        logp, _ = token_logprobs(hidden[rows] @ weight, targets[rows], temperature=0.7)
         per_token, _, _ = clipped_surrogate(logp, logp.detach() - 0.1, adv[rows])
         return aggregate(per_token, mask[rows], mode, normaliser)
 

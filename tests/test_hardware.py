@@ -1,6 +1,10 @@
 """Precision and threads from the hardware: ``auto`` picks float32 where bf16 is emulated, bf16 where native."""
 
 import logging
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -120,6 +124,30 @@ def test_threads_come_from_the_environment(monkeypatch):
             configure_threads()
     finally:
         torch.set_num_threads(before)
+
+
+_RSS_AFTER_FREE = """
+import torch
+from stat_pl.hardware import keep_freed_memory
+applied = keep_freed_memory()
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+before = rss_mib()
+block = torch.ones(50_000_000)  # 200 MB, over glibc's mmap threshold
+del block
+print(applied, rss_mib() - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the malloc settings exist on glibc (Linux) only")
+@pytest.mark.parametrize("setting, kept", [("1", True), ("0", False)])
+def test_freed_memory_is_kept_for_reuse_unless_turned_off(setting, kept):
+    env = {**os.environ, "STAT_PL_KEEP_FREED_MEMORY": setting}
+    out = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREE], env=env, capture_output=True, text=True, check=True)
+    applied, grown_mib = out.stdout.split()
+    assert applied == str(kept)
+    assert (float(grown_mib) > 150) == kept  # the freed 200 MB stay with the process only when kept
 
 
 def test_fit_with_output_to_a_file_prints_progress_lines_and_flushes_metrics(tmp_path, tiny_model_dir):

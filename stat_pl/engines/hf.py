@@ -1,15 +1,14 @@
-"""HFEngine: batched ``model.generate`` on any device, on a loaded model or the live training model."""
+"""HFEngine: batched sampling with transformers on any device, on a loaded model or the live training model."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
-from transformers.generation.streamers import BaseStreamer
 
 from stat_pl.engines.base import (
     Completion,
@@ -19,11 +18,16 @@ from stat_pl.engines.base import (
     prompt_token_ids,
     render_prompt,
 )
-from stat_pl.models import CACHE_KWARG, load_causal_lm, load_tokenizer
+from stat_pl.engines.decode import decode, sampler
+from stat_pl.models import load_causal_lm, load_tokenizer
 
 
 class HFEngine:
     """Generation with Hugging Face transformers: left padding, KV cache, prompts batched by length.
+
+    Decoding is stat-pl's loop (:func:`~stat_pl.engines.decode.decode`: a preallocated KV cache, one
+    uniform draw per token), not ``model.generate``; it samples what ``generate`` samples for the same
+    :class:`SamplingParams`, faster. The model's ``generation_config`` adds only its EOS tokens.
 
     Pass a model name/path (loaded once, frozen) or a live ``torch.nn.Module`` (e.g. the PEFT model
     being trained): each call switches it to eval mode under ``no_grad`` and puts back its train mode
@@ -32,11 +36,11 @@ class HFEngine:
     Args:
         model: a name/path for :func:`~stat_pl.models.load_causal_lm`, or a module.
         tokenizer: a name/path or tokenizer; defaults to the model's name.
-        batch_size: sequences per ``generate`` call (prompts x samples).
+        batch_size: sequences decoded together (prompts x samples).
         system_prompt: an optional system turn before chat prompts.
         progress: show a progress bar over batches.
         share_prefill: with ``sampling.n > 1``, prefill each prompt once and repeat its KV cache for the
-            ``n`` samples (same samples, less compute); ``False`` lets ``generate`` prefill every copy.
+            ``n`` samples (same samples, less compute); ``False`` prefills every copy.
     """
 
     def __init__(
@@ -84,7 +88,7 @@ class HFEngine:
         )
         with self._inference_mode(sampling.seed), steps:
             for done, batch in enumerate(batches, start=1):
-                completions = self._generate_batch([ids[i] for i in batch], sampling, _StepProgress(steps))
+                completions = self._generate_batch([ids[i] for i in batch], sampling, lambda: steps.update(1))
                 for i, completion in zip(batch, completions, strict=True):
                     results[i] = completion
                 steps.update(done * sampling.max_new_tokens - steps.n)  # a batch that stopped early
@@ -107,53 +111,40 @@ class HFEngine:
                 self.model.train(was_training)
 
     def _generate_batch(
-        self, prompt_ids: list[list[int]], sampling: SamplingParams, streamer: BaseStreamer | None = None
+        self, prompt_ids: list[list[int]], sampling: SamplingParams, on_step: Callable[[], None] | None = None
     ) -> list[list[Completion]]:
         tok = self.tokenizer
         device = next(self.model.parameters()).device
         input_ids, attention_mask = left_pad(prompt_ids, tok.pad_token_id)
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        n, shared = sampling.n, {}
-        if self.share_prefill and n > 1 and min(len(p) for p in prompt_ids) > 1:
-            shared = {CACHE_KWARG: self._prefill_once(input_ids, attention_mask, n)}
-            input_ids, attention_mask, n = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0), 1
-        sample = sampling.temperature > 0
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=sampling.max_new_tokens,
-            do_sample=sample,
-            temperature=sampling.temperature if sample else None,
-            top_p=sampling.top_p if sample else None,
-            top_k=None,
-            num_return_sequences=n,
-            stop_strings=list(sampling.stop) or None,
-            tokenizer=tok if sampling.stop else None,
+        samples = sampling.n
+        if not self.share_prefill:  # prefill every copy of a prompt (the reference the tests compare against)
+            input_ids, attention_mask = (
+                input_ids.repeat_interleave(samples, 0),
+                attention_mask.repeat_interleave(samples, 0),
+            )
+            samples = 1
+        new_tokens = decode(
+            self.model,
+            input_ids,
+            attention_mask,
+            sampling.max_new_tokens,
+            pick=sampler(sampling.temperature, sampling.top_p),
+            stop_token_ids=self._stop_token_ids(),
             pad_token_id=tok.pad_token_id,
-            use_cache=True,
-            streamer=streamer,
-            **shared,
-        )
-        new_tokens = output[:, input_ids.shape[1] :].tolist()
-        completions = [completion_from_ids(self.tokenizer, ids, sampling) for ids in new_tokens]
+            samples=samples,
+            stopped=_StopStrings(tok, sampling.stop) if sampling.stop else None,
+            on_step=on_step,
+        ).tolist()
+        completions = [completion_from_ids(tok, ids, sampling) for ids in new_tokens]
         return [completions[i : i + sampling.n] for i in range(0, len(completions), sampling.n)]
 
-    def _prefill_once(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int):
-        """The KV cache of every prompt but its last token, computed once and repeated for its ``n`` samples.
-
-        ``generate(num_return_sequences=n)`` would prefill each prompt ``n`` times. The last token is left
-        for ``generate`` to feed (it needs logits to sample from); positions follow the left padding.
-        """
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        output = self.model(
-            input_ids=input_ids[:, :-1],
-            attention_mask=attention_mask[:, :-1],
-            position_ids=position_ids[:, :-1],
-            use_cache=True,
-        )
-        cache = getattr(output, CACHE_KWARG)
-        cache.batch_repeat_interleave(n)
-        return cache
+    def _stop_token_ids(self) -> list[int]:
+        """The tokenizer's EOS and every EOS the model's generation config names (Llama 3 has several)."""
+        config = getattr(self.model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
+        listed = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        return [self.tokenizer.eos_token_id, *listed]
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,17 +159,19 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[tor
     return ids, mask
 
 
-class _StepProgress(BaseStreamer):
-    """Advances a progress bar by one per decoding step (``generate`` calls ``put`` once per step)."""
+class _StopStrings:
+    """``stopped`` for :func:`~stat_pl.engines.decode.decode`: rows whose text now contains a stop string.
 
-    def __init__(self, bar: tqdm) -> None:
-        self.bar = bar
-        self.prompt_seen = False
+    Only the last tokens are decoded each step, enough to hold the longest stop string (a token is at
+    least one character, and a few more cover tokens that are part of one character), so a long
+    completion costs the same per step as a short one.
+    """
 
-    def put(self, value) -> None:
-        if self.prompt_seen:
-            self.bar.update(1)
-        self.prompt_seen = True  # the first call carries the prompt
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(stop)
+        self.window = max(len(s) for s in self.stop) + 4
 
-    def end(self) -> None:
-        pass
+    def __call__(self, new_ids: torch.Tensor) -> torch.Tensor:
+        tails = self.tokenizer.batch_decode(new_ids[:, -self.window :].tolist(), skip_special_tokens=True)
+        return torch.tensor([any(s in tail for s in self.stop) for tail in tails], device=new_ids.device)

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from stat_pl.engines.hf import left_pad
 from stat_pl.models import CACHE_KWARG
-from stat_pl.modules.grpo_loss import token_entropy, token_logprobs
+from stat_pl.modules.grpo_loss import token_logprobs
 
 
 def right_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,5 +122,4 @@ def _head_logprobs(
 def _chunk(
     head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = head(hidden)  # [N, C, V]
-    return token_logprobs(logits, targets, temperature), token_entropy(logits.detach(), temperature)
+    return token_logprobs(head(hidden), targets, temperature)  # logits [N, C, V] -> [N, C], [N, C]

@@ -49,19 +49,27 @@ def group_advantages(rewards: torch.Tensor, scale: AdvantageScale = "group", eps
     return torch.where(constant, torch.zeros_like(centred), centred)  # [B, G]
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probability of each target token under ``softmax(logits / temperature)``: the sampling distribution.
+def token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each target token under ``softmax(logits / temperature)`` (the sampling
+    distribution), and the entropy of that distribution at each position (for logging; no gradient).
 
-    ``logits[..., V]`` are the logits that predict ``targets[...]`` (already shifted by the caller).
+    ``logits[..., V]`` are the logits that predict ``targets[...]`` (already shifted by the caller). Both come
+    from one ``logsumexp`` over ``z = logits / temperature`` (no division at temperature 1):
+    ``log p(target) = z[target] - logsumexp(z)`` and ``entropy = logsumexp(z) - sum(softmax(z) * z)``, so no
+    ``[..., V]`` log-softmax is built for the gradient and the entropy costs one more pass, not two.
+    Returns ``(logp[...], entropy[...])``.
     """
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # [..., V]
-    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [...]
-
-
-def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of the sampling distribution at each position (for logging; no gradient needed)."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # [..., V]
-    return -(logp.exp() * logp).sum(-1)  # [...]
+    z = logits.float()  # [..., V]
+    if temperature != 1.0:
+        z = z / temperature
+    lse = torch.logsumexp(z, dim=-1)  # [...]
+    logp = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # [...]
+    with torch.no_grad():
+        probs = torch.exp(z - lse.unsqueeze(-1))  # [..., V]
+        entropy = lse - probs.mul_(z).sum(-1)  # [...]
+    return logp, entropy
 
 
 def clipped_surrogate(
