@@ -42,7 +42,7 @@ class LoRADropout(torch.nn.Module):
 
 
 def use_lora_dropout(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace each PEFT LoRA layer's ``nn.Dropout`` with a :class:`LoRADropout` of the same ``p``; returns ``model``."""
+    """Swap each PEFT LoRA layer's ``nn.Dropout`` for a :class:`LoRADropout` of the same ``p``; returns ``model``."""
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)
         if isinstance(dropouts, torch.nn.ModuleDict):

@@ -21,8 +21,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from stat_pl.offline_models import resolve_model_path
 from stat_pl.lora_dropout import use_lora_dropout
+from stat_pl.offline_models import resolve_model_path
 
 logger = logging.getLogger(__name__)
 Quantization = Literal["none", "nf4", "int8"]

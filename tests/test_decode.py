@@ -1,4 +1,4 @@
-"""stat-pl's decoding loop against transformers' ``generate``, and its sampler against the distribution it draws from."""
+"""stat-pl's decoding loop against transformers' ``generate``; its sampler against the distribution it draws."""
 
 import pytest
 import torch
