@@ -31,7 +31,7 @@ class BenchmarkEvaluator(Callback):
         every_n_epochs: evaluate after every n-th training epoch; 0 evaluates only on ``test``.
         temperature, sample_temperature, max_new_tokens, top_p: sampling, as in ``evaluate``
             (:class:`~stat_pl.evaluation.scoring.EvalSettings`; shorter responses by default here).
-        batch_size: sequences per ``generate`` call.
+        batch_size: sequences decoded together.
         tokenizer: the tokenizer's name or path; default the DataModule's ``tokenizer`` or the
             LightningModule's ``model`` hyperparameter.
         system_prompt: an optional system turn (keep it the same as in training).

@@ -1,13 +1,14 @@
 """HFEngine's decoding loop: prefill once, then one token per step into a preallocated KV cache.
 
-Why not ``model.generate``: on a CPU, sampling 16 rollouts of SmolLM2-135M spent about a quarter of its
-time in the dynamic KV cache's ``torch.cat`` (each step copies the whole cache) and a tenth in drawing
-the token (``generate`` samples with ``multinomial``, which draws one random number per vocabulary entry).
-Here the cache is a transformers ``StaticCache`` written in place, and a token is drawn with one uniform
-number per row from the cumulative distribution. What is sampled is the same distribution as
-``generate``'s for the settings :class:`~stat_pl.engines.base.SamplingParams` has (temperature, top-p,
-no top-k, no repetition penalty); the random draws differ, so the samples for a seed differ from
-``generate``'s. Greedy decoding picks what ``generate`` picks (the tests compare them).
+Why not ``model.generate``: on a CPU, the torch profiler put a fifth of the time of sampling 16 rollouts
+of SmolLM2-135M in the dynamic KV cache's ``torch.cat`` (each step copies the whole cache) and a tenth
+in drawing the token (``generate`` samples with ``multinomial``, which draws one random number per
+vocabulary entry). Here the cache is a transformers ``StaticCache`` written in place, and a token is
+drawn with one uniform number per row from the cumulative distribution (bench/README.md has the gain).
+What is sampled is the same distribution as ``generate``'s for the settings
+:class:`~stat_pl.engines.base.SamplingParams` has (temperature, top-p, no top-k, no repetition
+penalty); the random draws differ, so the samples for a seed differ from ``generate``'s. Greedy
+decoding picks what ``generate`` picks (the tests compare them).
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def evaluate(
         sample_temperature: temperature of the avg@K / pass@K samples (paper 1.0).
         top_p: nucleus sampling for both.
         max_new_tokens: the response budget per sample.
-        batch_size: sequences per ``generate`` call (questions x samples); results are saved after each.
+        batch_size: sequences decoded together (questions x samples); results are saved after each batch.
         system_prompt: an optional system turn; the default is the paper's 0-shot prompt, the question alone.
         seed: the sampling seed.
         grading_timeout_s: math-verify's time limit per answer.

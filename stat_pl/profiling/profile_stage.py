@@ -92,7 +92,7 @@ def profile(
         num_questions: profile only the first N questions of the split (it is shuffled); None: all.
         max_new_tokens, temperature, top_p, seed: the student's sampling (temperature 0 is greedy;
             consistency voting needs > 0).
-        batch_size: sequences per ``generate`` call; responses are saved after each.
+        batch_size: sequences decoded together; responses are saved after each batch.
         system_prompt: an optional system turn; default the paper's 0-shot prompt, the question alone.
         output_dir: where everything is written; a rerun reuses its responses.
         top_k: skills in the bar chart.
