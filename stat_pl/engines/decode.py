@@ -61,7 +61,7 @@ def decode(
     mask[:, :width] = attention_mask.repeat_interleave(samples, 0)
     position = positions[:, -1:].repeat_interleave(samples, 0)  # [R, 1]
     logits = out.logits[:, -1].repeat_interleave(samples, 0)  # [R, V]
-    stop = torch.tensor(sorted(set(stop_token_ids)), device=device)
+    stop = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
     new = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)  # [R, N]
     done = torch.zeros(rows, dtype=torch.bool, device=device)  # [R]
     for step in range(max_new_tokens):
