@@ -149,11 +149,11 @@ def keep_freed_memory() -> bool:
     By default glibc serves each block over its mmap threshold (at most 32 MB) with a fresh ``mmap`` and
     unmaps it on ``free``, so every large tensor a step allocates (logits ``[N, L, V]``, activations)
     faults its pages in again, once per step. On 2 cores of an AMD EPYC a subtraction over 200 MB of
-    logits took 92 ms with a fresh block and 23 ms with a reused one, and a GRPO step of SmolLM2 went from
-    33 to 30 s (bench/README.md). Here every block comes from the heap and freed memory stays with the
-    process (up to 2 GiB at its top): memory the run freed is not returned to the OS until it exits, and
-    the peak stays what the run needs at once. Linux with glibc only; ``$STAT_PL_KEEP_FREED_MEMORY=0``
-    turns it off. Returns whether the settings were applied.
+    logits took 92 ms with a fresh block and 23 ms with a reused one (bench/README.md, grpo_throughput.py).
+    Here every block comes from the heap and freed memory stays with the process (up to 2 GiB at its top):
+    memory the run freed is not returned to the OS until it exits, and a heap that fragments can raise the
+    peak (its effect on peak RSS was not measured apart from the other changes). Linux with glibc only;
+    ``$STAT_PL_KEEP_FREED_MEMORY=0`` turns it off. Returns whether the settings were applied.
     """
     if os.environ.get(KEEP_MEMORY_ENV, "").strip() == "0" or platform.libc_ver()[0] != "glibc":
         return False
