@@ -6,7 +6,7 @@ at most ``--max-new-tokens`` new tokens sampled at temperature 1.0 (top-p 1), re
 correctness (:class:`stat_pl.rewards.CorrectnessReward`, the paper's), group-std-scaled advantages,
 beta 0 (no reference forward), token-mean loss (TRL's ``loss_type="dapo"``), clip epsilon 0.2, AdamW at
 lr 1e-6 (constant, no weight decay), gradient clipping at 1.0, one optimizer step per rollout batch
-(one pass, the whole batch in one forward/backward). Each arm runs ``--warmup-steps`` steps untimed,
+(one pass). Each arm runs ``--warmup-steps`` steps untimed,
 then ``--steps`` timed ones, in its own subprocess so its peak RSS is its own.
 
 The prompts are the first rows of the local MATH training split with the shipped GRPO config's suffix
@@ -17,16 +17,22 @@ generate from exactly those prompt token ids. The completions differ (each frame
 sampling), so generated tokens per step are printed beside the times.
 
 * stat-pl: ``GRPOModule`` (``quantization="none"``) + ``PromptDataModule`` under a Lightning ``Trainer``
-  with ``precision="32-true"``, its defaults otherwise (shared-prompt forward, prefill shared by a
-  prompt's 4 samples), once with ``skip_zero_advantage_groups=False`` (the target's arm: every group goes
-  through the backward, as in TRL) and once with it on (groups whose 4 rewards are equal skip the
+  with ``precision="32-true"``, its defaults otherwise (one group of 4 completions per forward/backward,
+  shared-prompt forward, prefill shared by a prompt's 4 samples), once with
+  ``skip_zero_advantage_groups=False`` (the target's arm: every group goes through the backward, as in
+  TRL) and once with it on (groups whose 4 rewards are equal skip the
   forward and backward; same adapter).
 * TRL (the anchor): ``GRPOTrainer`` with the LoRA config through ``peft_config``, ``use_cpu=True``,
   ``per_device_train_batch_size=16``, ``gradient_accumulation_steps=1`` (so ``steps_per_generation=1``:
-  one generation batch per optimizer step, no old-log-prob forward), ``num_iterations=1``,
+  one generation batch per optimizer step, no old-log-prob forward; the whole batch in one
+  forward/backward), ``num_iterations=1``,
   ``bf16=False`` and ``gradient_checkpointing=False`` (TRL defaults both on; stat-pl's arm is float32
   with no recomputation), ``lr_scheduler_type="constant"``; the reward is the same CorrectnessReward
   behind TRL's reward-function signature.
+* TRL, one group per backward (``--trl-per-group``): the same with ``per_device_train_batch_size=4``
+  and ``gradient_accumulation_steps=4`` (so ``steps_per_generation=4``: still one generation of 16
+  completions and one optimizer step per rollout batch, no old-log-prob forward, a token-mean normaliser
+  over all 16), i.e. stat-pl's micro-batch: the like-for-like memory comparison.
 * stat-pl QLoRA (``--quantization nf4``): the skip-off stat-pl arm with NF4 base weights (on CPU it
   generates from a float32 dequantised copy).
 
@@ -43,6 +49,7 @@ before and after every arm.
 
     python bench/grpo_throughput.py                          # 1 warm-up + 3 timed steps per arm, one round
     python bench/grpo_throughput.py --threads 2 --quantization nf4
+    python bench/grpo_throughput.py --threads 2 --rounds 2 --trl-per-group
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ ARMS = {
     "stat-pl": ("stat-pl, skipping off", "none", False),
     "stat-pl-skip": ("stat-pl, skipping on", "none", True),
     "trl": ("TRL GRPOTrainer", None, None),
+    "trl-group": ("TRL GRPOTrainer, one group per backward", None, None),
     "stat-pl-nf4": ("stat-pl QLoRA, skipping off", "nf4", False),
 }
 PHASES = ("generation", "reward", "train", "other")
@@ -215,6 +223,7 @@ def run_stat_pl(args: argparse.Namespace, plan: dict, quantization: str, skip: b
         **timed_window(window.started, window.ended, window.phases, args.steps),
         **step_stats(window.lengths, window.rewards),
         "precision": "float32" + (" (NF4 base)" if quantization == "nf4" else ""),
+        "micro_batch": f"{module.hparams.micro_batch_groups} group(s) of {GENERATIONS}",
         "lora_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
         "torch_threads": torch.get_num_threads(),
     }
@@ -234,8 +243,11 @@ def timed_window(
 
 
 # ---- arm B: TRL ----------------------------------------------------------------------------------
-def run_trl(args: argparse.Namespace, plan: dict) -> dict:
-    """Train with TRL's GRPOTrainer on the plan's prompts in the plan's order; time the steps after the warm-up."""
+def run_trl(args: argparse.Namespace, plan: dict, per_group: bool) -> dict:
+    """Train with TRL's GRPOTrainer on the plan's prompts in the plan's order; time the steps after the warm-up.
+
+    ``per_group``: one group (``GENERATIONS`` completions) per forward/backward, accumulated over the batch.
+    """
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -306,8 +318,8 @@ def run_trl(args: argparse.Namespace, plan: dict) -> dict:
             use_cpu=True,
             bf16=False,
             gradient_checkpointing=False,
-            per_device_train_batch_size=PROMPTS * GENERATIONS,
-            gradient_accumulation_steps=1,
+            per_device_train_batch_size=GENERATIONS if per_group else PROMPTS * GENERATIONS,
+            gradient_accumulation_steps=PROMPTS if per_group else 1,
             num_generations=GENERATIONS,
             max_completion_length=args.max_new_tokens,
             temperature=1.0,
@@ -374,6 +386,7 @@ def run_trl(args: argparse.Namespace, plan: dict) -> dict:
         "precision": "bf16 autocast" if trainer.args.bf16 else "float32",
         "loss_type": trainer.loss_type,
         "steps_per_generation": trainer.args.steps_per_generation,
+        "micro_batch": f"{trainer.args.per_device_train_batch_size} completions",
         "torch_threads": torch.get_num_threads(),
         "lora_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
     }
@@ -393,11 +406,14 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     plan = json.loads(Path(args.plan).read_text())
     _, quantization, skip = ARMS[args.worker]
-    if args.worker != "trl":  # as `python -m stat_pl` does: freed memory is reused, not faulted in again
+    if not args.worker.startswith("trl"):  # as `python -m stat_pl` does: freed memory is reused, not faulted in again
         from stat_pl.hardware import keep_freed_memory
 
         keep_freed_memory()
-    row = run_trl(args, plan) if args.worker == "trl" else run_stat_pl(args, plan, quantization, skip)
+    if args.worker.startswith("trl"):
+        row = run_trl(args, plan, per_group=args.worker == "trl-group")
+    else:
+        row = run_stat_pl(args, plan, quantization, skip)
     row["peak_rss_mib"] = peak_rss_mib()
     Path(args.result).write_text(json.dumps(row))
 
@@ -414,6 +430,11 @@ def main() -> None:
         default="none",
         help="nf4: also run stat-pl with QLoRA (skipping off) as another row",
     )
+    parser.add_argument(
+        "--trl-per-group",
+        action="store_true",
+        help="also run TRL with one group per forward/backward (stat-pl's default micro-batch) as another row",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per arm (the same for every arm)")
     parser.add_argument("--worker", choices=list(ARMS), help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
@@ -428,6 +449,7 @@ def main() -> None:
         sys.exit("--steps must be at least 1")
 
     arms = ["stat-pl", "trl", "stat-pl-skip"] + (["stat-pl-nf4"] if args.quantization == "nf4" else [])
+    arms += ["trl-group"] if args.trl_per_group else []
     load_start = load_average()
     rows = []
     with tempfile.NamedTemporaryFile("w", suffix=".json") as plan_file:
@@ -452,14 +474,14 @@ def report(rows: list[dict], args: argparse.Namespace, load_start: float) -> Non
         f"{rows[0]['lora_params'] / 1e6:.2f}M trainable LoRA parameters\n"
     )
     print(
-        "| round | arm | precision | s/step | CPU-s/step | generated tokens/step | reward | zero-adv. groups | "
-        + " | ".join(f"{p} s/step" for p in PHASES)
-        + " | peak RSS MiB | load before/after |"
+        "| round | arm | precision | micro-batch | s/step | CPU-s/step | generated tokens/step | reward | "
+        "zero-adv. groups | " + " | ".join(f"{p} s/step" for p in PHASES) + " | peak RSS MiB | load before/after |"
     )
-    print("|---" * (10 + len(PHASES)) + "|")
+    print("|---" * (11 + len(PHASES)) + "|")
     for r in rows:
         print(
-            f"| {r['round']} | {ARMS[r['arm']][0]} | {r['precision']} | {r['seconds_per_step']:.2f} | "
+            f"| {r['round']} | {ARMS[r['arm']][0]} | {r['precision']} | {r['micro_batch']} | "
+            f"{r['seconds_per_step']:.2f} | "
             f"{r['cpu_seconds_per_step']:.2f} | {r['generated_tokens']:.0f} | {r['reward']:.3f} | "
             f"{100 * r['zero_advantage_groups']:.0f}% | "
             + " | ".join(f"{r['phases'][p]:.2f}" for p in PHASES)
@@ -476,28 +498,30 @@ def paired_ratio(arm_rows: list[dict], anchor_rows: list[dict], key: str) -> flo
 
 
 def verdicts(rows: list[dict]) -> None:
-    """Each stat-pl arm against TRL: paired seconds per step, peak RSS; the target on the skipping-off arm."""
+    """Each stat-pl arm against each TRL arm: paired seconds per step, peak RSS; the target on the skipping-off
+    arm against TRL with the whole batch per backward (the anchor the issue measured)."""
 
     def of(arm: str) -> list[dict]:
         return [r for r in rows if r["arm"] == arm]
 
-    trl = of("trl")
-    print(
-        f"TRL: loss_type={trl[0]['loss_type']}, steps_per_generation={trl[0]['steps_per_generation']}, "
-        f"precision {trl[0]['precision']}"
-    )
-    for arm in (a for a in ARMS if a != "trl" and of(a)):
-        step = paired_ratio(of(arm), trl, "seconds_per_step")
-        cpu = paired_ratio(of(arm), trl, "cpu_seconds_per_step")
-        rss = max(r["peak_rss_mib"] for r in of(arm)) / max(r["peak_rss_mib"] for r in trl)
-        line = f"{ARMS[arm][0]} vs TRL: {step:.2f}x s/step ({cpu:.2f}x CPU-s/step), {rss:.2f}x peak RSS"
-        if arm == "stat-pl":
-            met = step <= TARGET_STEP_RATIO and rss <= TARGET_RSS_RATIO
-            line += (
-                f": {'meets' if met else 'MISSES'} the target (<= {TARGET_STEP_RATIO}x s/step, "
-                f"<= {TARGET_RSS_RATIO}x peak RSS)"
-            )
-        print(line)
+    for anchor in (a for a in ARMS if a.startswith("trl") and of(a)):
+        trl = of(anchor)
+        print(
+            f"{ARMS[anchor][0]}: loss_type={trl[0]['loss_type']}, steps_per_generation="
+            f"{trl[0]['steps_per_generation']}, micro-batch {trl[0]['micro_batch']}, precision {trl[0]['precision']}"
+        )
+        for arm in (a for a in ARMS if not a.startswith("trl") and of(a)):
+            step = paired_ratio(of(arm), trl, "seconds_per_step")
+            cpu = paired_ratio(of(arm), trl, "cpu_seconds_per_step")
+            rss = max(r["peak_rss_mib"] for r in of(arm)) / max(r["peak_rss_mib"] for r in trl)
+            line = f"  {ARMS[arm][0]}: {step:.2f}x s/step ({cpu:.2f}x CPU-s/step), {rss:.2f}x peak RSS"
+            if arm == "stat-pl" and anchor == "trl":
+                met = step <= TARGET_STEP_RATIO and rss <= TARGET_RSS_RATIO
+                line += (
+                    f": {'meets' if met else 'MISSES'} the target (<= {TARGET_STEP_RATIO}x s/step, "
+                    f"<= {TARGET_RSS_RATIO}x peak RSS)"
+                )
+            print(line)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,12 @@ def test_vllm_settings_without_the_vllm_engine_are_refused():
         GRPOModule("unused", engine="sglang")
 
 
+@pytest.mark.parametrize("field", ["mini_batch_groups", "micro_batch_groups"])
+def test_batch_sizes_under_one_group_are_refused(field):
+    with pytest.raises(ValueError, match=f"model.{field} must be >= 1 or null"):
+        GRPOModule("unused", **{field: 0})
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_the_vllm_engine_without_vllm_fails_before_loading_a_model():
     with pytest.raises(RuntimeError, match="model.engine: vllm needs vLLM"):

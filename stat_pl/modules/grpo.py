@@ -110,7 +110,10 @@ class GRPOModule(AdapterModule):
         beta: weight of the k3 KL to the reference (paper: 0, no reference forward at all).
         num_iterations: passes over each rollout batch (PPO epochs; paper: 1).
         mini_batch_groups: groups per optimizer step (paper: 64 of 256); default: the whole batch.
-        micro_batch_groups: groups per forward/backward within a step (memory); default: the mini-batch.
+        micro_batch_groups: groups per forward/backward within a step; their gradients add up to the
+            mini-batch's (the normaliser is global), so this sets activation memory only. Default 1: the
+            least memory, at no measured cost in speed on a CPU (SmolLM2-135M, 4 x 4 rollouts: peak RSS
+            3.3 instead of 8.2 GiB); raise it on a GPU to fill it. None: the whole mini-batch at once.
         skip_zero_advantage_groups: no forward/backward for groups with all advantages 0 (same result).
         shared_prompt_forward: forward each prompt once for its G completions (off under gradient
             checkpointing, which disables the KV cache).
@@ -149,7 +152,7 @@ class GRPOModule(AdapterModule):
         beta: float = 0.0,
         num_iterations: int = 1,
         mini_batch_groups: int | None = None,
-        micro_batch_groups: int | None = None,
+        micro_batch_groups: int | None = 1,
         skip_zero_advantage_groups: bool = True,
         shared_prompt_forward: bool = True,
         logit_chunk_tokens: int | None = None,
@@ -169,6 +172,9 @@ class GRPOModule(AdapterModule):
             raise ValueError(f"model.num_generations must be >= 2 (group-relative advantages), got {num_generations}")
         if temperature <= 0:
             raise ValueError(f"model.temperature must be > 0 (GRPO samples), got {temperature}")
+        for field, groups in (("mini_batch_groups", mini_batch_groups), ("micro_batch_groups", micro_batch_groups)):
+            if groups is not None and groups < 1:
+                raise ValueError(f"model.{field} must be >= 1 or null (the whole batch), got {groups}")
         if engine not in ("hf", "vllm"):
             raise ValueError(f"model.engine must be 'hf' or 'vllm', got {engine!r}")
         if vllm is not None and engine != "vllm":
