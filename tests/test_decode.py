@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stat_pl.engines.base import SamplingParams
-from stat_pl.engines.decode import decode, sampler
+from stat_pl.engines.decode import DRAW_BLOCK, decode, draw_token, sampler
 from stat_pl.engines.hf import HFEngine, left_pad
 from stat_pl.models import load_causal_lm, load_tokenizer
 
@@ -77,3 +77,24 @@ def test_top_p_keeps_the_fewest_most_likely_tokens_that_reach_p():
     perm = torch.tensor([2, 0, 3, 1])
     shuffled = sampler(1.0, 0.75)(probs[perm].log().expand(100_000, -1))
     assert set(shuffled.unique().tolist()) == {1, 3}  # where 0.5 and 0.3 now sit
+
+
+def test_draw_token_across_blocks_follows_the_probabilities_and_never_draws_a_zero():
+    torch.manual_seed(0)
+    vocab = 3 * DRAW_BLOCK + 7  # not a whole number of blocks; the second block has no mass at all
+    probs = torch.zeros(vocab)
+    mass = {0: 0.1, DRAW_BLOCK - 1: 0.2, 2 * DRAW_BLOCK: 0.3, 2 * DRAW_BLOCK + 5: 1e-3, vocab - 1: 0.399}
+    for index, p in mass.items():
+        probs[index] = p
+    draws = draw_token(probs.expand(400_000, -1).contiguous())
+    freq = torch.bincount(draws, minlength=vocab).double() / len(draws)
+    expected = probs.double() / probs.double().sum()
+    torch.testing.assert_close(freq, expected, atol=3e-3, rtol=0)
+    assert set(draws.unique().tolist()) == set(mass)  # every token drawn has probability > 0
+
+
+def test_draw_token_takes_unnormalised_mass_and_one_sure_token():
+    torch.manual_seed(0)
+    probs = torch.zeros(4, 2 * DRAW_BLOCK)
+    probs[:, DRAW_BLOCK] = 5.0  # all the mass on the first token of the second block
+    assert draw_token(probs).tolist() == [DRAW_BLOCK] * 4

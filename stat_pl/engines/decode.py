@@ -20,6 +20,9 @@ from transformers import DynamicCache, StaticCache
 
 from stat_pl.models import CACHE_KWARG
 
+#: Indices per block of :func:`draw_token`'s two-level draw.
+DRAW_BLOCK = 256
+
 
 @torch.no_grad()
 def decode(
@@ -89,25 +92,44 @@ def decode(
 
 def sampler(temperature: float, top_p: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """``pick`` for :func:`decode`: the argmax at temperature 0, else one draw from ``softmax(logits / T)``
-    cut to its top-``top_p`` mass.
-
-    A draw takes one uniform number per row and finds where it falls in the cumulative distribution
-    (float64, so even a token of probability 1e-9 keeps its share of ``[0, 1)``); a zero-probability token
-    is never chosen. It uses the global torch RNG, which the engine seeds.
+    cut to its top-``top_p`` mass (:func:`draw_token`). It uses the global torch RNG, which the engine seeds.
     """
     if temperature == 0:
         return lambda logits: logits.argmax(-1)
 
     def draw(logits: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(logits if temperature == 1 else logits / temperature, dim=-1).double()  # [R, V]
-        order = None
-        if top_p < 1:
-            probs, order = probs.sort(dim=-1, descending=True)
-            before = probs.cumsum(-1) - probs  # mass of the more likely tokens
-            probs = probs.masked_fill(before >= top_p, 0.0)  # keep the fewest tokens that reach top_p
-        cdf = probs.cumsum(-1)  # [R, V]
-        u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]  # [R, 1] in [0, total)
-        index = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)  # first cdf > u: p > 0
-        return (index if order is None else order.gather(-1, index)).squeeze(-1)  # [R]
+        probs = torch.softmax(logits if temperature == 1 else logits / temperature, dim=-1)  # [R, V]
+        if top_p >= 1:
+            return draw_token(probs)
+        probs, order = probs.double().sort(dim=-1, descending=True)
+        before = probs.cumsum(-1) - probs  # mass of the more likely tokens
+        probs = probs.masked_fill(before >= top_p, 0.0)  # keep the fewest tokens that reach top_p
+        return order.gather(-1, draw_token(probs)[:, None]).squeeze(-1)  # [R]
 
     return draw
+
+
+def draw_token(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``probs[R, V]`` (non-negative, not necessarily normalised), index ``i`` with
+    probability ``probs[r, i] / probs[r].sum()``, from one uniform number per row; an index of probability
+    0 is never drawn.
+
+    Two levels, each in float64 (so even a token of probability 1e-9 keeps its share of ``[0, 1)``): the
+    uniform number picks a block of :data:`DRAW_BLOCK` indices by the blocks' cumulative masses, and what is
+    left of it picks the index by the cumulative mass within that block. Why not one cumulative sum over the
+    vocabulary: torch's ``cumsum`` on a CPU is sequential, 9 ms per decoding step for 16 rows of SmolLM2's
+    49,152 tokens; block sums and one block's cumulative sum cost a fraction of that.
+    """
+    rows, vocab = probs.shape
+    padded = torch.nn.functional.pad(probs, (0, -vocab % DRAW_BLOCK)) if vocab % DRAW_BLOCK else probs
+    blocks = padded.view(rows, -1, DRAW_BLOCK)  # [R, B, K]
+    mass = blocks.sum(-1, dtype=torch.float64)  # [R, B]
+    cdf = mass.cumsum(-1)  # [R, B]
+    u = torch.rand(rows, 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]  # [R, 1] in [0, total)
+    block = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)  # [R, 1]: first cdf > u, mass > 0
+    u = u - (cdf.gather(-1, block) - mass.gather(-1, block))  # [R, 1]: what is left inside the block
+    within = blocks.gather(1, block[:, :, None].expand(-1, 1, DRAW_BLOCK)).squeeze(1).double().cumsum(-1)  # [R, K]
+    top = torch.nextafter(within[:, -1:], torch.zeros_like(u))  # below the block's total: rounding never passes it
+    u = torch.minimum(u.clamp_(min=0), top)
+    index = torch.searchsorted(within, u, right=True).clamp_(max=DRAW_BLOCK - 1)  # [R, 1]: first cdf > u, p > 0
+    return (block * DRAW_BLOCK + index).squeeze(-1)  # [R]
