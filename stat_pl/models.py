@@ -23,7 +23,7 @@ from transformers import (
 
 from stat_pl.lora_dropout import use_lora_dropout
 from stat_pl.offline_models import resolve_model_path
-from stat_pl.small_batch_linear import use_small_batch_linear, weight_first_is_faster
+from stat_pl.small_batch_linear import fastest_form, use_small_batch_linear
 
 logger = logging.getLogger(__name__)
 Quantization = Literal["none", "nf4", "int8"]
@@ -188,7 +188,8 @@ class MergedCopy:
     weight as a plain tensor. :meth:`refresh` recomputes the merged weights from the adapter now (one rank-r
     product per projection, cheap next to one rollout batch), so after it the copy computes what the trained
     model computes, up to rounding. DoRA and ``fan_in_fan_out`` adapters are refused (their merge differs).
-    Where this CPU multiplies a few rows faster as ``weight @ x.T``, the copy's linear layers do
+    Where this CPU multiplies a few rows faster another way than ``F.linear`` (``weight @ x.T``, or oneDNN on a
+    reordered copy of the weight, remade after each refresh), the copy's linear layers do
     (:mod:`stat_pl.small_batch_linear`).
     """
 
@@ -225,8 +226,9 @@ class MergedCopy:
         self.model.eval().requires_grad_(False)
         head = self.model.get_output_embeddings()
         probe = max((m.weight for m in self.model.modules() if type(m) is torch.nn.Linear and m is not head), key=len)
-        if weight_first_is_faster(probe):  # decoding's few-row matmuls, measured on this CPU
-            use_small_batch_linear(self.model)
+        form = fastest_form(probe)  # for decoding's few-row matmuls, measured on this CPU
+        if form != "linear":
+            use_small_batch_linear(self.model, form)
 
     @torch.no_grad()
     def refresh(self, model: torch.nn.Module) -> torch.nn.Module:
