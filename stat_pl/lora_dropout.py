@@ -7,10 +7,9 @@ training step of SmolLM2-135M with LoRA on all seven projections. :class:`LoRADr
 dropped elements are: in a row of independent Bernoulli(``p``) trials the gaps between successes are
 independent Geometric(``p``) numbers, so the running sum of geometric draws gives the dropped positions, about
 ``p * n`` draws instead of ``n`` (at ``p = 0.05`` on a [256, 576] input, 2 cores of an AMD EPYC Zen 4: 0.50 ms
-for dropout from one 32-bit draw per element, 0.23 ms this way). Each
-element is dropped with probability ``p`` independently of the others and the kept ones are scaled by
-``1 / (1 - p)``: the distribution of ``nn.Dropout``. On other devices it is ``nn.functional.dropout``, whose
-kernels are fast there.
+for dropout from one 32-bit draw per element, 0.23 ms this way). Each element is dropped with probability ``p``
+independently of the others and the kept ones are scaled by ``1 / (1 - p)``: the distribution of
+``nn.Dropout``. On other devices it is ``nn.functional.dropout``, whose kernels are fast there.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def fastest_form(weight: torch.Tensor, rows: int = 16, repeats: int = 5) -> Form
         return min(available_forms(weight), key=best)
 
 
-def use_small_batch_linear(model: torch.nn.Module, form: Form = "weight_first") -> int:
+def use_small_batch_linear(model: torch.nn.Module, form: Form) -> int:
     """Make every plain ``nn.Linear`` of ``model`` a :class:`SmallBatchLinear` computing ``form``; returns how many."""
     layers = [m for m in model.modules() if type(m) is torch.nn.Linear]
     for layer in layers:
