@@ -1,6 +1,7 @@
 """GRPO on CPU: stat-pl's GRPOModule vs TRL's GRPOTrainer, SmolLM2-135M with LoRA, seconds per optimizer step.
 
-Both arms run the same GRPO: ``offline:smollm2-135m-instruct`` in float32 with the paper's LoRA (rank 16,
+Both arms run the same GRPO: ``offline:smollm2-135m-instruct`` in float32 (or both in bf16 autocast with
+``--precision bf16``) with the paper's LoRA (rank 16,
 alpha 32, dropout 0.05, every attention and MLP projection), 4 prompts x 4 completions per rollout batch,
 at most ``--max-new-tokens`` new tokens sampled at temperature 1.0 (top-p 1), reward = answer
 correctness (:class:`stat_pl.rewards.CorrectnessReward`, the paper's), group-std-scaled advantages,
@@ -17,7 +18,8 @@ generate from exactly those prompt token ids. The completions differ (each frame
 sampling), so generated tokens per step are printed beside the times.
 
 * stat-pl: ``GRPOModule`` (``quantization="none"``) + ``PromptDataModule`` under a Lightning ``Trainer``
-  with ``precision="32-true"``, its defaults otherwise (one group of 4 completions per forward/backward,
+  with ``precision="32-true"`` (``"bf16-mixed"`` and ``compute_dtype="bfloat16"`` under ``--precision bf16``,
+  so it also samples from a bf16 merged copy), its defaults otherwise (one group of 4 completions per forward/backward,
   shared-prompt forward, prefill shared by a prompt's 4 samples), once with
   ``skip_zero_advantage_groups=False`` (the target's arm: every group goes through the backward, as in
   TRL) and once with it on (groups whose 4 rewards are equal skip the
@@ -26,8 +28,8 @@ sampling), so generated tokens per step are printed beside the times.
   ``per_device_train_batch_size=16``, ``gradient_accumulation_steps=1`` (so ``steps_per_generation=1``:
   one generation batch per optimizer step, no old-log-prob forward; the whole batch in one
   forward/backward), ``num_iterations=1``,
-  ``bf16=False`` and ``gradient_checkpointing=False`` (TRL defaults both on; stat-pl's arm is float32
-  with no recomputation), ``lr_scheduler_type="constant"``; the reward is the same CorrectnessReward
+  ``bf16=False`` (``True`` under ``--precision bf16``) and ``gradient_checkpointing=False`` (TRL defaults
+  both on; stat-pl's arm recomputes nothing), ``lr_scheduler_type="constant"``; the reward is the same CorrectnessReward
   behind TRL's reward-function signature.
 * TRL, one group per backward (``--trl-per-group``): the same with ``per_device_train_batch_size=4``
   and ``gradient_accumulation_steps=4`` (so ``steps_per_generation=4``: still one generation of 16
@@ -50,6 +52,7 @@ before and after every arm.
     python bench/grpo_throughput.py                          # 1 warm-up + 3 timed steps per arm, one round
     python bench/grpo_throughput.py --threads 2 --quantization nf4
     python bench/grpo_throughput.py --threads 2 --rounds 2 --trl-per-group
+    python bench/grpo_throughput.py --threads 2 --rounds 2 --precision bf16   # a CPU with native bf16 only
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ PROMPT_SUFFIX = "\nGive the final answer in \\boxed{}."  # configs/grpo_smollm2_
 PROMPTS, GENERATIONS = 4, 4
 LEARNING_RATE, EPSILON, MAX_GRAD_NORM = 1e-6, 0.2, 1.0
 TARGET_STEP_RATIO, TARGET_RSS_RATIO = 0.5, 0.5
-WORKER_ARGS = ("steps", "warmup_steps", "max_new_tokens", "threads")
+WORKER_ARGS = ("steps", "warmup_steps", "max_new_tokens", "threads", "precision")
 ARMS = {
     "stat-pl": ("stat-pl, skipping off", "none", False),
     "stat-pl-skip": ("stat-pl, skipping on", "none", True),
@@ -189,7 +192,7 @@ def run_stat_pl(args: argparse.Namespace, plan: dict, quantization: str, skip: b
         module = GRPOModule(
             MODEL,
             quantization=quantization,
-            compute_dtype="float32",
+            compute_dtype="bfloat16" if args.precision == "bf16" else "float32",
             lora=LoRAConfig(),
             num_generations=GENERATIONS,
             max_new_tokens=args.max_new_tokens,
@@ -208,7 +211,7 @@ def run_stat_pl(args: argparse.Namespace, plan: dict, quantization: str, skip: b
         trainer = L.Trainer(
             accelerator="cpu",
             devices=1,
-            precision="32-true",
+            precision="bf16-mixed" if args.precision == "bf16" else "32-true",
             max_steps=args.warmup_steps + args.steps,
             logger=False,
             enable_checkpointing=False,
@@ -222,7 +225,8 @@ def run_stat_pl(args: argparse.Namespace, plan: dict, quantization: str, skip: b
     return {
         **timed_window(window.started, window.ended, window.phases, args.steps),
         **step_stats(window.lengths, window.rewards),
-        "precision": "float32" + (" (NF4 base)" if quantization == "nf4" else ""),
+        "precision": ("bf16 autocast" if args.precision == "bf16" else "float32")
+        + (" (NF4 base)" if quantization == "nf4" else ""),
         "micro_batch": f"{module.hparams.micro_batch_groups} group(s) of {GENERATIONS}",
         "lora_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
         "torch_threads": torch.get_num_threads(),
@@ -316,7 +320,7 @@ def run_trl(args: argparse.Namespace, plan: dict, per_group: bool) -> dict:
         config = GRPOConfig(
             output_dir=out,
             use_cpu=True,
-            bf16=False,
+            bf16=args.precision == "bf16",
             gradient_checkpointing=False,
             per_device_train_batch_size=GENERATIONS if per_group else PROMPTS * GENERATIONS,
             gradient_accumulation_steps=PROMPTS if per_group else 1,
@@ -436,6 +440,13 @@ def main() -> None:
         help="also run TRL with one group per forward/backward (stat-pl's default micro-batch) as another row",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per arm (the same for every arm)")
+    parser.add_argument(
+        "--precision",
+        choices=["float32", "bf16"],
+        default="float32",
+        help="bf16: every arm in bf16 autocast (stat-pl bf16-mixed, its rollout copy in bf16; TRL bf16=True); "
+        "refused where this CPU's bf16 is emulated",
+    )
     parser.add_argument("--worker", choices=list(ARMS), help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -447,6 +458,12 @@ def main() -> None:
         sys.exit(f"{MATH_TRAIN} is absent; this bench trains on the real MATH rows from ../shared/data")
     if args.steps < 1:
         sys.exit("--steps must be at least 1")
+    if args.precision == "bf16":
+        from stat_pl.hardware import cpu_bf16_is_fast
+
+        fast, reason = cpu_bf16_is_fast()
+        if not fast:
+            sys.exit(f"--precision bf16: {reason}")
 
     arms = ["stat-pl", "trl", "stat-pl-skip"] + (["stat-pl-nf4"] if args.quantization == "nf4" else [])
     arms += ["trl-group"] if args.trl_per_group else []
