@@ -109,9 +109,12 @@ def use_packed_frozen_linear(model: torch.nn.Module) -> int:
     """Make every plain ``nn.Linear`` of ``model`` whose weight is frozen a :class:`PackedFrozenLinear`.
 
     Meant for a LoRA model after PEFT froze its base (PEFT's ``lora_A``/``lora_B`` layers train, so they stay
-    as they are). Returns how many layers were switched.
+    as they are). The packed copies are made now, not in the first step that needs them (with zero-advantage
+    skipping that can be any step). Returns how many layers were switched.
     """
     layers = [m for m in model.modules() if type(m) is torch.nn.Linear and not m.weight.requires_grad]
     for layer in layers:
         layer.__class__ = PackedFrozenLinear
+        if layer.weight.dtype == torch.float32:
+            layer._packed_weights()
     return len(layers)
