@@ -18,9 +18,9 @@ generate from exactly those prompt token ids. The completions differ (each frame
 sampling), so generated tokens per step are printed beside the times.
 
 * stat-pl: ``GRPOModule`` (``quantization="none"``) + ``PromptDataModule`` under a Lightning ``Trainer``
-  with ``precision="32-true"`` (``"bf16-mixed"`` and ``compute_dtype="bfloat16"`` under ``--precision bf16``,
-  so it also samples from a bf16 merged copy), its defaults otherwise (one group of 4 completions per forward/backward,
-  shared-prompt forward, prefill shared by a prompt's 4 samples), once with
+  with ``precision="32-true"`` (``"bf16-mixed"`` under ``--precision bf16``; ``compute_dtype="auto"`` follows it,
+  so it then also samples from a bf16 merged copy), its defaults otherwise (one group of 4 completions per
+  forward/backward, shared-prompt forward, prefill shared by a prompt's 4 samples), once with
   ``skip_zero_advantage_groups=False`` (the target's arm: every group goes through the backward, as in
   TRL) and once with it on (groups whose 4 rewards are equal skip the
   forward and backward; same adapter).
@@ -192,7 +192,7 @@ def run_stat_pl(args: argparse.Namespace, plan: dict, quantization: str, skip: b
         module = GRPOModule(
             MODEL,
             quantization=quantization,
-            compute_dtype="bfloat16" if args.precision == "bf16" else "float32",
+            compute_dtype="auto",  # follows the trainer's precision: float32, or bfloat16 under bf16-mixed
             lora=LoRAConfig(),
             num_generations=GENERATIONS,
             max_new_tokens=args.max_new_tokens,

@@ -18,10 +18,9 @@ switches its layers.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import torch
+
+from stat_pl.hardware import best_seconds
 
 #: The row count oneDNN's layout is chosen for: a group's completions (4 x 64 tokens) in GRPO, a few SFT rows.
 TRAINING_ROWS = 256
@@ -89,19 +88,9 @@ def packed_is_faster(weight: torch.Tensor, repeats: int = 3) -> bool:
         packed = pack_for_training(weight.detach())
     except (RuntimeError, AttributeError):  # a build without the kernel
         return False
-
-    def best(multiply: Callable[[], torch.Tensor]) -> float:
-        multiply()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            multiply()
-            times.append(time.perf_counter() - started)
-        return min(times)
-
     with torch.no_grad():
-        linear = best(lambda: torch.nn.functional.linear(x, weight))
-        onednn = best(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
+        linear = best_seconds(lambda: torch.nn.functional.linear(x, weight), repeats)
+        onednn = best_seconds(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), repeats)
     return onednn < linear
 
 

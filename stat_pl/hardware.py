@@ -24,6 +24,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,17 +59,19 @@ def cpu_bf16_speedup(size: int = 256, repeats: int = 3) -> float:
     """
     a32, b32 = torch.randn(size, size), torch.randn(size, size)
     a16, b16 = a32.bfloat16(), b32.bfloat16()
+    return best_seconds(lambda: a32 @ b32, repeats) / max(best_seconds(lambda: a16 @ b16, repeats), 1e-9)
 
-    def best_time(a: torch.Tensor, b: torch.Tensor) -> float:
-        a @ b  # warm-up: oneDNN picks its kernel on the first call
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - start)
-        return min(times)
 
-    return best_time(a32, b32) / max(best_time(a16, b16), 1e-9)
+def best_seconds(call: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``call``, after one untimed call (which picks kernels, packs,
+    allocates): what the start-up probes compare."""
+    call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 def cpu_bf16_is_fast() -> tuple[bool, str]:

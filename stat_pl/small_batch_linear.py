@@ -22,10 +22,11 @@ gradient.
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
 import torch
+
+from stat_pl.hardware import best_seconds
 
 #: Inputs with more rows than this (prefill, training) take ``F.linear``; the packed layout is tuned for it.
 MAX_ROWS = 64
@@ -88,13 +89,7 @@ def fastest_form(weight: torch.Tensor, rows: int = 16, repeats: int = 5) -> Form
 
     def best(form: Form) -> float:
         layer.form = form
-        layer(x)  # packs, for the packed form
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            layer(x)
-            times.append(time.perf_counter() - started)
-        return min(times)
+        return best_seconds(lambda: layer(x), repeats)  # the untimed call packs, for the packed form
 
     with torch.no_grad():
         return min(available_forms(weight), key=best)
