@@ -2,7 +2,7 @@
 
 The model is built in ``configure_model`` (quantised weights are placed on the device they load on; on a
 CPU training in float32, its frozen linear layers multiply through oneDNN where that is faster,
-:mod:`stat_pl.frozen_linear`),
+:mod:`stat_pl.frozen_linear`, and each LoRA layer is one autograd function, :mod:`stat_pl.fused_lora`),
 the compute dtype follows the trainer's precision, the optimizer is a LightningCLI ``OptimizerCallable``,
 checkpoints hold only the trainable adapter weights (the frozen base is reloaded from its source),
 ``generation_model`` is what engines sample from, and the adapter is written with PEFT's
@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 
 from stat_pl.frozen_linear import packed_is_faster, use_packed_frozen_linear
+from stat_pl.fused_lora import use_fused_lora
 from stat_pl.hardware import compute_dtype_for, resolve_precision
 from stat_pl.models import LoRAConfig, MergedCopy, Quantization, load_causal_lm, torch_dtype
 
@@ -78,6 +79,7 @@ class AdapterModule(L.LightningModule):
         )
         if self.device.type == "cpu" and self.compute_dtype() == "float32":
             self._pack_frozen_linears()
+            use_fused_lora(self.model)
 
     def _pack_frozen_linears(self) -> None:
         """Frozen float32 layers through oneDNN's packed kernel, where a probe on the largest projection is faster."""
