@@ -66,3 +66,18 @@ def test_log_probs_are_those_of_a_plain_forward(policy):
         expected = torch.log_softmax(logits / 0.7, -1).gather(-1, torch.tensor(COMPLETIONS[0])[:, None])[:, 0]
         logp, _, _ = completion_logprobs(policy, PROMPTS[:1], COMPLETIONS[:3], temperature=0.7, pad_token_id=0)
     torch.testing.assert_close(logp[0, :3], expected, atol=1e-5, rtol=0)
+
+
+def test_the_head_scores_real_tokens_only(policy):
+    """Padding after a short completion never reaches the LM head; its log-prob and entropy are 0."""
+    head = policy.get_base_model().get_output_embeddings()
+    rows = []
+    hook = head.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[0]))
+    try:
+        with torch.no_grad():
+            logp, entropy, mask = completion_logprobs(policy, PROMPTS, COMPLETIONS, temperature=0.7, pad_token_id=0)
+    finally:
+        hook.remove()
+    assert rows == [sum(len(c) for c in COMPLETIONS)] and mask.numel() > rows[0]
+    assert torch.all(logp[mask == 0] == 0) and torch.all(entropy[mask == 0] == 0)
+    assert torch.all(logp[mask == 1] < 0)

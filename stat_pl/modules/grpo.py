@@ -117,7 +117,8 @@ class GRPOModule(AdapterModule):
         skip_zero_advantage_groups: no forward/backward for groups with all advantages 0 (same result).
         shared_prompt_forward: forward each prompt once for its G completions (off under gradient
             checkpointing, which disables the KV cache).
-        logit_chunk_tokens: run the LM head over this many completion positions at a time.
+        logit_chunk_tokens: run the LM head over this many completion positions of every row at a time
+            (the padding after a short completion never reaches it).
         optimizer: an ``OptimizerCallable`` (see :class:`AdapterModule`); default AdamW at the paper's
             lr 5e-7, weight decay 0 (in YAML: ``class_path: torch.optim.AdamW`` with ``init_args``).
         lr_schedule, warmup_ratio: ``"constant"`` (paper) or ``"cosine"`` (transformers' schedules), after a

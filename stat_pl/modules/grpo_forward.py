@@ -4,10 +4,11 @@ A group's G completions share their prompt. :func:`completion_logprobs` runs the
 prompt once, repeats its KV cache G times and runs only the completions on top of it, so a prompt of
 ``T`` tokens costs ``T`` instead of ``G x T`` token-forwards, and gradients still reach the adapter
 through the prompt's keys and values. The LM head runs only on the hidden states that predict
-completion tokens (never full-vocabulary logits for prompt tokens, as ``logits_to_keep`` would), in
-chunks of ``chunk_tokens`` positions recomputed in the backward, so a long completion never holds its
-whole ``[L, V]`` logits at once. ``shared_prompt=False`` forwards G full rows (the reference the tests
-compare against, and the path under gradient checkpointing, which turns the KV cache off).
+completion tokens (never full-vocabulary logits for prompt tokens, as ``logits_to_keep`` would, nor for
+the padding after a short completion), in chunks of ``chunk_tokens`` positions recomputed in the
+backward, so a long completion never holds its whole ``[L, V]`` logits at once. ``shared_prompt=False``
+forwards G full rows (the reference the tests compare against, and the path under gradient
+checkpointing, which turns the KV cache off).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def completion_logprobs(
     targets, mask = (t.to(device) for t in right_pad(completion_ids, pad_token_id))  # [N, L]
     forward = _shared_prompt_hidden if shared_prompt else _full_row_hidden
     hidden = forward(base.get_decoder(), prompts, prompt_mask, targets, group)  # [N, L, H]
-    logp, entropy = _head_logprobs(base.get_output_embeddings(), hidden, targets, temperature, chunk_tokens)
+    logp, entropy = _head_logprobs(base.get_output_embeddings(), hidden, targets, mask, temperature, chunk_tokens)
     return logp, entropy, mask
 
 
@@ -103,23 +104,34 @@ def _full_row_hidden(
 
 
 def _head_logprobs(
-    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, chunk_tokens: int | None
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    chunk_tokens: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """LM head + log-softmax over ``chunk_tokens`` positions at a time; entropies for logging only."""
-    step = chunk_tokens or hidden.shape[1]
+    """LM head + log-probs on the real completion tokens only (0 at padding), ``chunk_tokens`` positions of every
+    row at a time (``chunk_tokens x N`` tokens); entropies for logging only."""
+    real = mask.bool()  # [N, L]
+    flat_hidden, flat_targets = hidden[real], targets[real]  # [M, H], [M]
+    step = chunk_tokens * len(targets) if chunk_tokens else max(1, len(flat_targets))
     logps, entropies = [], []
-    for start in range(0, hidden.shape[1], step):
-        h, t = hidden[:, start : start + step], targets[:, start : start + step]  # [N, C, H], [N, C]
+    for start in range(0, len(flat_targets), step):
+        h, t = flat_hidden[start : start + step], flat_targets[start : start + step]  # [C, H], [C]
         if chunk_tokens and torch.is_grad_enabled():
             logp, entropy = checkpoint(_chunk, head, h, t, temperature, use_reentrant=False)
         else:
             logp, entropy = _chunk(head, h, t, temperature)
         logps.append(logp)
         entropies.append(entropy)
-    return torch.cat(logps, dim=1), torch.cat(entropies, dim=1)  # [N, L], [N, L]
+    zeros = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)  # [N, L]
+    logp = zeros.masked_scatter(real, torch.cat(logps)) if logps else zeros
+    entropy = zeros.masked_scatter(real, torch.cat(entropies)) if entropies else zeros
+    return logp, entropy  # [N, L], [N, L]
 
 
 def _chunk(
     head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return token_logprobs(head(hidden), targets, temperature)  # logits [N, C, V] -> [N, C], [N, C]
+    return token_logprobs(head(hidden), targets, temperature)  # logits [C, V] -> [C], [C]

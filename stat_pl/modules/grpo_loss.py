@@ -55,21 +55,46 @@ def token_logprobs(
     """Log-probability of each target token under ``softmax(logits / temperature)`` (the sampling
     distribution), and the entropy of that distribution at each position (for logging; no gradient).
 
-    ``logits[..., V]`` are the logits that predict ``targets[...]`` (already shifted by the caller). Both come
-    from one ``logsumexp`` over ``z = logits / temperature`` (no division at temperature 1):
-    ``log p(target) = z[target] - logsumexp(z)`` and ``entropy = logsumexp(z) - sum(softmax(z) * z)``, so no
-    ``[..., V]`` log-softmax is built for the gradient and the entropy costs one more pass, not two.
-    Returns ``(logp[...], entropy[...])``.
+    ``logits[..., V]`` are the logits that predict ``targets[...]`` (already shifted by the caller).
+    Returns ``(logp[...], entropy[...])``; see :class:`_TokenLogprobs` for how.
     """
-    z = logits.float()  # [..., V]
-    if temperature != 1.0:
-        z = z / temperature
-    lse = torch.logsumexp(z, dim=-1)  # [...]
-    logp = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # [...]
-    with torch.no_grad():
-        probs = torch.exp(z - lse.unsqueeze(-1))  # [..., V]
-        entropy = lse - probs.mul_(z).sum(-1)  # [...]
-    return logp, entropy
+    return _TokenLogprobs.apply(logits, targets, temperature)
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """``log p(target) = z[target] - logsumexp(z)`` with ``z = logits / T``, and the entropy, in few passes over V.
+
+    The vocabulary is the widest axis of a GRPO step (49,152 for SmolLM2, 128,256 for Llama 3), so passes
+    over ``[..., V]`` count. The forward keeps the softmax it needs for the entropy,
+    ``logsumexp(z) - sum(softmax(z) * z)``, and the backward reuses it: the gradient of ``log p(target)`` is
+    ``(onehot(target) - softmax(z)) / T``, one product and a scatter. Autograd's own graph for the same
+    expression would rebuild the softmax in ``logsumexp``'s backward, fill a zero ``[..., V]`` tensor for the
+    gather's, and add the two.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temperature: float):
+        z = logits.float()  # [..., V]
+        if temperature != 1.0:
+            z = z / temperature
+        lse = torch.logsumexp(z, dim=-1)  # [...]
+        probs = (z - lse.unsqueeze(-1)).exp_()  # [..., V]
+        entropy = lse - (probs.unsqueeze(-2) @ z.unsqueeze(-1)).view(lse.shape)  # [...]
+        logp = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # [...]
+        ctx.save_for_backward(probs, targets)
+        ctx.temperature, ctx.logits_dtype = temperature, logits.dtype
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logp: torch.Tensor, grad_entropy: torch.Tensor):
+        probs, targets = ctx.saved_tensors
+        grad = probs * grad_logp.neg().unsqueeze(-1)  # [..., V]
+        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1))
+        if ctx.temperature != 1.0:
+            grad.div_(ctx.temperature)
+        return grad.to(ctx.logits_dtype), None, None
 
 
 def clipped_surrogate(
