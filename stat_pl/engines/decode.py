@@ -3,8 +3,11 @@
 Why not ``model.generate``: on a CPU, the torch profiler put a fifth of the time of sampling 16 rollouts
 of SmolLM2-135M in the dynamic KV cache's ``torch.cat`` (each step copies the whole cache) and a tenth
 in drawing the token (``generate`` samples with ``multinomial``, which draws one random number per
-vocabulary entry). Here the cache is a transformers ``StaticCache`` written in place, and a token is
-drawn with one uniform number per row from the cumulative distribution (bench/README.md has the gain).
+vocabulary entry). Here the cache is preallocated and written in place, and a token is drawn with one
+uniform number per row from the cumulative distribution (bench/README.md has the gain). A step runs
+through :class:`~stat_pl.engines.llama_steps.LlamaSteps` for a Llama-family model on a CPU (the same
+modules without transformers' per-layer machinery), else through the model's own forward into a
+transformers ``StaticCache``.
 What is sampled is the same distribution as ``generate``'s for the settings
 :class:`~stat_pl.engines.base.SamplingParams` has (temperature, top-p, no top-k, no repetition
 penalty); the random draws differ, so the samples for a seed differ from ``generate``'s. Greedy
@@ -18,6 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import DynamicCache, StaticCache
 
+from stat_pl.engines.llama_steps import LlamaSteps, supports
 from stat_pl.models import CACHE_KWARG
 
 #: Indices per block of :func:`draw_token`'s two-level draw.
@@ -56,9 +60,7 @@ def decode(
         logits_to_keep=1,
         **{CACHE_KWARG: prefill},
     )
-    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
-    for index, layer in enumerate(prefill.layers):  # the prompts' keys and values, once per sample
-        cache.update(layer.keys.repeat_interleave(samples, 0), layer.values.repeat_interleave(samples, 0), index)
+    steps = (LlamaSteps if supports(model) else _ModelSteps)(model, prefill, samples, width + max_new_tokens)
     del prefill
     mask = torch.zeros(rows, width + max_new_tokens, dtype=attention_mask.dtype, device=device)  # [R, T + N]
     mask[:, :width] = attention_mask.repeat_interleave(samples, 0)
@@ -79,15 +81,29 @@ def decode(
             break
         mask[:, width + step] = 1
         position = position + 1
-        out = model(
-            input_ids=token[:, None],
-            attention_mask=mask[:, : width + step + 1],
-            position_ids=position,
-            use_cache=True,
-            **{CACHE_KWARG: cache},
-        )
-        logits = out.logits[:, -1]
+        logits = steps(token, position, mask[:, : width + step + 1])
     return new
+
+
+class _ModelSteps:
+    """Decoding steps through the model's own forward, into a transformers ``StaticCache`` written in place."""
+
+    def __init__(self, model: torch.nn.Module, prefill: DynamicCache, samples: int, capacity: int) -> None:
+        self.model = model
+        self.cache = StaticCache(config=model.config, max_cache_len=capacity)
+        for index, layer in enumerate(prefill.layers):  # the prompts' keys and values, once per sample
+            keys, values = layer.keys.repeat_interleave(samples, 0), layer.values.repeat_interleave(samples, 0)
+            self.cache.update(keys, values, index)
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{CACHE_KWARG: self.cache},
+        )
+        return out.logits[:, -1]  # [R, V]
 
 
 def sampler(temperature: float, top_p: float) -> Callable[[torch.Tensor], torch.Tensor]:
