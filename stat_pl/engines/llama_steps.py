@@ -11,6 +11,8 @@ projections, rotary embedding, activation, head) in the same order, with less ar
 * grouped-query heads folded onto their key/value head for the one query (``[R, Hkv, Hq / Hkv, D]``), so
   no key or value is repeated.
 
+In-process on 2 cores of an AMD EPYC (Zen 4), one GRPO rollout batch of SmolLM2-135M (16 rows, 64 new
+tokens, float32 merged copy) took 7.6 s instead of 8.3 s (medians of 8 interleaved runs, faster in 7).
 It serves ``llama`` and ``qwen2`` (without sliding window) models on a CPU, the architectures whose
 decoder is exactly this (:func:`supports`); anything else decodes through the model's own forward. The
 tests compare its logits and greedy tokens with transformers'.
