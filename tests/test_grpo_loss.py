@@ -116,3 +116,15 @@ def test_micro_batch_gradients_add_up_to_the_one_shot_gradient(mode):
     total = sum(update_normaliser(mask[p], mode, 4) for p in parts)
     summed = sum(torch.autograd.grad(loss_of(p, total), weight)[0] for p in parts)
     torch.testing.assert_close(summed, one_shot, rtol=1e-5, atol=1e-7)
+
+
+def test_log_probs_and_entropy_stay_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 1000) * 4
+    targets = torch.randint(0, 1000, (2, 3))
+    expected = token_logprobs(logits, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = token_logprobs(logits, targets)
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

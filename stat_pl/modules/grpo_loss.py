@@ -79,7 +79,8 @@ class _TokenLogprobs(torch.autograd.Function):
             z = z / temperature
         lse = torch.logsumexp(z, dim=-1)  # [...]
         probs = (z - lse.unsqueeze(-1)).exp_()  # [..., V]
-        entropy = lse - (probs.unsqueeze(-2) @ z.unsqueeze(-1)).view(lse.shape)  # [...]
+        with torch.autocast(z.device.type, enabled=False):  # a float32 dot product, also under bf16 autocast
+            entropy = lse - (probs.unsqueeze(-2) @ z.unsqueeze(-1)).view(lse.shape)  # [...]
         logp = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # [...]
         ctx.save_for_backward(probs, targets)
         ctx.temperature, ctx.logits_dtype = temperature, logits.dtype
