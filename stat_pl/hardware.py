@@ -20,12 +20,15 @@ bitsandbytes compute dtype, the autocast dtype and the generation copy always ag
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Environment variable read by every entry point for the number of torch CPU threads.
 THREADS_ENV = "STAT_PL_THREADS"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,52 @@ def best_seconds(call: Callable[[], object], repeats: int) -> float:
         call()
         times.append(time.perf_counter() - started)
     return min(times)
+
+
+#: Environment variable naming the file that keeps kernel-probe verdicts (default ``<user cache>/probes.json``).
+PROBES_ENV = "STAT_PL_PROBES"
+
+
+def remembered(probe: str, measure: Callable[[], T], *key: object) -> T:
+    """``measure()``'s verdict for ``probe`` on this machine: measured once, then read from a file.
+
+    The kernel probes (:func:`stat_pl.frozen_linear.packed_is_faster`,
+    :func:`stat_pl.small_batch_linear.fastest_form`) time two ways of computing the same product. Where the
+    two are close, a probe run afresh in every process can go either way, and two runs of one seeded
+    config, or a run and its resumption, then multiply in different kernels and differ in the last bits.
+    Keeping the first verdict per machine (CPU model, torch's CPU capability and version, thread count,
+    ``key``) in ``$STAT_PL_PROBES`` (default ``~/.cache/stat_pl/probes.json``) makes every later run take the
+    same kernels; delete the file to measure again. The verdict must be JSON (a bool, a string).
+    """
+    path = Path(os.environ.get(PROBES_ENV) or _user_cache() / "probes.json")
+    entry = "|".join(map(str, (probe, *key, _machine(), torch.__version__, torch.get_num_threads())))
+    try:
+        verdicts = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: measure and write a fresh file
+        verdicts = {}
+    if entry not in verdicts:
+        verdicts[entry] = measure()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(verdicts, indent=1, sort_keys=True))
+        partial.replace(path)  # atomic: a concurrent reader sees the old file or the new one
+    return verdicts[entry]
+
+
+def _machine() -> str:
+    """The CPU model and torch's CPU capability: what a kernel verdict depends on."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model} {torch.backends.cpu.get_cpu_capability()}"
+
+
+def _user_cache() -> Path:
+    from stat_pl.offline_models import cache_root
+
+    return cache_root()
 
 
 def cpu_bf16_is_fast() -> tuple[bool, str]:

@@ -21,6 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from stat_pl.hardware import remembered
 from stat_pl.lora_dropout import use_lora_dropout
 from stat_pl.offline_models import resolve_model_path
 from stat_pl.small_batch_linear import fastest_form, use_small_batch_linear
@@ -226,7 +227,8 @@ class MergedCopy:
         self.model.eval().requires_grad_(False)
         head = self.model.get_output_embeddings()
         probe = max((m.weight for m in self.model.modules() if type(m) is torch.nn.Linear and m is not head), key=len)
-        form = fastest_form(probe)  # for decoding's few-row matmuls, measured on this CPU
+        # for decoding's few-row matmuls, measured on this CPU (once: the same kernels in every run here)
+        form = remembered("small_batch_form", lambda: fastest_form(probe), *probe.shape, probe.dtype)
         if form != "linear":
             use_small_batch_linear(self.model, form)
 

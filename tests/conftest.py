@@ -85,6 +85,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(autouse=True)
+def _fresh_probe_verdicts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test measures its kernel probes afresh (its CLI subprocesses share its verdicts), never the user's."""
+    monkeypatch.setenv("STAT_PL_PROBES", str(tmp_path / "probes.json"))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_tokenizers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

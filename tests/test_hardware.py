@@ -1,5 +1,6 @@
 """Precision and threads from the hardware: ``auto`` picks float32 where bf16 is emulated, bf16 where native."""
 
+import json
 import logging
 import os
 import platform
@@ -178,3 +179,24 @@ def test_shipped_cpu_configs_choose_precision_from_the_hardware():
         config = yaml.safe_load((ROOT / "configs" / name).read_text())
         assert config["trainer"]["precision"] == "auto", name
         assert config["model"]["init_args"]["compute_dtype"] == "auto", name
+
+
+def test_a_probe_verdict_is_measured_once_per_machine(tmp_path, monkeypatch):
+    """Later runs read the first verdict (same kernels, same bits); another key measures; a broken file is rewritten."""
+    from stat_pl.hardware import remembered
+
+    calls = []
+
+    def measure(verdict):
+        calls.append(verdict)
+        return verdict
+
+    assert remembered("kernel", lambda: measure(True), 64, 32) is True
+    assert remembered("kernel", lambda: measure(False), 64, 32) is True  # read, not measured
+    assert remembered("kernel", lambda: measure("packed"), 128, 32) == "packed"
+    assert calls == [True, "packed"]
+    probes = tmp_path / "probes.json"  # the conftest's STAT_PL_PROBES
+    assert len(json.loads(probes.read_text())) == 2
+    probes.write_text("{not json")
+    assert remembered("kernel", lambda: measure(False), 64, 32) is False
+    assert calls == [True, "packed", False] and len(json.loads(probes.read_text())) == 1

@@ -19,7 +19,7 @@ from lightning.pytorch.cli import OptimizerCallable
 
 from stat_pl.frozen_linear import packed_is_faster, use_packed_frozen_linear
 from stat_pl.fused_lora import use_fused_lora
-from stat_pl.hardware import compute_dtype_for, resolve_precision
+from stat_pl.hardware import compute_dtype_for, remembered, resolve_precision
 from stat_pl.models import LoRAConfig, MergedCopy, Quantization, load_causal_lm, torch_dtype
 
 
@@ -82,14 +82,18 @@ class AdapterModule(L.LightningModule):
             use_fused_lora(self.model)
 
     def _pack_frozen_linears(self) -> None:
-        """Frozen float32 layers through oneDNN's packed kernel, where a probe on the largest projection is faster."""
+        """Frozen float32 layers through oneDNN's packed kernel, where a probe on the largest projection is faster
+        (its verdict kept for this machine: :func:`~stat_pl.hardware.remembered`)."""
         head = self.model.get_output_embeddings()
         frozen = [
             m.weight
             for m in self.model.modules()
             if type(m) is torch.nn.Linear and not m.weight.requires_grad and m is not head
         ]
-        if frozen and packed_is_faster(max(frozen, key=torch.Tensor.numel)):
+        if not frozen:
+            return
+        largest = max(frozen, key=torch.Tensor.numel)
+        if remembered("packed_frozen_linear", lambda: packed_is_faster(largest), *largest.shape):
             use_packed_frozen_linear(self.model)
 
     def compute_dtype(self) -> str:
