@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from stat_pl.hardware import best_seconds
+from stat_pl.small_batch_linear import onednn_linear
 
 #: The row count oneDNN's layout is chosen for: a group's completions (4 x 64 tokens) in GRPO, a few SFT rows.
 TRAINING_ROWS = 256
@@ -60,15 +61,29 @@ class _PackedLinear(torch.autograd.Function):
         ctx.packed_t = packed_t
         ctx.has_bias = bias is not None
         flat = x.reshape(-1, x.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(flat, packed, bias, "none", [], "")
+        out = onednn_linear(flat, packed, bias)
         return out.view(*x.shape[:-1], out_features)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         flat = grad.reshape(-1, grad.shape[-1]).contiguous()
-        grad_x = torch.ops.mkldnn._linear_pointwise(flat, ctx.packed_t, None, "none", [], "")
+        grad_x = onednn_linear(flat, ctx.packed_t)
         grad_bias = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
         return grad_x.view(*grad.shape[:-1], grad_x.shape[-1]), None, None, grad_bias, None
+
+
+def frozen_product(layer: torch.nn.Linear, flat: torch.Tensor) -> torch.Tensor:
+    """``flat[rows, in] @ W.T + b`` of a frozen layer: on its packed copy when it is a :class:`PackedFrozenLinear`."""
+    if isinstance(layer, PackedFrozenLinear):
+        return onednn_linear(flat, layer._packed_weights()[0], layer.bias)
+    return torch.nn.functional.linear(flat, layer.weight, layer.bias)
+
+
+def frozen_input_grad(layer: torch.nn.Linear, grad: torch.Tensor) -> torch.Tensor:
+    """``grad[rows, out] @ W``, the input gradient of a frozen layer: on its packed ``W.T`` when it has one."""
+    if isinstance(layer, PackedFrozenLinear):
+        return onednn_linear(grad.contiguous(), layer._packed_weights()[1])
+    return grad @ layer.weight
 
 
 def pack_for_training(weight: torch.Tensor) -> torch.Tensor:
@@ -90,7 +105,7 @@ def packed_is_faster(weight: torch.Tensor, repeats: int = 3) -> bool:
         return False
     with torch.no_grad():
         linear = best_seconds(lambda: torch.nn.functional.linear(x, weight), repeats)
-        onednn = best_seconds(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), repeats)
+        onednn = best_seconds(lambda: onednn_linear(x, packed), repeats)
     return onednn < linear
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from peft.tuners.lora import Linear as LoRALinear
 
-from stat_pl.frozen_linear import PackedFrozenLinear
+from stat_pl.frozen_linear import PackedFrozenLinear, frozen_input_grad, frozen_product
 from stat_pl.lora_dropout import LoRADropout, dropped_positions
 
 
@@ -37,15 +37,11 @@ class FusedLoRALinear(LoRALinear):
         adapter = None if args or kwargs else self._fusable_adapter(x)
         if adapter is None:
             return super().forward(x, *args, **kwargs)
-        base = self.base_layer
-        packed = base._packed_weights() if isinstance(base, PackedFrozenLinear) else None
         dropout = self.lora_dropout[adapter]
         p = dropout.p if dropout.training and not isinstance(dropout, torch.nn.Identity) else 0.0
         return _LoRALinear.apply(
             x,
-            base.weight,
-            base.bias,
-            packed,
+            self.base_layer,
             self.lora_A[adapter].weight,
             self.lora_B[adapter].weight,
             float(self.scaling[adapter]),
@@ -88,19 +84,14 @@ class _LoRALinear(torch.autograd.Function):
     def forward(
         ctx,
         x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        packed: tuple[torch.Tensor, torch.Tensor] | None,
+        base: torch.nn.Linear,
         lora_a: torch.Tensor,
         lora_b: torch.Tensor,
         scaling: float,
         p: float,
     ) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # [n, in]
-        if packed is None:
-            out = torch.nn.functional.linear(flat, weight, bias)  # [n, out]
-        else:
-            out = torch.ops.mkldnn._linear_pointwise(flat, packed[0], bias, "none", [], "")
+        out = frozen_product(base, flat)  # [n, out]
         dropped = dropped_positions(flat.numel(), p) if p > 0 else None  # flat indices into x
         if dropped is not None:
             flat = flat.contiguous().clone()
@@ -109,7 +100,7 @@ class _LoRALinear(torch.autograd.Function):
         keep_scale = 1 / (1 - p)
         out.addmm_(down, lora_b.t(), alpha=scaling * keep_scale)
         ctx.save_for_backward(flat, down, lora_a, lora_b, dropped)
-        ctx.weight, ctx.packed, ctx.scaling, ctx.keep_scale = weight, packed, scaling, keep_scale
+        ctx.base, ctx.scaling, ctx.keep_scale = base, scaling, keep_scale
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
@@ -118,20 +109,17 @@ class _LoRALinear(torch.autograd.Function):
         g = grad.reshape(-1, grad.shape[-1])  # [n, out]
         up_grad = g @ lora_b  # [n, r]: d loss / d (drop(x) @ A.T), over scaling
         scale = ctx.scaling * ctx.keep_scale
-        grad_a = (up_grad.t() @ masked).mul_(scale) if ctx.needs_input_grad[4] else None  # [r, in]
-        grad_b = (g.t() @ down).mul_(scale) if ctx.needs_input_grad[5] else None  # [out, r]
+        grad_a = (up_grad.t() @ masked).mul_(scale) if ctx.needs_input_grad[2] else None  # [r, in]
+        grad_b = (g.t() @ down).mul_(scale) if ctx.needs_input_grad[3] else None  # [out, r]
         grad_x = None
         if ctx.needs_input_grad[0]:
-            if ctx.packed is None:
-                grad_x = g @ ctx.weight  # [n, in]
-            else:
-                grad_x = torch.ops.mkldnn._linear_pointwise(g.contiguous(), ctx.packed[1], None, "none", [], "")
+            grad_x = frozen_input_grad(ctx.base, g)  # [n, in]
             base_at_dropped = grad_x.view(-1)[dropped] if dropped is not None else None
             grad_x.addmm_(up_grad, lora_a, alpha=scale)
             if dropped is not None:  # a dropped element gets the base layer's gradient only
                 grad_x.view(-1)[dropped] = base_at_dropped
             grad_x = grad_x.view(*grad.shape[:-1], grad_x.shape[-1])
-        return grad_x, None, None, None, grad_a, grad_b, None, None
+        return grad_x, None, grad_a, grad_b, None, None
 
 
 def use_fused_lora(model: torch.nn.Module) -> int:

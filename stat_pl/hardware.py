@@ -32,6 +32,8 @@ from typing import TypeVar
 
 import torch
 
+from stat_pl.offline_models import cache_root
+
 log = logging.getLogger(__name__)
 
 #: Environment variable read by every entry point for the number of torch CPU threads.
@@ -94,7 +96,7 @@ def remembered(probe: str, measure: Callable[[], T], *key: object) -> T:
     ``key``) in ``$STAT_PL_PROBES`` (default ``~/.cache/stat_pl/probes.json``) makes every later run take the
     same kernels; delete the file to measure again. The verdict must be JSON (a bool, a string).
     """
-    path = Path(os.environ.get(PROBES_ENV) or _user_cache() / "probes.json")
+    path = Path(os.environ.get(PROBES_ENV) or cache_root() / "probes.json")
     entry = "|".join(map(str, (probe, *key, _machine(), torch.__version__, torch.get_num_threads())))
     try:
         verdicts = json.loads(path.read_text())
@@ -117,12 +119,6 @@ def _machine() -> str:
     except (OSError, StopIteration):
         model = platform.processor() or platform.machine()
     return f"{model} {torch.backends.cpu.get_cpu_capability()}"
-
-
-def _user_cache() -> Path:
-    from stat_pl.offline_models import cache_root
-
-    return cache_root()
 
 
 def cpu_bf16_is_fast() -> tuple[bool, str]:

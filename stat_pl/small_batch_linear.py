@@ -45,7 +45,7 @@ class SmallBatchLinear(torch.nn.Linear):
             return super().forward(x)
         flat = x.reshape(rows, x.shape[-1])
         if self.form == "packed":
-            out = torch.ops.mkldnn._linear_pointwise(flat, self._packed_weight(), self.bias, "none", [], "")
+            out = onednn_linear(flat, self._packed_weight(), self.bias)
         else:
             out = torch.mm(self.weight, flat.t()).t()  # [rows, out], a transposed view
             if self.bias is not None:
@@ -61,6 +61,11 @@ class SmallBatchLinear(torch.nn.Linear):
         return self._packed
 
 
+def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x[rows, in] @ W.T + bias`` by oneDNN's linear kernel on ``packed``, ``W`` reordered into its layout."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` reordered into oneDNN's layout for inputs of up to :data:`MAX_ROWS` rows."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), MAX_ROWS)
@@ -72,7 +77,7 @@ def available_forms(weight: torch.Tensor) -> list[Form]:
     if weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
         try:
             x = torch.zeros(1, weight.shape[1], dtype=weight.dtype)
-            torch.ops.mkldnn._linear_pointwise(x, pack_weight(weight), None, "none", [], "")
+            onednn_linear(x, pack_weight(weight))
             forms.append("packed")
         except (RuntimeError, AttributeError):  # a build or dtype without the kernel
             pass

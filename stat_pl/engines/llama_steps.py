@@ -50,7 +50,6 @@ class LlamaSteps:
     """
 
     def __init__(self, model: torch.nn.Module, prefill: DynamicCache, samples: int, capacity: int) -> None:
-        self.model = model
         self.decoder = model.model
         self.head = model.get_output_embeddings()
         self.filled = prefill.layers[0].keys.shape[2]  # positions written so far
