@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stat_pl.building import BuildInputs, ContaminationGuard, StatSel, StatSyn  # noqa: E402
-from stat_pl.profile import MissingSkillProfile  # noqa: E402
+from stat_pl.missing_skill_profile import MissingSkillProfile  # noqa: E402
 from stat_pl.profiling.base import Attempt  # noqa: E402
 from stat_pl.profiling.proxy import SkillMapProxy  # noqa: E402
 from stat_pl.records import ProblemRecord, RecordSource, load_records  # noqa: E402

@@ -58,7 +58,7 @@ from stat_pl.grading import grade
 from stat_pl.models import LoRAConfig
 from stat_pl.modules.sft import SFTModule
 from stat_pl.plots import plot_bars
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.profiling.detectors import GroundTruthDetector
 from stat_pl.profiling.oracle import SkillWorldOracle
 from stat_pl.profiling.round import profile_round

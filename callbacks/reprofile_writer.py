@@ -16,7 +16,7 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 
 from stat_pl.plots import plot_bars
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 
 
 class ReprofileWriter:

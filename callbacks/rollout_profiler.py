@@ -24,7 +24,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
 from stat_pl.plots import plot_bars
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.profiling.base import Attempt, Profiler
 from stat_pl.profiling.proxy import SkillMapProxy
 

@@ -35,7 +35,7 @@ from stat_pl.engines.vllm import VLLMSettings
 from stat_pl.evaluation.benchmarks import contamination_sources
 from stat_pl.evaluation.scoring import breakdowns
 from stat_pl.grading import grade
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.profiling.base import Attempt, DifficultyDetector, Profiler
 from stat_pl.profiling.round import profile_round
 from stat_pl.records import DataSource, ProblemRecord

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
 
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import RecordSource, load_records
 
 ROOT = Path(__file__).resolve().parents[1]

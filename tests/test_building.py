@@ -28,7 +28,7 @@ from stat_pl.building import (
 from stat_pl.building.run import build
 from stat_pl.building.selection import allocate, draw_per_missing_skill
 from stat_pl.building.stat_syn import stat_syn_tasks
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord, RecordError, RecordSource
 from stat_pl.teacher import OpenAICompatibleTeacher
 from stat_pl.teacher.templates import PromptTemplates

@@ -13,7 +13,7 @@ from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
 
 from stat_pl.building import BuildInputs, EmbeddingModel, EmbedSel, EmbedSyn
 from stat_pl.building.embedding import OFFLINE_MINILM, resolve_embedding_model
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord
 from stat_pl.teacher import OpenAICompatibleTeacher
 

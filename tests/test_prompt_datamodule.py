@@ -6,7 +6,7 @@ import pytest
 
 from stat_pl.data.prompt_datamodule import PromptDataModule
 from stat_pl.data.skillworld import SkillWorldSource
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import DataSource, ProblemRecord
 
 

@@ -126,7 +126,7 @@ def test_resume_restores_the_latest_profile_and_weights(tiny_model_dir, tmp_path
 
 
 def _with_profile(data: SFTDataModule, histogram: dict):
-    from stat_pl.profile import MissingSkillProfile
+    from stat_pl.missing_skill_profile import MissingSkillProfile
 
     data.profile = MissingSkillProfile(histogram=histogram)
     return data

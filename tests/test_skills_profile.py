@@ -2,7 +2,7 @@
 
 import pytest
 
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord
 from stat_pl.skills import SkillCatalog, SkillMap, UnknownSkillError, normalize_skill
 

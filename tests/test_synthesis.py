@@ -15,7 +15,7 @@ import pytest
 from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
 
 from stat_pl.building import BuildInputs, ContaminationGuard, StatSyn
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord, problem_tokens
 from stat_pl.teacher import OpenAICompatibleTeacher
 

@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import ORIGINS, PROVENANCE_KEYS, BuiltRow, ProblemRecord  # noqa: F401 (re-exported)
 from stat_pl.skills import SkillMap
 

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from stat_pl.building.base import BuildInputError, BuildInputs
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord
 
 

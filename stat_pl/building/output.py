@@ -20,7 +20,7 @@ from typing import Any
 
 from stat_pl.building.base import BuiltDataset, BuiltRow
 from stat_pl.building.plot import plot_skill_distribution
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord
 
 DATA_FILE = "data.jsonl"

@@ -17,7 +17,7 @@ from stat_pl.building.base import BuildInputs, DataBuilder
 from stat_pl.building.contamination import ContaminationGuard
 from stat_pl.building.output import write_dataset
 from stat_pl.evaluation.benchmarks import contamination_sources
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import RecordSource, load_records
 from stat_pl.skills import SkillCatalog
 from stat_pl.teacher.base import Teacher

@@ -23,7 +23,7 @@ from typing import Any
 from stat_pl.building.base import BuiltRow
 from stat_pl.building.checks import distinct_ids
 from stat_pl.grading import grade
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord
 from stat_pl.skills import SkillMap
 from stat_pl.teacher.base import Teacher, TeacherFailure, TeacherRequest

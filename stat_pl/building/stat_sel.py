@@ -20,7 +20,7 @@ from typing import Any
 from stat_pl.building.base import BuildInputs, BuiltDataset
 from stat_pl.building.checks import check_linked, check_pool, check_positive, check_profile
 from stat_pl.building.selection import AnswerSettings, Pick, draw_per_missing_skill, expand, subsample, teacher_answers
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.teacher.templates import PromptTemplates
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from stat_pl.building.checks import check_linked, check_pool, check_positive, ch
 from stat_pl.building.contamination import ContaminationGuard
 from stat_pl.building.selection import cut_synthetic, draw_per_missing_skill
 from stat_pl.building.synthesis import ProposalTask, SynthesisSettings, synthesize
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord
 from stat_pl.teacher.base import Teacher
 from stat_pl.teacher.templates import PromptTemplates, format_examples

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from stat_pl.data.sampler import LengthGroupedBatchSampler, Sampling, epoch_sampler, resolve_sampling
 from stat_pl.data.synthetic_source import SyntheticSource, synthetic_records
 from stat_pl.models import load_tokenizer
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import DataSource, ProblemRecord
 from stat_pl.skills import SkillCatalog, SkillMap
 

@@ -38,7 +38,7 @@ from stat_pl.evaluation.benchmarks import split_math_test
 from stat_pl.evaluation.scoring import QuestionResult, SampleSetting, Timing
 from stat_pl.evaluation.store import ResultStore, result_key
 from stat_pl.plots import plot_bars
-from stat_pl.profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.profiling.base import Attempt, Diagnosis, DifficultyDetector, Profiler
 from stat_pl.profiling.detectors import GroundTruthDetector
 from stat_pl.profiling.round import judge
