@@ -115,12 +115,13 @@ class BenchmarkEvaluator(Callback):
 
     def _engine(self, trainer: L.Trainer, pl_module: L.LightningModule):
         from stat_pl.engines.live import live_engine
-        from stat_pl.models import load_tokenizer
+        from stat_pl.tokenizer import load_tokenizer
 
         if self._tokenizer is None:
             name = (
                 self.tokenizer_name
                 or getattr(trainer.datamodule, "tokenizer_name", None)
+                or getattr(getattr(pl_module, "student", None), "model", None)
                 or pl_module.hparams.get("model")
             )
             if name is None:

@@ -4,10 +4,16 @@
 by ``class_path`` / ``init_args``. The offline stages of the pipeline (``profile``, ``build``,
 ``evaluate``, ...) are plain typed functions registered in :data:`OFFLINE_STAGES`; jsonargparse builds
 their arguments from the same kind of YAML and saves the parsed config to ``<output_dir>/config.yaml``.
+
+Errors: a :class:`~stat_pl.errors.UserError` (a missing, empty or malformed data file, a bad config value,
+a missing model or adapter folder) prints one line, ``stat_pl <subcommand>: error: <message>``, and exits
+with status 2, as jsonargparse does for a config it cannot parse. Any other exception is a bug and shows its
+traceback. ``STAT_PL_TRACEBACK=1`` shows the traceback of a user error too.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +21,10 @@ from pathlib import Path
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
-from stat_pl.hardware import configure_threads, keep_freed_memory
-from stat_pl.skills import CatalogKeyError
+from stat_pl.errors import UserError
+from stat_pl.precision import compute_dtype_for, resolve_precision
 from stat_pl.trainer import StatTrainer
 
 LIGHTNING_SUBCOMMANDS = {
@@ -42,11 +49,32 @@ OFFLINE_STAGES: dict[str, tuple[str, str]] = {
 
 
 class StatCLI(LightningCLI):
-    """LightningCLI with the tokenizer linked to the model and stat-pl's trainer defaults."""
+    """LightningCLI with the tokenizer linked to the student, stat-pl's trainer defaults, and precision decided once.
+
+    ``trainer.precision: auto`` and the student's ``compute_dtype: auto`` are resolved here, before anything is
+    built (:func:`~stat_pl.precision.resolve_precision`), logged with the reason, and written back into the config,
+    so the run's ``config.yaml`` holds the values it ran with and a rerun from it probes nothing.
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
+        parser.link_arguments("model.init_args.student.model", "data.init_args.tokenizer")
         parser.link_arguments("seed_everything", "data.init_args.seed", lambda s: 0 if isinstance(s, bool) else s)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        decide_precision(config)
+
+
+def decide_precision(config: Namespace) -> None:
+    """Resolve ``trainer.precision: auto`` and ``model.init_args.student.compute_dtype: auto`` in place."""
+    trainer = config.trainer
+    if trainer.precision == "auto":
+        choice = resolve_precision(str(trainer.accelerator))
+        rank_zero_info(f"stat_pl: precision auto -> {choice.lightning} ({choice.reason})")
+        trainer.precision = choice.lightning
+    student = config.model.init_args.get("student") if isinstance(config.model, Namespace) else None
+    if student is not None and student.compute_dtype == "auto":
+        student.compute_dtype = compute_dtype_for(trainer.precision)
 
 
 def run_lightning(argv: list[str], run: bool = True) -> StatCLI:
@@ -97,12 +125,31 @@ def run_stage(name: str, argv: list[str]) -> None:
     parser = stage_parser(name)
     config = parser.parse_args(argv)
     save_stage_config(parser, config)
-    try:
-        arguments = parser.instantiate(config)
-        arguments.pop("config", None)
-        _load(OFFLINE_STAGES[name][0])(**arguments)
-    except (ValueError, FileNotFoundError, CatalogKeyError) as e:  # bad input: the message names file, row, field
-        sys.exit(f"stat_pl {name}: error: {e}")
+    arguments = parser.instantiate(config)
+    arguments.pop("config", None)
+    _load(OFFLINE_STAGES[name][0])(**arguments)
+
+
+#: Environment variable read by every entry point for the number of torch CPU threads.
+THREADS_ENV = "STAT_PL_THREADS"
+
+
+def configure_threads() -> int | None:
+    """Set torch's CPU threads from ``$STAT_PL_THREADS`` (unset: torch's default, one per core).
+
+    On a CPU shared with other busy processes one thread per process is often several times faster
+    than two (threads spin against each other); on an idle machine all cores are faster
+    (bench/README.md has both measurements).
+    """
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"${THREADS_ENV}={value!r}: expected a positive number of torch threads")
+    import torch
+
+    torch.set_num_threads(int(value))
+    return int(value)
 
 
 def usage() -> str:
@@ -113,17 +160,29 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+#: Set to ``1`` to see the traceback of a user error too.
+TRACEBACK_ENV = "STAT_PL_TRACEBACK"
+#: The exit status of a user error: argparse's (and so jsonargparse's) for a command line it rejects.
+USAGE_ERROR = 2
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return
     command, rest = argv[0], argv[1:]
-    configure_threads()
-    keep_freed_memory()
-    if command in LIGHTNING_SUBCOMMANDS:
-        run_lightning([command, *rest])
-    elif command in OFFLINE_STAGES:
-        run_stage(command, rest)
-    else:
-        sys.exit(f"stat_pl: unknown subcommand {command!r}\n\n{usage()}")
+    if command not in LIGHTNING_SUBCOMMANDS and command not in OFFLINE_STAGES:
+        print(f"stat_pl: error: unknown subcommand {command!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)
+    try:
+        configure_threads()
+        if command in LIGHTNING_SUBCOMMANDS:
+            run_lightning([command, *rest])
+        else:
+            run_stage(command, rest)
+    except UserError as e:
+        if os.environ.get(TRACEBACK_ENV, "") == "1":
+            raise
+        print(f"stat_pl {command}: error: {e}", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR) from None

@@ -1,7 +1,7 @@
-"""Loading the student (or any causal LM): Hub name, local folder or GGUF file; NF4/int8; PEFT LoRA.
+"""Loading causal LMs: the student (a :class:`StudentConfig`) and any other model, with NF4/int8 and PEFT LoRA.
 
-``offline:smollm2-135m-instruct`` names the real pretrained model stat-pl can provide without the
-Hub (see :mod:`stat_pl.offline_models`); every other string is a Hub name or a local path.
+``offline:smollm2-135m-instruct`` names the real pretrained model stat-pl can provide without the Hub
+(see :mod:`stat_pl.offline_models`); every other string is a Hub name, a local folder or a GGUF file.
 """
 
 from __future__ import annotations
@@ -13,21 +13,13 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    BitsAndBytesConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaForCausalLM
 
-from stat_pl.hardware import remembered
-from stat_pl.lora_dropout import use_lora_dropout
-from stat_pl.offline_models import resolve_model_path
-from stat_pl.small_batch_linear import fastest_form, use_small_batch_linear
+from stat_pl.tokenizer import pretrained_source
 
 logger = logging.getLogger(__name__)
 Quantization = Literal["none", "nf4", "int8"]
+ComputeDtype = Literal["auto", "bfloat16", "float32", "float16"]
 #: The keyword (and output field) of a KV cache: transformers 5.2x renamed ``past_key_values`` to ``cache``
 #: (the old name warns, and goes in 5.40); older releases know only the old one.
 CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
@@ -45,31 +37,59 @@ class LoRAConfig:
     target_modules: list[str] = field(default_factory=lambda: list(PAPER_TARGET_MODULES))
 
 
+@dataclass
+class StudentConfig:
+    """The student and how its adapter trains: the model settings every training module takes, defaults in one place.
+
+    In YAML this is ``model.init_args.student`` of :class:`~stat_pl.modules.sft.SFTModule` and
+    :class:`~stat_pl.modules.grpo.GRPOModule`.
+
+    Args:
+        model: Hub name, local folder, GGUF file or ``offline:smollm2-135m-instruct``.
+        quantization: ``"nf4"`` for QLoRA (the paper), ``"int8"``, or ``"none"``.
+        compute_dtype: bitsandbytes' compute dtype and the generation copy's dtype. ``"auto"`` is the dtype of the
+            trainer's precision: ``python -m stat_pl fit`` resolves both from the hardware and writes them into the
+            run's ``config.yaml`` (:mod:`stat_pl.precision`).
+        lora: adapter settings; default the paper's (``LoRAConfig()``), or with ``init_adapter`` that adapter's own.
+        gradient_checkpointing: trade compute for memory on long sequences.
+        init_adapter: a saved PEFT adapter folder to continue training from (continual STAT, GRPO after SFT).
+        cpu_kernels: ``"auto"``: on a CPU, :func:`stat_pl.cpu.accelerate` makes generation and training faster
+            (it logs what it turned on); ``"off"``: plain transformers and PEFT. Nothing changes on a GPU.
+    """
+
+    model: str
+    quantization: Quantization = "nf4"
+    compute_dtype: ComputeDtype = "auto"
+    lora: LoRAConfig | None = None
+    gradient_checkpointing: bool = False
+    init_adapter: str | None = None
+    cpu_kernels: Literal["auto", "off"] = "auto"
+
+
+# Modules keep these in their hyperparameters, which Lightning saves in every checkpoint; torch.load's default
+# weights_only unpickler accepts only allow-listed classes, so resuming would fail without this.
+torch.serialization.add_safe_globals([StudentConfig, LoRAConfig])
+
+
+def load_student(student: StudentConfig, compute_dtype: str, device: torch.device) -> torch.nn.Module:
+    """The student's causal LM with its trainable adapter, its weights loaded on ``device``."""
+    return load_causal_lm(
+        student.model,
+        quantization=student.quantization,
+        compute_dtype=compute_dtype,
+        lora=student.lora if student.init_adapter else (student.lora or LoRAConfig()),  # an adapter has its own
+        gradient_checkpointing=student.gradient_checkpointing,
+        device=device,
+        init_adapter=student.init_adapter,
+    )
+
+
 def torch_dtype(name: str) -> torch.dtype:
     """``"bfloat16"`` -> ``torch.bfloat16``, with an error that lists the accepted names."""
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in dtypes:
         raise ValueError(f"unknown dtype {name!r}; use one of {sorted(dtypes)}")
     return dtypes[name]
-
-
-def _pretrained_args(name_or_path: str) -> tuple[str, dict]:
-    """Split a GGUF file path into (folder, {gguf_file: name}); pass other names through."""
-    path = Path(resolve_model_path(name_or_path))
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise FileNotFoundError(f"GGUF file {path} does not exist")
-        return str(path.parent), {"gguf_file": path.name}
-    return str(path), {}
-
-
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """The model's tokenizer with a pad token (the EOS token when the model has none)."""
-    source, extra = _pretrained_args(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def _quantization_config(quantization: Quantization, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
@@ -110,11 +130,8 @@ def load_causal_lm(
     training from that adapter instead of a new one (the paper's continual setting, STAT-ConSel /
     ConSyn: training goes on from the STAT model). It is loaded trainable, with the LoRA settings saved
     beside it (rank, alpha, targets); a ``lora`` that differs from them is ignored with a warning.
-
-    The adapter's dropout modules are :class:`~stat_pl.lora_dropout.LoRADropout`: PEFT's dropout
-    distribution with a mask that costs less than half as much to draw on a CPU.
     """
-    source, extra = _pretrained_args(name_or_path)
+    source, extra = pretrained_source(name_or_path)
     dtype = torch_dtype(compute_dtype)
     quant = _quantization_config(quantization, dtype)
     on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
@@ -132,9 +149,9 @@ def load_causal_lm(
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if init_adapter is not None:
-        return use_lora_dropout(load_trainable_adapter(model, init_adapter, lora))
+        return load_trainable_adapter(model, init_adapter, lora)
     if lora is not None:
-        model = use_lora_dropout(add_lora(model, lora))
+        model = add_lora(model, lora)
     return model
 
 
@@ -177,80 +194,6 @@ def _disable_cpu_inference_packing(model: torch.nn.Module) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
-
-
-class MergedCopy:
-    """A plain model (no PEFT wrapper, no 4-bit layers) with the adapter merged in: what CPU engines sample from.
-
-    On CPU, generating through the live QLoRA model pays, at every decoding step and in every adapted
-    projection, bitsandbytes' dequantisation of the 4-bit weight and PEFT's unmerged LoRA path (dropout,
-    two rank-r matmuls, an add). This copy holds each adapted weight as ``W + scaling * B @ A``, where ``W``
-    is the frozen base weight (dequantised once from NF4, or the live float weight itself), and every other
-    weight as a plain tensor. :meth:`refresh` recomputes the merged weights from the adapter now (one rank-r
-    product per projection, cheap next to one rollout batch), so after it the copy computes what the trained
-    model computes, up to rounding. DoRA and ``fan_in_fan_out`` adapters are refused (their merge differs).
-    Where this CPU multiplies a few rows faster another way than ``F.linear`` (``weight @ x.T``, or oneDNN on a
-    reordered copy of the weight, remade after each refresh), the copy's linear layers do
-    (:mod:`stat_pl.small_batch_linear`).
-    """
-
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:
-        from peft.tuners.lora import LoraLayer
-
-        base = model.get_base_model()
-        config = base.config.to_dict()
-        config.pop("quantization_config", None)
-        self.adapter = model.active_adapter
-        self.dtype = dtype
-        self.model = AutoModelForCausalLM.from_config(type(base.config).from_dict(config), dtype=dtype)
-        lora_layers = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
-        for name, layer in lora_layers.items():
-            if layer.use_dora.get(self.adapter) or getattr(layer, "fan_in_fan_out", False):
-                raise ValueError(f"MergedCopy: {name} is a DoRA or fan_in_fan_out LoRA layer; only plain LoRA merges")
-        # the frozen base weight W of each adapted projection, by its name; refresh() writes W + s * B @ A
-        self._frozen = {name: _float_weight(layer.base_layer).to(dtype) for name, layer in lora_layers.items()}
-        state = {f"{name}.weight": weight for name, weight in self._frozen.items()}
-        for name, module in base.named_modules():
-            if "lora_" in name or name in self._frozen:  # the adapter itself, merged in refresh()
-                continue
-            plain = name.removesuffix(".base_layer")  # where the twin, which has no PEFT wrappers, keeps it
-            for param_name, param in module.named_parameters(recurse=False):
-                if not (plain in self._frozen and param_name == "weight"):
-                    state[f"{plain}.{param_name}" if plain else param_name] = (
-                        _float_weight(module) if param_name == "weight" else param
-                    )
-        missing = set(self.model.state_dict()) - set(state) - {"lm_head.weight"}
-        if missing:
-            raise RuntimeError(f"MergedCopy: no weights for {sorted(missing)[:5]}")
-        self.model.load_state_dict({k: v.detach().to(dtype) for k, v in state.items()}, strict=False)
-        self.model.tie_weights()
-        self.model.eval().requires_grad_(False)
-        head = self.model.get_output_embeddings()
-        probe = max((m.weight for m in self.model.modules() if type(m) is torch.nn.Linear and m is not head), key=len)
-        # for decoding's few-row matmuls, measured on this CPU (once: the same kernels in every run here)
-        form = remembered("small_batch_form", lambda: fastest_form(probe), *probe.shape, probe.dtype)
-        if form != "linear":
-            use_small_batch_linear(self.model, form)
-
-    @torch.no_grad()
-    def refresh(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Merge the adapter weights ``model`` holds now into the copy; returns the copy's model."""
-        lora_layers = {name: m for name, m in model.get_base_model().named_modules() if name in self._frozen}
-        for name, layer in lora_layers.items():
-            a = layer.lora_A[self.adapter].weight  # [r, in]
-            b = layer.lora_B[self.adapter].weight  # [out, r]
-            delta = (b.float() @ a.float()) * layer.scaling[self.adapter]  # [out, in]
-            self.model.get_submodule(name).weight.copy_(self._frozen[name] + delta.to(self.dtype))
-        return self.model
-
-
-def _float_weight(module: torch.nn.Module) -> torch.Tensor:
-    """A linear (or any) layer's weight as a float tensor: bitsandbytes 4-bit weights are dequantised."""
-    import bitsandbytes as bnb
-
-    if isinstance(module, bnb.nn.Linear4bit):
-        return bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
-    return module.weight
 
 
 def add_lora(model: torch.nn.Module, lora: LoRAConfig) -> torch.nn.Module:

@@ -3,10 +3,10 @@
 Two defaults differ from ``lightning.Trainer`` and nothing else does:
 
 * ``precision="auto"`` resolves to ``bf16-mixed`` where bf16 is native and fast and to ``32-true``
-  elsewhere (:func:`stat_pl.hardware.resolve_precision`), and says which and why in one log line. An
+  elsewhere (:func:`stat_pl.precision.resolve_precision`), and says which and why in one log line. An
   explicit precision is kept as given; an explicit bf16 on a CPU that emulates bf16 gets a warning.
 * with stdout not a terminal (a log file, CI) the progress bar is
-  :class:`~stat_pl.callbacks.line_progress.LineProgress`, plain lines every ``log_every_n_steps``.
+  :class:`~stat_pl.line_progress.LineProgress`, plain lines every ``log_every_n_steps``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
-from stat_pl.callbacks.line_progress import LineProgress
-from stat_pl.hardware import resolve_precision, warn_if_bf16_emulated
+from stat_pl.line_progress import LineProgress
+from stat_pl.precision import resolve_precision, warn_if_bf16_emulated
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class StatTrainer(L.Trainer):
     """``lightning.Trainer`` with ``precision="auto"`` and line progress off a terminal.
 
     Args:
-        precision: ``"auto"`` (the hardware decides: see :mod:`stat_pl.hardware`) or any Lightning precision.
+        precision: ``"auto"`` (the hardware decides: see :mod:`stat_pl.precision`) or any Lightning precision.
         accelerator, callbacks, enable_progress_bar: as in ``lightning.Trainer``.
         **kwargs: every other ``lightning.Trainer`` argument.
     """

@@ -7,7 +7,8 @@ import torch
 
 from stat_pl.engines.base import SamplingParams
 from stat_pl.engines.hf import HFEngine
-from stat_pl.models import LoRAConfig, add_lora, load_causal_lm, load_tokenizer
+from stat_pl.models import LoRAConfig, add_lora, load_causal_lm
+from stat_pl.tokenizer import load_tokenizer
 
 PROMPTS = [
     [{"role": "user", "content": q}]
@@ -103,7 +104,7 @@ def test_generation_does_not_break_qlora_gradients_on_cpu(tiny_model_dir):
 
 @pytest.mark.parametrize("quantization", ["nf4", "none"])
 def test_merged_copy_computes_what_the_lora_model_computes(tiny_model_dir, quantization):
-    from stat_pl.models import MergedCopy
+    from stat_pl.cpu.merged_copy import MergedCopy
 
     # float32 compute: with bf16 compute, bitsandbytes rounds the live model's (large, here) LoRA output to bf16
     model = load_causal_lm(

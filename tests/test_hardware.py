@@ -1,19 +1,16 @@
 """Precision and threads from the hardware: ``auto`` picks float32 where bf16 is emulated, bf16 where native."""
 
-import json
 import logging
-import os
-import platform
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 from test_sft_cli import ROOT, run_cli, tiny_config
 
-from stat_pl import hardware
-from stat_pl.hardware import compute_dtype_for, configure_threads, resolve_precision
+from stat_pl import precision
+from stat_pl.cli import configure_threads
+from stat_pl.models import StudentConfig
+from stat_pl.precision import compute_dtype_for, resolve_precision
 
 
 @pytest.fixture
@@ -21,10 +18,8 @@ def x86_cpu(monkeypatch):
     """An x86 CPU without CUDA, whose bf16 flags and measured bf16 speed-up the test sets."""
 
     def make(flags: bool, speedup: float) -> None:
-        monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: flags)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-        monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: speedup)
+        monkeypatch.setattr(precision, "cpu_has_bf16_instructions", lambda: flags)
+        monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: speedup)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
     return make
@@ -32,7 +27,7 @@ def x86_cpu(monkeypatch):
 
 def test_auto_is_float32_on_a_cpu_without_native_bf16(x86_cpu, monkeypatch):
     x86_cpu(flags=False, speedup=0.01)
-    monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: pytest.fail("no probe needed: the flags decide"))
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: pytest.fail("no probe needed: the flags decide"))
     choice = resolve_precision("cpu")
     assert (choice.lightning, choice.dtype) == ("32-true", "float32")
     assert "no AVX512-BF16/AMX" in choice.reason
@@ -51,12 +46,23 @@ def test_auto_trusts_the_probe_over_the_flags(x86_cpu):
     assert resolve_precision("auto").lightning == "32-true"
 
 
+@pytest.mark.parametrize(
+    "flags, expected", [("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("fpu amx_bf16 amx_tile", True)]
+)
+def test_bf16_instructions_are_read_from_the_cpu_flags(monkeypatch, tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+    assert precision.cpu_has_bf16_instructions() is expected
+
+
 def test_auto_on_a_non_x86_cpu_follows_the_probe(monkeypatch):
-    monkeypatch.setattr(hardware.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(precision.platform, "machine", lambda: "aarch64")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: 2.0)
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 2.0)
     assert resolve_precision("cpu").dtype == "bfloat16"
-    monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: 0.5)
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 0.5)
     assert resolve_precision("cpu").dtype == "float32"
 
 
@@ -83,7 +89,8 @@ def test_the_module_dtype_follows_the_trainer(precision, dtype):
     assert compute_dtype_for(precision) == dtype
 
 
-def test_trainer_auto_drives_lightning_and_the_module(x86_cpu, tiny_model_dir, caplog):
+def test_python_trainer_auto_drives_lightning_and_the_module_decides_its_dtype_once(x86_cpu, tiny_model_dir, caplog):
+    """Without the CLI: StatTrainer resolves ``auto``; a module left at ``compute_dtype="auto"`` takes it once."""
     from stat_pl.modules.sft import SFTModule
     from stat_pl.trainer import StatTrainer
 
@@ -92,15 +99,26 @@ def test_trainer_auto_drives_lightning_and_the_module(x86_cpu, tiny_model_dir, c
         trainer = StatTrainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_steps=1)
     assert trainer.precision == "32-true"
     assert "precision auto -> 32-true" in caplog.text and "AVX512-BF16" in caplog.text
-    module = SFTModule(str(tiny_model_dir), quantization="none")
+    module = SFTModule(StudentConfig(str(tiny_model_dir), quantization="none"))
     module.trainer = trainer
-    assert module.compute_dtype() == "float32"
+    module.configure_model()
+    assert module.compute_dtype == "float32"
 
     x86_cpu(flags=True, speedup=4.0)
-    trainer = StatTrainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_steps=1)
-    assert trainer.precision == "bf16-mixed"
-    module.trainer = trainer
-    assert module.compute_dtype() == "bfloat16"
+    assert StatTrainer(accelerator="cpu", logger=False, enable_checkpointing=False).precision == "bf16-mixed"
+
+
+def test_the_cli_decides_precision_once_and_writes_it_into_the_run_config(tmp_path, tiny_model_dir):
+    """``auto`` in the YAML is resolved before anything is built; config.yaml holds what the run used."""
+    config = tiny_config(tmp_path, tiny_model_dir, max_steps=1)
+    out = run_cli("fit", "--config", str(config))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "stat_pl: precision auto -> " in out.stdout + out.stderr
+    saved = yaml.safe_load(next((tmp_path / "run").rglob("config.yaml")).read_text())
+    chosen = saved["trainer"]["precision"]
+    assert chosen in ("bf16-mixed", "32-true")
+    assert saved["model"]["init_args"]["student"]["compute_dtype"] == compute_dtype_for(chosen)
+    assert chosen == resolve_precision("cpu").lightning  # this machine's own answer
 
 
 def test_explicit_bf16_on_an_emulating_cpu_is_kept_with_a_warning(x86_cpu, caplog):
@@ -125,30 +143,6 @@ def test_threads_come_from_the_environment(monkeypatch):
             configure_threads()
     finally:
         torch.set_num_threads(before)
-
-
-_RSS_AFTER_FREE = """
-import torch
-from stat_pl.hardware import keep_freed_memory
-applied = keep_freed_memory()
-def rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-before = rss_mib()
-block = torch.ones(50_000_000)  # 200 MB, over glibc's mmap threshold
-del block
-print(applied, rss_mib() - before)
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the malloc settings exist on glibc (Linux) only")
-@pytest.mark.parametrize("setting, kept", [("1", True), ("0", False)])
-def test_freed_memory_is_kept_for_reuse_unless_turned_off(setting, kept):
-    env = {**os.environ, "STAT_PL_KEEP_FREED_MEMORY": setting}
-    out = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREE], env=env, capture_output=True, text=True, check=True)
-    applied, grown_mib = out.stdout.split()
-    assert applied == str(kept)
-    assert (float(grown_mib) > 150) == kept  # the freed 200 MB stay with the process only when kept
 
 
 def test_fit_with_output_to_a_file_prints_progress_lines_and_flushes_metrics(tmp_path, tiny_model_dir):
@@ -178,25 +172,4 @@ def test_shipped_cpu_configs_choose_precision_from_the_hardware():
     for name in ("demo.yaml", "sft_smollm2_math.yaml"):
         config = yaml.safe_load((ROOT / "configs" / name).read_text())
         assert config["trainer"]["precision"] == "auto", name
-        assert config["model"]["init_args"]["compute_dtype"] == "auto", name
-
-
-def test_a_probe_verdict_is_measured_once_per_machine(tmp_path, monkeypatch):
-    """Later runs read the first verdict (same kernels, same bits); another key measures; a broken file is rewritten."""
-    from stat_pl.hardware import remembered
-
-    calls = []
-
-    def measure(verdict):
-        calls.append(verdict)
-        return verdict
-
-    assert remembered("kernel", lambda: measure(True), 64, 32) is True
-    assert remembered("kernel", lambda: measure(False), 64, 32) is True  # read, not measured
-    assert remembered("kernel", lambda: measure("packed"), 128, 32) == "packed"
-    assert calls == [True, "packed"]
-    probes = tmp_path / "probes.json"  # the conftest's STAT_PL_PROBES
-    assert len(json.loads(probes.read_text())) == 2
-    probes.write_text("{not json")
-    assert remembered("kernel", lambda: measure(False), 64, 32) is False
-    assert calls == [True, "packed", False] and len(json.loads(probes.read_text())) == 1
+        assert config["model"]["init_args"]["student"]["compute_dtype"] == "auto", name

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stat_pl.models import LoRAConfig, load_causal_lm
+from stat_pl.models import LoRAConfig, StudentConfig, load_causal_lm
 from stat_pl.modules.sft import SFTModule
 
 SMALL_LORA = LoRAConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
@@ -45,9 +45,9 @@ def test_load_causal_lm_continues_from_the_saved_adapter_and_trains_it(tiny_mode
 def test_sft_module_init_adapter_starts_where_the_adapter_left_off(tiny_model_dir, saved_adapter, caplog):
     path, _ = saved_adapter
     ids = torch.tensor([[1, 5, 9, 12]])
-    fresh = SFTModule(str(tiny_model_dir), quantization="none")
+    fresh = SFTModule(StudentConfig(str(tiny_model_dir), quantization="none"))
     fresh.configure_model()
-    continued = SFTModule(str(tiny_model_dir), quantization="none", init_adapter=str(path))
+    continued = SFTModule(StudentConfig(str(tiny_model_dir), quantization="none", init_adapter=str(path)))
     with caplog.at_level(logging.WARNING, logger="stat_pl.models"):
         continued.configure_model()
     assert "init_adapter" not in caplog.text  # no lora given: nothing to disagree with
@@ -58,7 +58,7 @@ def test_sft_module_init_adapter_starts_where_the_adapter_left_off(tiny_model_di
         assert not torch.allclose(fresh(ids, torch.ones_like(ids)), reference(input_ids=ids).logits)
     with caplog.at_level(logging.WARNING, logger="stat_pl.models"):
         SFTModule(
-            str(tiny_model_dir), quantization="none", init_adapter=str(path), lora=LoRAConfig(r=8)
+            StudentConfig(str(tiny_model_dir), quantization="none", init_adapter=str(path), lora=LoRAConfig(r=8))
         ).configure_model()
     assert "r=4" in caplog.text and "those are used" in caplog.text
 

@@ -10,6 +10,7 @@ from stat_pl.callbacks.skill_reprofiler import SkillReprofiler
 from stat_pl.data.sft_datamodule import SFTDataModule
 from stat_pl.data.skillworld import SKILLWORLD_SKILLS, SkillWorldSource
 from stat_pl.engines.base import Completion, SamplingParams
+from stat_pl.models import StudentConfig
 from stat_pl.modules.sft import SFTModule
 from stat_pl.profiling.base import Attempt, Diagnosis
 from stat_pl.profiling.detectors import GroundTruthDetector
@@ -42,7 +43,7 @@ class WeightsPerEpoch(L.Callback):
 
 
 def make_run(tiny_model_dir: Path, root: Path, profiler=None, max_epochs: int = 2, **reprofiler):
-    module = SFTModule(str(tiny_model_dir), quantization="none", lora=None)
+    module = SFTModule(StudentConfig(str(tiny_model_dir), quantization="none", lora=None))
     data = SFTDataModule(
         str(tiny_model_dir),
         train=[SkillWorldSource(n=60, levels=(1,))],
@@ -166,7 +167,7 @@ def test_rounds_synthesise_new_questions_into_the_synthetic_source(tiny_model_di
             cache_dir=str(tmp_path / "cache"),
             max_retries=0,
         )
-        module = SFTModule(str(tiny_model_dir), quantization="none")
+        module = SFTModule(StudentConfig(str(tiny_model_dir), quantization="none"))
         data = SFTDataModule(
             str(tiny_model_dir),
             batch_size=2,

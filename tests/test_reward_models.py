@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stat_pl.models import load_causal_lm, load_tokenizer
+from stat_pl.models import load_causal_lm
 from stat_pl.profiling.base import Attempt
 from stat_pl.profiling.reward_models import (
     OutcomeRewardDetector,
@@ -18,6 +18,7 @@ from stat_pl.profiling.reward_models import (
     split_steps,
 )
 from stat_pl.records import ProblemRecord
+from stat_pl.tokenizer import load_tokenizer
 
 # Scores and thresholds are dyadic fractions, so every equality below is exact in floating point.
 TAU1, TAU2 = 0.75, 0.5

@@ -13,8 +13,8 @@ from stat_pl.data.sampler import (
 )
 from stat_pl.data.sft_datamodule import SFTDataModule
 from stat_pl.data.skillworld import SkillWorldSource
-from stat_pl.models import load_tokenizer
 from stat_pl.missing_skill_profile import MissingSkillProfile
+from stat_pl.tokenizer import load_tokenizer
 
 
 def test_formatting_masks_exactly_the_prompt_tokens(tiny_model_dir):

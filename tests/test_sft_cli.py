@@ -30,10 +30,12 @@ def tiny_config(tmp_path: Path, model_dir: Path, **trainer) -> Path:
         "model": {
             "class_path": "stat_pl.modules.sft.SFTModule",
             "init_args": {
-                "model": str(model_dir),
-                "quantization": "none",
+                "student": {
+                    "model": str(model_dir),
+                    "quantization": "none",
+                    "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+                },
                 "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
-                "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
             },
         },
         "data": {
@@ -69,8 +71,16 @@ def recorder(path: Path) -> str:
 
 
 def test_help_lists_every_subcommand():
+    """Each subcommand the CLI runs (Lightning's and the offline stages) has a line of its own with its help."""
+    from stat_pl.cli import LIGHTNING_SUBCOMMANDS, OFFLINE_STAGES
+
     out = run_cli("--help")
-    assert out.returncode == 0 and all(cmd in out.stdout for cmd in ("fit", "validate", "test"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    listed = out.stdout.split("subcommands:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    described = {name: help_text.strip() for name, _, help_text in (line.strip().partition(" ") for line in listed)}
+    assert described.keys() == LIGHTNING_SUBCOMMANDS.keys() | OFFLINE_STAGES.keys()
+    assert {"fit", "validate", "test", "label-skills", "profile", "build", "evaluate"} <= described.keys()
+    assert all(described.values()), described
 
 
 def test_typo_in_a_config_key_is_a_clear_error(tmp_path, tiny_model_dir):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from stat_pl.data.sft_datamodule import SFTDataModule
+from stat_pl.models import StudentConfig
 from stat_pl.modules.sft import SFTModule
 from stat_pl.records import RecordSource
 
@@ -26,8 +27,7 @@ def test_qlora_overfits_real_math_rows_and_the_adapter_reloads_with_plain_peft(s
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     module = SFTModule(
-        str(smollm2_dir),
-        quantization="nf4",
+        StudentConfig(str(smollm2_dir), quantization="nf4"),
         warmup_ratio=0.0,
         optimizer=functools.partial(torch.optim.AdamW, lr=2e-3, weight_decay=0.1),
     )

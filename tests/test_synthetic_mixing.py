@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from stat_pl.data.sft_datamodule import SFTDataModule
 from stat_pl.data.skillworld import SkillWorldSource
 from stat_pl.data.synthetic_source import SyntheticSource
-from stat_pl.models import LoRAConfig
+from stat_pl.models import LoRAConfig, StudentConfig
 from stat_pl.modules.sft import SFTModule
 from stat_pl.records import ProblemRecord, RecordSource, load_records
 
@@ -102,9 +102,7 @@ def fit(tmp_path: Path, tokenizer: Path, record: Path, ckpt_path: str | None = N
         tokenizer, tmp_path / "run" / "synthetic.jsonl", samples_per_epoch=16, batch_size=2, mix_ratios=[0.5, 0.5]
     )
     module = SFTModule(
-        str(tokenizer),
-        quantization="none",
-        lora=LoRAConfig(r=4, alpha=8, dropout=0.0),
+        StudentConfig(str(tokenizer), quantization="none", lora=LoRAConfig(r=4, alpha=8, dropout=0.0)),
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
     )
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)

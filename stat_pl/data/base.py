@@ -20,10 +20,11 @@ from torch.utils.data import DataLoader
 
 from stat_pl.data.sampler import LengthGroupedBatchSampler, Sampling, epoch_sampler, resolve_sampling
 from stat_pl.data.synthetic_source import SyntheticSource, synthetic_records
-from stat_pl.models import load_tokenizer
+from stat_pl.errors import UserError
 from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import DataSource, ProblemRecord
 from stat_pl.skills import SkillCatalog, SkillMap
+from stat_pl.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
     from stat_pl.records import BuiltRow
@@ -70,8 +71,8 @@ class SkillWeightedDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if mix_ratios is not None and (len(mix_ratios) != len(train) or min(mix_ratios) < 0 or sum(mix_ratios) <= 0):
-            raise ValueError(
-                f"mix_ratios {mix_ratios} must be non-negative, not all zero, one per train source ({len(train)})"
+            raise UserError(
+                f"data.mix_ratios {mix_ratios} must be non-negative, not all zero, one per train source ({len(train)})"
             )
         self.tokenizer_name = tokenizer
         self.sources = train
@@ -112,15 +113,42 @@ class SkillWeightedDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.records:
             return
-        self.tokenizer = load_tokenizer(self.tokenizer_name)
         self.source_records = [source.load() for source in self.sources]
         self.records = [r for records in self.source_records for r in records]
+        self.tokenizer = load_tokenizer(self.tokenizer_name)
         self.skill_map = SkillMap.from_records(self.records)
         self.train_examples = self._indexed(self._encode(self.records))
+        self._check_every_source_trains()
         if self.initial_profile and self.profile is None:
             self.profile = MissingSkillProfile.from_json(self.initial_profile, self.catalog)
         if self._synthetic_at_checkpoint is not None:
             self._keep_synthetic(self._synthetic_at_checkpoint)
+
+    def _check_every_source_trains(self) -> None:
+        """Each ``train`` source gives at least one example (a :class:`SyntheticSource` may start empty).
+
+        An empty file, or one whose rows ``_encode`` all skipped, is named here; past this point the
+        sampler could only say that its weights are empty.
+        """
+        trained = {e["record"] for e in self.train_examples}
+        start = 0
+        for i, (source, records) in enumerate(zip(self.sources, self.source_records, strict=True)):
+            rows = range(start, start + len(records))
+            start += len(records)
+            if isinstance(source, SyntheticSource) or not trained.isdisjoint(rows):
+                continue
+            where = f"data.train[{i}] ({getattr(source, 'path', source)})"
+            if not records:
+                raise UserError(f"{where} has no rows; give it a file with rows or drop it from data.train")
+            raise UserError(
+                f"{where}: all {len(records)} rows were skipped (a warning above says why); "
+                "raise the length limit or fix the rows"
+            )
+        if not self.train_examples:
+            raise UserError(
+                "data.train gives no rows to train on (a SyntheticSource is empty until the run adds rows); "
+                "add a source with rows"
+            )
 
     @staticmethod
     def _indexed(examples: list[dict], first_record: int = 0, first_index: int = 0) -> list[dict]:
@@ -191,7 +219,7 @@ class SkillWeightedDataModule(L.LightningDataModule):
 
     def _synthetic_source(self) -> SyntheticSource:
         if not self.sources or not isinstance(self.sources[-1], SyntheticSource):
-            raise ValueError(
+            raise UserError(
                 "add_synthetic needs a stat_pl.data.synthetic_source.SyntheticSource as the last "
                 f"entry of data.train (with its share in data.mix_ratios); got {self.sources}"
             )
@@ -201,7 +229,7 @@ class SkillWeightedDataModule(L.LightningDataModule):
         """Cut the synthetic rows back to the ``count`` the checkpoint knew (later ones are made again)."""
         source, loaded = self._synthetic_source(), self.source_records[-1]
         if len(loaded) < count:
-            raise ValueError(
+            raise UserError(
                 f"{source.path} holds {len(loaded)} synthetic rows but the checkpoint was taken "
                 f"with {count}: the file was changed or replaced since"
             )

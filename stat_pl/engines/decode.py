@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import DynamicCache, StaticCache
 
-from stat_pl.engines.llama_steps import LlamaSteps, supports
 from stat_pl.models import CACHE_KWARG
 
 #: Indices per block of :func:`draw_token`'s two-level draw.
@@ -60,7 +59,7 @@ def decode(
         logits_to_keep=1,
         **{CACHE_KWARG: prefill},
     )
-    steps = (LlamaSteps if supports(model) else _ModelSteps)(model, prefill, samples, width + max_new_tokens)
+    steps = _ModelSteps(model, prefill, samples, width + max_new_tokens)
     del prefill
     mask = torch.zeros(rows, width + max_new_tokens, dtype=attention_mask.dtype, device=device)  # [R, T + N]
     mask[:, :width] = attention_mask.repeat_interleave(samples, 0)

@@ -19,7 +19,9 @@ from stat_pl.engines.base import (
     render_prompt,
 )
 from stat_pl.engines.decode import decode, sampler
-from stat_pl.models import load_causal_lm, load_tokenizer
+from stat_pl.models import load_causal_lm
+from stat_pl.padding import left_pad
+from stat_pl.tokenizer import load_tokenizer
 
 
 class HFEngine:
@@ -145,18 +147,6 @@ class HFEngine:
         eos = getattr(config, "eos_token_id", None)
         listed = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         return [self.tokenizer.eos_token_id, *listed]
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids[B, T], attention_mask[B, T])``, each sequence right-aligned (decoder-only generation pads left)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
-    return ids, mask
 
 
 class _StopStrings:

@@ -13,7 +13,7 @@ and ``GRPOModule`` (each rollout batch).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -22,6 +22,9 @@ from transformers import PreTrainedTokenizerBase
 
 from stat_pl.engines.hf import HFEngine
 from stat_pl.engines.vllm import VLLMEngine, VLLMSettings
+
+if TYPE_CHECKING:
+    from stat_pl.models import StudentConfig
 
 
 @runtime_checkable
@@ -32,9 +35,9 @@ class GeneratingModule(Protocol):
 
 
 class AdapterSaving(Protocol):
-    """A module whose trainable weights are a PEFT adapter (``AdapterModule``): its base model and a writer."""
+    """A module whose trainable weights are a PEFT adapter (``AdapterModule``): its student and a writer."""
 
-    model_name: str
+    student: StudentConfig
 
     def save_adapter(self, path: str | Path) -> Path: ...
 
@@ -79,7 +82,7 @@ class LiveVLLM(Callback):
         """The engine, started if need be, serving ``module``'s current adapter (saved to ``adapter_dir``)."""
         adapter = module.save_adapter(adapter_dir)
         if self.engine is None:
-            self.engine = VLLMEngine(module.model_name, self.settings, enable_lora=True)
+            self.engine = VLLMEngine(module.student.model, self.settings, enable_lora=True)
         self.engine.set_adapter(str(adapter))
         return self.engine
 

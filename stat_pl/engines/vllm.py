@@ -123,7 +123,7 @@ class VLLMEngine:
         vllm = _import_vllm()
         from vllm.platforms import current_platform
 
-        from stat_pl.models import load_tokenizer
+        from stat_pl.tokenizer import load_tokenizer
 
         self.settings = settings or VLLMSettings()
         self.system_prompt = system_prompt

@@ -131,7 +131,7 @@ def engine_factory(
     if engine != "hf":
         raise ValueError(f"engine: unknown engine {engine!r}; use 'hf' or 'vllm'")
     from stat_pl.engines.hf import HFEngine
-    from stat_pl.models import load_tokenizer
+    from stat_pl.tokenizer import load_tokenizer
 
     return lambda entry: HFEngine(
         load_for_evaluation(entry), tokenizer=load_tokenizer(entry.base), batch_size=batch_size, progress=False

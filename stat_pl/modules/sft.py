@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from transformers import get_cosine_schedule_with_warmup
 
-from stat_pl.models import LoRAConfig, Quantization
+from stat_pl.models import StudentConfig
 from stat_pl.modules.adapter_module import AdapterModule
 
 
@@ -27,33 +27,25 @@ def paper_adamw(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
 class SFTModule(AdapterModule):
     """A causal LM + PEFT LoRA adapter trained on the assistant tokens.
 
-    The model arguments (``model``, ``quantization``, ``compute_dtype``, ``lora``, ``init_adapter``,
-    ``gradient_checkpointing``, ``adapter_dir``) are :class:`AdapterModule`'s.
-
     Args:
+        student: the model and adapter settings (:class:`~stat_pl.models.StudentConfig`).
         optimizer: an ``OptimizerCallable`` (see :class:`AdapterModule`); default AdamW with the paper's
             lr 2e-4 and weight decay 0.1.
         scheduler: an ``LRSchedulerCallable`` stepped every optimizer step; default (None) the paper's
             cosine decay after ``warmup_ratio`` of linear warm-up (transformers' ``get_cosine_schedule_with_warmup``).
         warmup_ratio: the share of optimizer steps of warm-up of the default schedule (paper: 0.03).
+        adapter_dir: where the adapter is saved when fitting ends (default ``<default_root_dir>/adapter``).
     """
 
     def __init__(
         self,
-        model: str,
-        quantization: Quantization = "nf4",
-        compute_dtype: str = "auto",
-        lora: LoRAConfig | None = None,
+        student: StudentConfig,
         optimizer: OptimizerCallable = paper_adamw,
         scheduler: LRSchedulerCallable | None = None,
         warmup_ratio: float = 0.03,
-        gradient_checkpointing: bool = False,
         adapter_dir: str | None = None,
-        init_adapter: str | None = None,
     ) -> None:
-        super().__init__(
-            model, optimizer, quantization, compute_dtype, lora, init_adapter, gradient_checkpointing, adapter_dir
-        )
+        super().__init__(student, optimizer, adapter_dir)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.scheduler = scheduler
         self._step_started = 0.0
@@ -80,7 +72,7 @@ class SFTModule(AdapterModule):
 
         Not Lightning's ``ThroughputMonitor``: it reports nothing until its window (100 batches by default)
         is full, longer than the demo's whole epoch, and it logs to the logger only, so the progress line
-        (:class:`~stat_pl.callbacks.line_progress.LineProgress`) could not show tokens/s.
+        (:class:`~stat_pl.line_progress.LineProgress`) could not show tokens/s.
         """
         elapsed = time.perf_counter() - self._step_started
         tokens = int(batch["attention_mask"].sum())

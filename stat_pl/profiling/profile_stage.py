@@ -37,8 +37,8 @@ from stat_pl.evaluation.adapters import ModelEntry
 from stat_pl.evaluation.benchmarks import split_math_test
 from stat_pl.evaluation.scoring import QuestionResult, SampleSetting, Timing
 from stat_pl.evaluation.store import ResultStore, result_key
-from stat_pl.plots import plot_bars
 from stat_pl.missing_skill_profile import MissingSkillProfile
+from stat_pl.plots import plot_bars
 from stat_pl.profiling.base import Attempt, Diagnosis, DifficultyDetector, Profiler
 from stat_pl.profiling.detectors import GroundTruthDetector
 from stat_pl.profiling.round import judge
@@ -207,7 +207,7 @@ def _student_engine(student: str, adapter: str | None, batch_size: int) -> Engin
     """The student (adapter checked against it, then merged) in an HFEngine; built only when needed."""
     from stat_pl.engines.hf import HFEngine
     from stat_pl.evaluation.adapters import check_adapter, load_for_evaluation, model_skeleton
-    from stat_pl.models import load_tokenizer
+    from stat_pl.tokenizer import load_tokenizer
 
     if adapter is not None:
         check_adapter(adapter, student, model_skeleton(student))

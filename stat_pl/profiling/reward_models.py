@@ -26,8 +26,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from stat_pl.models import Quantization, load_causal_lm, load_tokenizer
+from stat_pl.models import Quantization, load_causal_lm
 from stat_pl.profiling.base import Attempt
+from stat_pl.tokenizer import load_tokenizer
 
 PAPER_PRM = "RLHFlow/Llama3.1-8B-PRM-Mistral-Data"
 PAPER_ORM = "RLHFlow/Llama3.1-8B-ORM-Mistral-Data"
