@@ -1,17 +1,15 @@
 """HFEngine's decoding loop: prefill once, then one token per step into a preallocated KV cache.
 
-Why not ``model.generate``: on a CPU, the torch profiler put a fifth of the time of sampling 16 rollouts
-of SmolLM2-135M in the dynamic KV cache's ``torch.cat`` (each step copies the whole cache) and a tenth
-in drawing the token (``generate`` samples with ``multinomial``, which draws one random number per
-vocabulary entry). Here the cache is preallocated and written in place, and a token is drawn with one
-uniform number per row from the cumulative distribution (bench/README.md has the gain). A step runs
-through :class:`~stat_pl.engines.llama_steps.LlamaSteps` for a Llama-family model on a CPU (the same
-modules without transformers' per-layer machinery), else through the model's own forward into a
-transformers ``StaticCache``.
-What is sampled is the same distribution as ``generate``'s for the settings
-:class:`~stat_pl.engines.base.SamplingParams` has (temperature, top-p, no top-k, no repetition
-penalty); the random draws differ, so the samples for a seed differ from ``generate``'s. Greedy
-decoding picks what ``generate`` picks (the tests compare them).
+Why not ``model.generate``: on the shipped GRPO config (4 prompts x 4 samples, 64 new tokens, CPU) a rollout
+batch took 4.8 s through this loop and 7.7 s through ``generate`` with its static cache, on the same model
+(bench/README.md, "CPU routes"): each prompt is prefilled once and its KV cache repeated for its samples
+(``generate`` prefills every copy), and a token is drawn with one uniform number per row from block-wise
+cumulative masses (``generate`` samples with ``multinomial``; torch's CPU ``cumsum`` over the whole vocabulary
+is sequential). Each step runs the model's own forward into a transformers ``StaticCache``: no model code of
+ours. What is sampled is the same distribution as ``generate``'s for the settings
+:class:`~stat_pl.engines.base.SamplingParams` has (temperature, top-p, no top-k, no repetition penalty); the
+random draws differ, so the samples for a seed differ from ``generate``'s. Greedy decoding picks what
+``generate`` picks (the tests compare them).
 """
 
 from __future__ import annotations
