@@ -84,6 +84,11 @@ def load_student(student: StudentConfig, compute_dtype: str, device: torch.devic
     )
 
 
+def default_device() -> torch.device:
+    """Where a model goes when no trainer or config says: the current CUDA device if there is one, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def torch_dtype(name: str) -> torch.dtype:
     """``"bfloat16"`` -> ``torch.bfloat16``, with an error that lists the accepted names."""
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -122,9 +127,10 @@ def load_causal_lm(
     ``init_adapter`` starts from a saved PEFT adapter (e.g. the SFT run's, for GRPO after SFT), trainable;
     its own ``adapter_config.json`` then fixes rank and targets, and ``lora`` is not used.
 
-    Unquantised weights load in ``compute_dtype`` on CUDA and in float32 on CPU (CPU training uses
-    bf16 autocast instead, which keeps fp32 master weights). Quantised weights are placed on
-    ``device`` (default: the current CUDA device, else CPU) because bitsandbytes quantises on load.
+    Weights load straight onto ``device`` (default :func:`default_device`: the current CUDA device, else the CPU),
+    never through a full host copy on a GPU: unquantised in ``compute_dtype`` on CUDA and in float32 on a CPU (CPU
+    training uses bf16 autocast instead, which keeps fp32 master weights); quantised ones are quantised by
+    bitsandbytes as they load.
 
     ``init_adapter``, a folder written by PEFT's ``save_pretrained`` for this base model, starts
     training from that adapter instead of a new one (the paper's continual setting, STAT-ConSel /
@@ -134,11 +140,13 @@ def load_causal_lm(
     source, extra = pretrained_source(name_or_path)
     dtype = torch_dtype(compute_dtype)
     quant = _quantization_config(quantization, dtype)
-    on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    target = default_device() if device is None else torch.device(device)
+    on_cuda = target.type == "cuda"
     kwargs: dict = {"dtype": dtype if on_cuda else torch.float32, **extra}
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": device or (torch.cuda.current_device() if on_cuda else "cpu")}
+    if quant is not None or target.type != "cpu":  # on a CPU plain weights load as before, without a device map
+        kwargs["device_map"] = {"": str(target)}
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if quant is not None and not on_cuda:
         _disable_cpu_inference_packing(model)

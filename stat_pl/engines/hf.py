@@ -43,6 +43,8 @@ class HFEngine:
         progress: show a progress bar over batches.
         share_prefill: with ``sampling.n > 1``, prefill each prompt once and repeat its KV cache for the
             ``n`` samples (same samples, less compute); ``False`` prefills every copy.
+        device: where a model given by name is loaded (default: the current CUDA device, else the CPU); a module
+            generates where it is.
     """
 
     def __init__(
@@ -53,10 +55,11 @@ class HFEngine:
         system_prompt: str | None = None,
         progress: bool = True,
         share_prefill: bool = True,
+        device: str | torch.device | None = None,
     ) -> None:
         if isinstance(model, str):
             tokenizer = tokenizer or model
-            model = load_causal_lm(model, quantization="none").eval().requires_grad_(False)
+            model = load_causal_lm(model, quantization="none", device=device).eval().requires_grad_(False)
         if tokenizer is None:
             raise ValueError("HFEngine: pass a tokenizer when the model is a module")
         self.model = model
@@ -103,8 +106,8 @@ class HFEngine:
     @contextlib.contextmanager
     def _inference_mode(self, seed: int) -> Iterator[None]:
         was_training = self.model.training
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        device = next(self.model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
             torch.manual_seed(seed)
             self.model.eval()
             try:

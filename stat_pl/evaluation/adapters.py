@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
+from stat_pl.errors import MissingFileError, UserError
 from stat_pl.models import load_causal_lm
 from stat_pl.offline_models import resolve_model_path
 
 _ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-class AdapterMismatchError(ValueError):
+class AdapterMismatchError(UserError):
     """An adapter that was trained on another base model than the one it is evaluated on."""
 
 
@@ -39,7 +40,7 @@ class ModelEntry:
         if self.adapter is not None:
             weights = Path(self.adapter) / _ADAPTER_WEIGHTS
             if not weights.is_file():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"adapter {self.label!r}: {weights} does not exist; pass a folder written "
                     "by PEFT save_pretrained (e.g. the `adapter` folder that fit writes)"
                 )
@@ -65,7 +66,7 @@ def check_adapter(adapter_dir: str | Path, base_name: str, base_model: torch.nn.
     adapter_dir = Path(adapter_dir)
     config_path = adapter_dir / "adapter_config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} does not exist; an adapter folder is written by PEFT save_pretrained")
+        raise MissingFileError(f"{config_path} does not exist; an adapter folder is written by PEFT save_pretrained")
     trained_on = json.loads(config_path.read_text()).get("base_model_name_or_path") or ""
     if trained_on and _model_stem(trained_on) != _model_stem(base_name):
         raise AdapterMismatchError(
@@ -80,7 +81,7 @@ def _check_shapes(weights: Path, base_name: str, base_model: torch.nn.Module) ->
     from safetensors import safe_open
 
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} does not exist; an adapter folder is written by PEFT save_pretrained")
+        raise MissingFileError(f"{weights} does not exist; an adapter folder is written by PEFT save_pretrained")
     modules = dict(base_model.named_modules())
     with safe_open(str(weights), framework="pt") as f:
         for key in f.keys():
@@ -115,14 +116,14 @@ def model_skeleton(name_or_path: str) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
-def load_for_evaluation(entry: ModelEntry) -> torch.nn.Module:
-    """The base model, with the adapter merged in when there is one, frozen and in eval mode.
+def load_for_evaluation(entry: ModelEntry, device: str | torch.device | None = None) -> torch.nn.Module:
+    """The base model on ``device``, with the adapter merged in when there is one, frozen and in eval mode.
 
     Merging makes generation as fast as the base model's; the base is loaded unquantised (float32 on
     CPU, bfloat16 on CUDA) whatever precision the adapter was trained in (QLoRA trains on NF4). Check
-    the adapter first with :func:`check_adapter`.
+    the adapter first with :func:`check_adapter`. ``device`` defaults to the current CUDA device, else the CPU.
     """
-    model = load_causal_lm(entry.base, quantization="none")
+    model = load_causal_lm(entry.base, quantization="none", device=device)
     if entry.adapter is not None:
         from peft import PeftModel
 

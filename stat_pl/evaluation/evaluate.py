@@ -63,6 +63,7 @@ def evaluate(
     grading_timeout_s: float = EvalSettings.grading_timeout_s,
     progress: bool = EvalSettings.progress,
     threads: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a base model and its adapters on benchmarks; write results, a table and plots.
 
@@ -86,6 +87,8 @@ def evaluate(
         progress: show progress bars.
         threads: torch CPU threads; None keeps torch's default (one per core). On a CPU shared with other
             jobs, 1 avoids threads spinning against them and can generate several times faster (bench/README.md).
+        device: where ``engine: hf`` loads each model (``cuda:1``, ``cpu``); default the current CUDA device, else
+            the CPU. vLLM places its own engine.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -106,7 +109,7 @@ def evaluate(
         )
     entries = [ModelEntry(base_label, model)]
     entries += [ModelEntry(label, model, path) for label, path in (adapters or {}).items()]
-    factory = engine_factory(engine, batch_size, with_adapters=bool(adapters), vllm=vllm)
+    factory = engine_factory(engine, batch_size, with_adapters=bool(adapters), vllm=vllm, device=device)
     skeleton = model_skeleton(model) if adapters else None
     for entry in entries[1:]:
         check_adapter(entry.adapter, model, skeleton)
@@ -122,7 +125,7 @@ def evaluate(
 
 
 def engine_factory(
-    engine: str, batch_size: int, with_adapters: bool, vllm: VLLMSettings | None = None
+    engine: str, batch_size: int, with_adapters: bool, vllm: VLLMSettings | None = None, device: str | None = None
 ) -> EngineFactory:
     """A function that builds the engine of one model; fails now, not after the first model, if it cannot."""
     if engine == "vllm":
@@ -134,7 +137,7 @@ def engine_factory(
     from stat_pl.tokenizer import load_tokenizer
 
     return lambda entry: HFEngine(
-        load_for_evaluation(entry), tokenizer=load_tokenizer(entry.base), batch_size=batch_size, progress=False
+        load_for_evaluation(entry, device), tokenizer=load_tokenizer(entry.base), batch_size=batch_size, progress=False
     )
 
 

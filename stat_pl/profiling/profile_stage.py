@@ -74,6 +74,7 @@ def profile(
     system_prompt: str | None = None,
     output_dir: str = "runs/profile",
     top_k: int = 20,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Build the student's Missing-Skill-Profile on validation questions; write it with responses and a summary.
 
@@ -96,6 +97,7 @@ def profile(
         system_prompt: an optional system turn; default the paper's 0-shot prompt, the question alone.
         output_dir: where everything is written; a rerun reuses its responses.
         top_k: skills in the bar chart.
+        device: where the student generates (``cuda:1``, ``cpu``); default the current CUDA device, else the CPU.
     """
     detector = detector or GroundTruthDetector()
     if detector.samples_per_question > 1 and temperature <= 0:
@@ -122,7 +124,7 @@ def profile(
         STORE_GROUP,
         records,
         setting,
-        lambda: _student_engine(student, adapter, batch_size),
+        lambda: _student_engine(student, adapter, batch_size, device),
         batch_size // setting.n,
         Timing(),
         model="student",
@@ -203,7 +205,7 @@ def _profiler(profiler: Profiler | None, teacher: Teacher | None, catalog: str, 
     return TeacherProfiler(teacher, catalog, benchmark)
 
 
-def _student_engine(student: str, adapter: str | None, batch_size: int) -> Engine:
+def _student_engine(student: str, adapter: str | None, batch_size: int, device: str | None) -> Engine:
     """The student (adapter checked against it, then merged) in an HFEngine; built only when needed."""
     from stat_pl.engines.hf import HFEngine
     from stat_pl.evaluation.adapters import check_adapter, load_for_evaluation, model_skeleton
@@ -212,7 +214,7 @@ def _student_engine(student: str, adapter: str | None, batch_size: int) -> Engin
     if adapter is not None:
         check_adapter(adapter, student, model_skeleton(student))
     return HFEngine(
-        load_for_evaluation(ModelEntry("student", student, adapter)),
+        load_for_evaluation(ModelEntry("student", student, adapter), device),
         tokenizer=load_tokenizer(student),
         batch_size=batch_size,
         progress=False,
