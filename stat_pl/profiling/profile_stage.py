@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from stat_pl.engines.base import Engine
-from stat_pl.evaluation.adapters import ModelEntry
+from stat_pl.engines.choice import EngineChoice, choose_engine
+from stat_pl.engines.vllm import VLLMSettings
+from stat_pl.evaluation.adapters import ModelEntry, check_adapter, model_skeleton
 from stat_pl.evaluation.benchmarks import split_math_test
 from stat_pl.evaluation.scoring import QuestionResult, SampleSetting, Timing
 from stat_pl.evaluation.store import ResultStore, result_key
@@ -74,6 +75,8 @@ def profile(
     system_prompt: str | None = None,
     output_dir: str = "runs/profile",
     top_k: int = 20,
+    engine: EngineChoice = "auto",
+    vllm: VLLMSettings | None = None,
     device: str | None = None,
 ) -> dict[str, Any]:
     """Build the student's Missing-Skill-Profile on validation questions; write it with responses and a summary.
@@ -97,7 +100,10 @@ def profile(
         system_prompt: an optional system turn; default the paper's 0-shot prompt, the question alone.
         output_dir: where everything is written; a rerun reuses its responses.
         top_k: skills in the bar chart.
-        device: where the student generates (``cuda:1``, ``cpu``); default the current CUDA device, else the CPU.
+        engine: what the student generates with: ``auto`` (vLLM on a GPU where it is installed, else HF:
+            :mod:`stat_pl.engines.choice`), ``hf`` or ``vllm``; ``vllm`` holds the model as :class:`VLLMSettings` say.
+        device: where ``engine: hf`` puts the student (``cuda:1``, ``cpu``); default the current CUDA device, else
+            the CPU.
     """
     detector = detector or GroundTruthDetector()
     if detector.samples_per_question > 1 and temperature <= 0:
@@ -118,17 +124,27 @@ def profile(
         seed=seed,
         system_prompt=system_prompt,
     )
-    store, model_id = ResultStore(output / GENERATIONS_FILE), ModelEntry("student", student, adapter).fingerprint()
-    generated = store.generate_missing(
-        model_id,
-        STORE_GROUP,
-        records,
-        setting,
-        lambda: _student_engine(student, adapter, batch_size, device),
-        batch_size // setting.n,
-        Timing(),
-        model="student",
-    )
+    entry = ModelEntry("student", student, adapter)
+    if adapter is not None:
+        check_adapter(adapter, student, model_skeleton(student))
+    from stat_pl.evaluation.evaluate import VLLMFactory, engine_factory
+
+    factory = engine_factory(choose_engine(engine, "engine"), batch_size, adapter is not None, vllm, device)
+    store, model_id = ResultStore(output / GENERATIONS_FILE), entry.fingerprint()
+    try:
+        generated = store.generate_missing(
+            model_id,
+            STORE_GROUP,
+            records,
+            setting,
+            lambda: factory(entry),
+            batch_size // setting.n,
+            Timing(),
+            model="student",
+        )
+    finally:
+        if isinstance(factory, VLLMFactory):
+            factory.close()
     results = [store.get(result_key(model_id, STORE_GROUP, r, setting)) for r in records]
     attempts = [Attempt(r, tuple(result.responses)) for r, result in zip(records, results, strict=True)]
     difficult, diagnoses = judge(attempts, detector, profiler)
@@ -203,22 +219,6 @@ def _profiler(profiler: Profiler | None, teacher: Teacher | None, catalog: str, 
             "`profiler` that needs none (class_path stat_pl.profiling.proxy.SkillMapProxy)"
         )
     return TeacherProfiler(teacher, catalog, benchmark)
-
-
-def _student_engine(student: str, adapter: str | None, batch_size: int, device: str | None) -> Engine:
-    """The student (adapter checked against it, then merged) in an HFEngine; built only when needed."""
-    from stat_pl.engines.hf import HFEngine
-    from stat_pl.evaluation.adapters import check_adapter, load_for_evaluation, model_skeleton
-    from stat_pl.tokenizer import load_tokenizer
-
-    if adapter is not None:
-        check_adapter(adapter, student, model_skeleton(student))
-    return HFEngine(
-        load_for_evaluation(ModelEntry("student", student, adapter), device),
-        tokenizer=load_tokenizer(student),
-        batch_size=batch_size,
-        progress=False,
-    )
 
 
 def _write_responses(
