@@ -23,8 +23,8 @@ import lightning as L
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
-from stat_pl.plots import plot_bars
 from stat_pl.missing_skill_profile import MissingSkillProfile
+from stat_pl.plots import plot_bars
 from stat_pl.profiling.base import Attempt, Profiler
 from stat_pl.profiling.proxy import SkillMapProxy
 

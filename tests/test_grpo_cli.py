@@ -35,10 +35,12 @@ def grpo_config(tmp_path: Path, model_dir: Path, **trainer) -> Path:
     )
     config["model"]["init_args"].update(
         {
-            "model": str(model_dir),
-            "quantization": "none",
-            "compute_dtype": "float32",
-            "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+            "student": {
+                "model": str(model_dir),
+                "quantization": "none",
+                "compute_dtype": "float32",
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+            },
             "max_new_tokens": 12,
             "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-2}},
             "rewards": [{"class_path": "grpo_helpers.CharReward"}],

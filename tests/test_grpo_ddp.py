@@ -1,8 +1,6 @@
 """GRPO under DDP for real (2 gloo CPU processes): the step's gradient is the single-process gradient of all groups,
 and a rank that skips every group (all its advantages are 0) does not hang the other."""
 
-from types import SimpleNamespace
-
 import torch
 import yaml
 from peft import set_peft_model_state_dict
@@ -10,20 +8,21 @@ from test_grpo_cli import grpo_config
 from test_sft_cli import run_cli
 
 from stat_pl.engines.base import Completion
-from stat_pl.models import LoRAConfig, load_causal_lm, load_tokenizer
-from stat_pl.modules.grpo import micro_batch_loss
-from stat_pl.modules.grpo_forward import right_pad
-from stat_pl.modules.grpo_loss import update_normaliser
+from stat_pl.models import LoRAConfig, load_causal_lm
+from stat_pl.modules.grpo_forward import LogprobForward, micro_batch_loss
+from stat_pl.modules.grpo_loss import PolicyLoss
 from stat_pl.modules.rollouts import Rollouts
+from stat_pl.padding import right_pad
+from stat_pl.tokenizer import load_tokenizer
 
 
 def test_two_ranks_sum_to_the_single_process_gradient_with_uneven_skipping(tmp_path, tiny_model_dir):
     config_path = grpo_config(tmp_path, tiny_model_dir, devices=2, strategy="ddp", max_steps=2)
     config = yaml.safe_load(config_path.read_text())
     settings = config["model"]["init_args"]
+    settings["student"]["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0}
     settings.update(
         {
-            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
             "max_grad_norm": None,
             "rewards": [{"class_path": "grpo_helpers.QuietOnRankOne"}],
         }
@@ -54,24 +53,14 @@ def test_two_ranks_sum_to_the_single_process_gradient_with_uneven_skipping(tmp_p
         )
         for r in ranks
     ]
-    hparams = SimpleNamespace(
-        **{
-            "shared_prompt_forward": True,
-            "gradient_checkpointing": False,
-            "logit_chunk_tokens": None,
-            "epsilon_high": None,
-            "beta": 0.0,
-            **settings,
-        }
-    )
+    forward = LogprobForward(settings["temperature"])
+    loss_of = PolicyLoss(settings["max_new_tokens"], settings["loss_aggregation"], settings["epsilon"])
     normaliser = sum(
-        update_normaliser(right_pad(r.completion_ids([g]), 0)[1], hparams.loss_aggregation, hparams.max_new_tokens)
-        for r in rollouts
-        for g in range(4)
+        loss_of.normaliser_share(right_pad(r.completion_ids([g]), 0)[1]) for r in rollouts for g in range(4)
     )
     pad = load_tokenizer(str(tiny_model_dir)).pad_token_id
     for r in rollouts:  # one process, every group of both ranks (no skipping), one backward each
-        loss, _ = micro_batch_loss(model, r, list(range(4)), normaliser, None, {}, pad, hparams)
+        loss, _ = micro_batch_loss(model, r, list(range(4)), normaliser, None, {}, pad, forward, loss_of)
         loss.backward()
     single = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert any(float(g.abs().sum()) > 0 for g in single.values())

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stat_pl.modules.grpo_loss import (
+    PolicyLoss,
     aggregate,
     clipped_surrogate,
     group_advantages,
@@ -83,6 +84,20 @@ def test_clipped_surrogate_by_hand():
 def test_k3_kl_by_hand():
     kl = k3_kl(torch.tensor([0.0, 0.3]), torch.tensor([math.log(2.0), 0.3]))
     assert kl.tolist() == pytest.approx([2 - math.log(2.0) - 1, 0.0], abs=1e-6)
+
+
+@pytest.mark.parametrize("correction, expected_grad", [(False, 0.5), (True, math.log(2.0))])
+def test_kl_importance_correction_by_hand(correction, expected_grad):
+    """At the old policy both KL terms are worth k3; the ratio-weighted one (TRL's default) has the reverse KL's
+    gradient ``log(pi / ref)``, the plain k3 ``1 - ref / pi``. pi = 0.5, ref = 0.25, advantage 0: the KL alone."""
+    logp = torch.tensor([[math.log(0.5)]], requires_grad=True)
+    ref = torch.tensor([[math.log(0.25)]])
+    loss, sums = PolicyLoss(max_new_tokens=4, beta=1.0, kl_importance_correction=correction)(
+        logp, logp.detach(), torch.zeros(1), torch.ones(1, 1), 1.0, ref
+    )
+    assert loss.item() == pytest.approx(math.log(2.0) - 0.5) and sums["kl"] == pytest.approx(math.log(2.0) - 0.5)
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert grad.item() == pytest.approx(expected_grad)
 
 
 @pytest.mark.parametrize(

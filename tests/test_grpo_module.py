@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from stat_pl.data.prompt_datamodule import PromptDataModule
 from stat_pl.data.skillworld import SkillWorldSource
 from stat_pl.engines.vllm import VLLMSettings
-from stat_pl.models import LoRAConfig
+from stat_pl.models import LoRAConfig, StudentConfig
 from stat_pl.modules.grpo import GRPOModule
 
 
@@ -34,10 +34,8 @@ class Collect(Callback):
 
 def fit(model_dir, steps: int = 2, trainer_args: dict | None = None, callbacks: list | None = None, **module_args):
     L.seed_everything(0)
+    student = StudentConfig(str(model_dir), "none", "float32", LoRAConfig(r=4, alpha=8, dropout=0.0))
     args = {
-        "quantization": "none",
-        "compute_dtype": "float32",
-        "lora": LoRAConfig(r=4, alpha=8, dropout=0.0),
         "optimizer": lambda params: torch.optim.AdamW(params, lr=1e-2),
         "num_generations": 4,
         "max_new_tokens": 12,
@@ -45,7 +43,7 @@ def fit(model_dir, steps: int = 2, trainer_args: dict | None = None, callbacks: 
         **module_args,
     }
     trainer_args = {"default_root_dir": tempfile.mkdtemp(prefix="grpo-fit-"), **(trainer_args or {})}
-    module = GRPOModule(str(model_dir), **args)
+    module = GRPOModule(student, **args)
     data = PromptDataModule(
         str(model_dir), train=[SkillWorldSource(n=40, levels=(1,))], batch_size=4, samples_per_epoch=16
     )
@@ -113,20 +111,23 @@ def test_trainer_settings_that_manual_optimisation_ignores_name_the_module_field
         fit(tiny_model_dir, steps=1, trainer_args=setting)
 
 
+UNUSED = StudentConfig("unused")  # never built: these checks run in the constructor
+
+
 def test_vllm_settings_without_the_vllm_engine_are_refused():
     with pytest.raises(ValueError, match="model.vllm is set but model.engine is 'hf'"):
-        GRPOModule("unused", vllm=VLLMSettings(kv_cache_gib=0.5))
-    with pytest.raises(ValueError, match="model.engine must be 'hf' or 'vllm'"):
-        GRPOModule("unused", engine="sglang")
+        GRPOModule(UNUSED, engine="hf", vllm=VLLMSettings(kv_cache_gib=0.5))
+    with pytest.raises(ValueError, match="model.engine: unknown engine 'sglang'"):
+        GRPOModule(UNUSED, engine="sglang")
 
 
 @pytest.mark.parametrize("field", ["mini_batch_groups", "micro_batch_groups"])
 def test_batch_sizes_under_one_group_are_refused(field):
     with pytest.raises(ValueError, match=f"model.{field} must be >= 1 or null"):
-        GRPOModule("unused", **{field: 0})
+        GRPOModule(UNUSED, **{field: 0})
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_the_vllm_engine_without_vllm_fails_before_loading_a_model():
     with pytest.raises(RuntimeError, match="model.engine: vllm needs vLLM"):
-        GRPOModule("unused", engine="vllm")
+        GRPOModule(UNUSED, engine="vllm")

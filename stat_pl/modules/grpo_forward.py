@@ -1,5 +1,9 @@
 """GRPO's training forward: per-token log-probs of G completions of one prompt, the prompt forwarded once.
 
+:class:`~stat_pl.modules.grpo.GRPOModule` calls :func:`micro_batch_loss` for each backward (the forward, then
+:class:`~stat_pl.modules.grpo_loss.PolicyLoss`) and :func:`sequence_logprobs` for the old policy's and the
+reference's log-probs; :func:`completion_logprobs` below is the forward itself.
+
 A group's G completions share their prompt. :func:`completion_logprobs` runs the decoder over each
 prompt once, repeats its KV cache G times and runs only the completions on top of it, so a prompt of
 ``T`` tokens costs ``T`` instead of ``G x T`` token-forwards, and gradients still reach the adapter
@@ -13,25 +17,114 @@ checkpointing, which turns the KV cache off).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch.utils.checkpoint import checkpoint
 
-from stat_pl.engines.hf import left_pad
 from stat_pl.models import CACHE_KWARG
-from stat_pl.modules.grpo_loss import token_logprobs
+from stat_pl.modules.grpo_loss import PolicyLoss, token_logprobs
+from stat_pl.modules.rollouts import Rollouts
+from stat_pl.padding import left_pad, pad_values, right_pad
+
+#: A completion of a rollout batch: (group, position within the group).
+Row = tuple[int, int]
 
 
-def right_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids[N, L], mask[N, L])``, each sequence left-aligned (completions follow their prompt)."""
-    width = max(1, max(len(s) for s in sequences))
-    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.float32)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
+@dataclass(frozen=True)
+class LogprobForward:
+    """How the training forward scores completions, built once from :class:`GRPOModule`'s arguments.
+
+    ``temperature`` is the sampling temperature (log-probs of the distribution the rollouts came from);
+    ``shared_prompt`` forwards each prompt once for its G completions (off under gradient checkpointing, which
+    turns the KV cache off); ``chunk_tokens`` runs the LM head over that many completion positions of every row at
+    a time (None: all at once).
+    """
+
+    temperature: float = 1.0
+    shared_prompt: bool = True
+    chunk_tokens: int | None = None
+
+
+def rollout_logprobs(
+    model: torch.nn.Module, rollouts: Rollouts, groups: Sequence[int], pad_token_id: int, forward: LogprobForward
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs, entropies and mask ``[n, L]`` of the completions of ``groups``, group after group."""
+    return completion_logprobs(
+        model,
+        [rollouts.prompt_ids[g] for g in groups],
+        rollouts.completion_ids(groups),
+        forward.temperature,
+        pad_token_id,
+        shared_prompt=forward.shared_prompt,
+        chunk_tokens=forward.chunk_tokens,
+    )
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model: torch.nn.Module,
+    rollouts: Rollouts,
+    groups: Sequence[int],
+    pad_token_id: int,
+    forward: LogprobForward,
+    micro_groups: int | None,
+) -> dict[Row, torch.Tensor]:
+    """Each completion's log-probs ``[its length]`` without gradient, ``micro_groups`` groups per forward (None:
+    all at once): the "old" policy's or the reference's, in whatever mode the caller put ``model`` in."""
+    out: dict[Row, torch.Tensor] = {}
+    micro = micro_groups or max(1, len(groups))
+    for start in range(0, len(groups), micro):
+        chunk = list(groups[start : start + micro])
+        logp, _, mask = rollout_logprobs(model, rollouts, chunk, pad_token_id, forward)  # [n, L]
+        rows = [(g, i) for g in chunk for i in range(rollouts.group_size)]
+        out.update({r: logp[n, : int(mask[n].sum())] for n, r in enumerate(rows)})
+    return out
+
+
+@contextmanager
+def reference_policy(model: torch.nn.Module, initial_adapter: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """``model`` (PEFT) as the KL reference inside the block: with ``initial_adapter`` (training went on from a saved
+    adapter) that adapter swapped in for the current one, else the base model with the adapter disabled."""
+    if initial_adapter is None:
+        with model.disable_adapter():
+            yield
+        return
+    current = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    set_peft_model_state_dict(model, initial_adapter)
+    try:
+        yield
+    finally:
+        set_peft_model_state_dict(model, current)
+
+
+def micro_batch_loss(
+    model: torch.nn.Module,
+    rollouts: Rollouts,
+    groups: list[int],
+    normaliser: float,
+    old: dict[Row, torch.Tensor] | None,
+    ref: dict[Row, torch.Tensor],
+    pad_token_id: int,
+    forward: LogprobForward,
+    loss: PolicyLoss,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """This micro-batch's part of an update's loss (over the update's global ``normaliser``) and its sums to log.
+
+    ``old`` holds each completion's old log-probs (None: on-policy, the current ones detached); ``ref`` the
+    reference's, used when ``loss.beta > 0``. The sums are :class:`PolicyLoss`'s and ``entropy``.
+    """
+    logp, entropy, mask = rollout_logprobs(model, rollouts, groups, pad_token_id, forward)  # [n, L] each
+    rows = [(g, i) for g in groups for i in range(rollouts.group_size)]
+    old_logp = logp.detach() if old is None else pad_values([old[r] for r in rows], logp.shape[1])  # [n, L]
+    ref_logp = pad_values([ref[r] for r in rows], logp.shape[1]) if loss.beta > 0 else None  # [n, L]
+    advantages = rollouts.advantages[groups].flatten().to(logp.device)  # [n]
+    value, sums = loss(logp, old_logp, advantages, mask, normaliser, ref_logp)
+    sums["entropy"] = float((entropy * mask).sum())
+    return value, sums
 
 
 def completion_logprobs(

@@ -20,6 +20,7 @@ loss of the whole update computed at once, so the gradient does not depend on ho
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -56,46 +57,18 @@ def token_logprobs(
     distribution), and the entropy of that distribution at each position (for logging; no gradient).
 
     ``logits[..., V]`` are the logits that predict ``targets[...]`` (already shifted by the caller).
-    Returns ``(logp[...], entropy[...])``; see :class:`_TokenLogprobs` for how.
+    Returns ``(logp[...], entropy[...])``, both float32, also under bf16 autocast (which would otherwise run
+    the softmax's reductions over the vocabulary in bf16).
     """
-    return _TokenLogprobs.apply(logits, targets, temperature)
-
-
-class _TokenLogprobs(torch.autograd.Function):
-    """``log p(target) = z[target] - logsumexp(z)`` with ``z = logits / T``, and the entropy, in few passes over V.
-
-    The vocabulary is the widest axis of a GRPO step (49,152 for SmolLM2, 128,256 for Llama 3), so passes
-    over ``[..., V]`` count. The forward keeps the softmax it needs for the entropy,
-    ``logsumexp(z) - sum(softmax(z) * z)``, and the backward reuses it: the gradient of ``log p(target)`` is
-    ``(onehot(target) - softmax(z)) / T``, one product and a scatter. Autograd's own graph for the same
-    expression would rebuild the softmax in ``logsumexp``'s backward, fill a zero ``[..., V]`` tensor for the
-    gather's, and add the two.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temperature: float):
+    with torch.autocast(logits.device.type, enabled=False):
         z = logits.float()  # [..., V]
         if temperature != 1.0:
             z = z / temperature
-        lse = torch.logsumexp(z, dim=-1)  # [...]
-        probs = (z - lse.unsqueeze(-1)).exp_()  # [..., V]
-        with torch.autocast(z.device.type, enabled=False):  # a float32 dot product, also under bf16 autocast
-            entropy = lse - (probs.unsqueeze(-2) @ z.unsqueeze(-1)).view(lse.shape)  # [...]
-        logp = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # [...]
-        ctx.save_for_backward(probs, targets)
-        ctx.temperature, ctx.logits_dtype = temperature, logits.dtype
-        ctx.mark_non_differentiable(entropy)
-        return logp, entropy
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_logp: torch.Tensor, grad_entropy: torch.Tensor):
-        probs, targets = ctx.saved_tensors
-        grad = probs * grad_logp.neg().unsqueeze(-1)  # [..., V]
-        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1))
-        if ctx.temperature != 1.0:
-            grad.div_(ctx.temperature)
-        return grad.to(ctx.logits_dtype), None, None
+        log_probs = torch.log_softmax(z, dim=-1)  # [..., V]
+        logp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [...]
+        with torch.no_grad():
+            entropy = -(log_probs.exp() * log_probs).sum(-1)  # [...]
+    return logp, entropy
 
 
 def clipped_surrogate(
@@ -154,6 +127,58 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: Aggregat
     raise ValueError(f"loss aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean of ``values`` over the real tokens (for logging)."""
-    return float((values * mask).sum() / mask.sum().clamp(min=1))
+@dataclass(frozen=True)
+class PolicyLoss:
+    """GRPO's per-token objective and its aggregation, built once from :class:`GRPOModule`'s arguments.
+
+    Per token: PPO's clipped surrogate (:func:`clipped_surrogate`), plus ``beta`` x the k3 KL to the reference
+    (:func:`k3_kl`), which ``kl_importance_correction`` multiplies by the ratio ``pi / pi_old`` (TRL's
+    ``use_bias_correction_kl``: an unbiased gradient of the reverse KL, DeepSeek-V3.2). Then
+    :func:`aggregate` over the update's global normaliser (:meth:`normaliser_share` per micro-batch).
+    """
+
+    max_new_tokens: int
+    aggregation: Aggregation = "token_mean"
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    beta: float = 0.0
+    kl_importance_correction: bool = False
+
+    def normaliser_share(self, mask: torch.Tensor) -> float:
+        """This micro-batch's share of the update's denominator (:func:`update_normaliser`)."""
+        return update_normaliser(mask, self.aggregation, self.max_new_tokens)
+
+    def __call__(
+        self,
+        logp: torch.Tensor,
+        old_logp: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        normaliser: float,
+        ref_logp: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """This micro-batch's part of the update's loss, and its sums over real tokens to log.
+
+        ``logp``, ``old_logp``, ``ref_logp`` and ``mask`` are ``[N, L]``, ``advantages`` ``[N]``; ``ref_logp`` (the
+        reference's log-probs) is needed when ``beta > 0``. The sums: ``tokens``, ``clip_low`` / ``clip_high``
+        (tokens whose gradient the clip removed), ``approx_kl`` (k3 to the old policy), ``kl`` (the weighted term
+        the loss adds, when ``beta > 0``) and ``loss``.
+        """
+        per_token, low, high = clipped_surrogate(logp, old_logp, advantages, self.epsilon, self.epsilon_high)
+        sums = {
+            "tokens": float(mask.sum()),
+            "clip_low": float((low * mask).sum()),
+            "clip_high": float((high * mask).sum()),
+            "approx_kl": float((k3_kl(logp.detach(), old_logp) * mask).sum()),
+        }
+        if self.beta > 0:
+            if ref_logp is None:
+                raise ValueError("beta > 0 needs the reference model's log-probs (ref_logp)")
+            kl = k3_kl(logp, ref_logp)  # [N, L]
+            if self.kl_importance_correction:
+                kl = kl * torch.exp(logp - old_logp)  # [N, L]
+            per_token = per_token + self.beta * kl  # [N, L]
+            sums["kl"] = float((kl.detach() * mask).sum())
+        loss = aggregate(per_token, mask, self.aggregation, normaliser)
+        sums["loss"] = float(loss.detach())
+        return loss, sums

@@ -1,15 +1,11 @@
-"""One GRPO rollout batch: prompts, their groups of completions, rewards and advantages; and phase timing."""
+"""One GRPO rollout batch: prompts, their groups of completions, rewards and advantages."""
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from stat_pl.engines.base import Completion
 
@@ -41,57 +37,21 @@ class Rollouts:
         """The groups whose advantages are not all zero (the others add nothing to the policy gradient)."""
         return [g for g in groups if bool(self.advantages[g].ne(0).any())]
 
+    def generated_tokens(self) -> int:
+        """Completion tokens of the whole batch."""
+        return sum(len(c.token_ids) for group in self.completions for c in group)
 
-def pad_values(rows: Sequence[torch.Tensor], width: int) -> torch.Tensor:
-    """Stack 1-D float tensors, right-padded with 0 to ``width``: ``[N, width]``."""
-    out = torch.zeros(len(rows), width, dtype=torch.float32, device=rows[0].device if rows else None)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = row
-    return out
-
-
-class PhaseTimer:
-    """Wall seconds per named phase (sync, generation, reward, train) of one step."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] += time.perf_counter() - started
-
-
-def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def all_reduce_sum(value: float, device: torch.device) -> float:
-    """``value`` summed over ranks (itself in a single process)."""
-    if not distributed():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return float(tensor)
-
-
-def all_reduce_gradients(params: Sequence[torch.nn.Parameter]) -> None:
-    """Sum the gradients over ranks in one flat buffer; a rank that skipped its backward sends zeros.
-
-    Every rank calls this exactly once per optimizer step however many backwards it ran (zero when
-    all its groups were skipped), so uneven skipping cannot leave a rank waiting in a collective.
-    """
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    if not distributed():
-        return
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
-        offset += p.numel()
+    def summary(self) -> dict[str, float]:
+        """What a run logs about its rollouts each step: rewards, their parts, lengths, truncation."""
+        flat = [c for group in self.completions for c in group]
+        lengths = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.float32)
+        groups = len(self.completions)
+        return {
+            "reward/mean": float(self.rewards.mean()),
+            "reward/std": float(self.rewards.std()),
+            **{f"reward/{name}": float(part.mean()) for name, part in self.parts.items()},
+            "zero_variance_groups": 1.0 - len(self.informative(range(groups))) / groups,
+            "completion/length_mean": float(lengths.mean()),
+            "completion/length_max": float(lengths.max()),
+            "completion/truncated": sum(c.finish_reason == "length" for c in flat) / len(flat),
+        }
