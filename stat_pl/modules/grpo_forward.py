@@ -73,15 +73,20 @@ def sequence_logprobs(
     forward: LogprobForward,
     micro_groups: int | None,
 ) -> dict[Row, torch.Tensor]:
-    """Each completion's log-probs ``[its length]`` without gradient, ``micro_groups`` groups per forward (None:
-    all at once): the "old" policy's or the reference's, in whatever mode the caller put ``model`` in."""
+    """Each completion's log-probs ``[its length]`` without gradient and without dropout (in eval mode, train mode put
+    back after), ``micro_groups`` groups per forward (None: all at once): the "old" policy's or the reference's."""
     out: dict[Row, torch.Tensor] = {}
     micro = micro_groups or max(1, len(groups))
-    for start in range(0, len(groups), micro):
-        chunk = list(groups[start : start + micro])
-        logp, _, mask = rollout_logprobs(model, rollouts, chunk, pad_token_id, forward)  # [n, L]
-        rows = [(g, i) for g in chunk for i in range(rollouts.group_size)]
-        out.update({r: logp[n, : int(mask[n].sum())] for n, r in enumerate(rows)})
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(groups), micro):
+            chunk = list(groups[start : start + micro])
+            logp, _, mask = rollout_logprobs(model, rollouts, chunk, pad_token_id, forward)  # [n, L]
+            rows = [(g, i) for g in chunk for i in range(rollouts.group_size)]
+            out.update({r: logp[n, : int(mask[n].sum())] for n, r in enumerate(rows)})
+    finally:
+        model.train(was_training)
     return out
 
 
