@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stat_pl.errors import MissingFileError, UserError
 from stat_pl.records import ProblemRecord
 from stat_pl.skills import SkillCatalog, SkillMap, normalize_skill
 
@@ -134,19 +135,21 @@ class MissingSkillProfile:
         """Load a profile; with ``catalog``, every skill must be in it (else an error naming the file)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"profile {path} does not exist")
+            raise MissingFileError(f"profile {path} does not exist")
         try:
             payload = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+            raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        if not isinstance(payload, dict):
+            raise UserError(f"{path}: expected a profile object with 'questions' and 'histogram'")
         questions = payload.get("questions")
         if not isinstance(questions, dict) or not all(
             isinstance(s, list) and all(isinstance(x, str) for x in s) for s in questions.values()
         ):
-            raise ValueError(f"{path}: field 'questions' must map question ids to lists of skill names")
+            raise UserError(f"{path}: field 'questions' must map question ids to lists of skill names")
         histogram = payload.get("histogram") or {}
         if not isinstance(histogram, dict) or not all(isinstance(c, (int, float)) for c in histogram.values()):
-            raise ValueError(f"{path}: field 'histogram' must map skill names to numbers")
+            raise UserError(f"{path}: field 'histogram' must map skill names to numbers")
         profile = cls(questions, histogram, payload.get("meta") or {})
         if catalog is not None:
             profile.validate(catalog, where=str(path))

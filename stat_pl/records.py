@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stat_pl.errors import MissingFileError, UserError
 from stat_pl.skills import normalize_skill
 
 RECORD_FIELDS = ("id", "problem", "answer", "solutions", "subject", "level", "skills", "source")
@@ -56,7 +57,7 @@ PROVENANCE_KEYS = (
 ORIGINS = ("pool", "teacher_answer", "synthetic")
 
 
-class RecordError(ValueError):
+class RecordError(UserError):
     """A row that cannot become a :class:`ProblemRecord`; the message names file, row and field."""
 
 
@@ -146,7 +147,7 @@ class RecordSource(DataSource):
     def __post_init__(self) -> None:
         unknown = sorted(set(self.fields) - set(RECORD_FIELDS))
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"RecordSource({self.path}).fields: unknown record field(s) {unknown}; known: {list(RECORD_FIELDS)}"
             )
 
@@ -183,12 +184,15 @@ def _iter_rows(source: RecordSource) -> Iterator[tuple[str, Mapping[str, Any]]]:
     path = Path(source.path)
     suffix = path.suffix.lower()
     if suffix in _FILE_SUFFIXES and not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist (resolved to {path.resolve()})")
+        raise MissingFileError(f"data file {path} does not exist (resolved to {path.resolve()})")
     if suffix == ".jsonl":
         yield from _iter_jsonl(path)
     elif suffix == ".json":
-        data = json.loads(path.read_text())
-        rows = data if isinstance(data, list) else data.get("data")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise RecordError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        rows = data if isinstance(data, list) else data.get("data") if isinstance(data, dict) else None
         if not isinstance(rows, list):
             raise RecordError(f"{path}: expected a JSON list of rows (or {{'data': [...]}})")
         for i, row in enumerate(rows):

@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 
 from stat_pl.engines.base import Completion
+from stat_pl.errors import UserError
 from stat_pl.grading import DEFAULT_TIMEOUT_S, extract_answer, grade
 
 
@@ -78,7 +79,7 @@ class OverlongPenalty:
 
     def __post_init__(self) -> None:
         if not 0 < self.buffer_tokens <= self.max_new_tokens:
-            raise ValueError(
+            raise UserError(
                 f"OverlongPenalty.buffer_tokens must be in (0, max_new_tokens={self.max_new_tokens}], "
                 f"got {self.buffer_tokens}"
             )
@@ -96,9 +97,9 @@ def combine(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted total reward per completion ``[N]`` and each part's unweighted scores ``{name: [N]}``."""
     if not rewards:
-        raise ValueError("model.rewards is empty: give at least one reward (e.g. CorrectnessReward)")
+        raise UserError("model.rewards is empty: give at least one reward (e.g. CorrectnessReward)")
     parts = {r.name: torch.tensor(r.score(completions, answers), dtype=torch.float32) for r in rewards}
     if len(parts) != len(rewards):
-        raise ValueError(f"model.rewards: two rewards share a name ({[r.name for r in rewards]}); rename one")
+        raise UserError(f"model.rewards: two rewards share a name ({[r.name for r in rewards]}); rename one")
     total = sum(r.weight * parts[r.name] for r in rewards)
     return total, parts

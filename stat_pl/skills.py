@@ -12,19 +12,18 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from stat_pl.records import ProblemRecord
+from stat_pl.errors import MissingFileError, UserError
 
 _SEPARATORS = re.compile(r"[\s\-_]+")
 
 
-class UnknownSkillError(ValueError):
+class UnknownSkillError(UserError):
     """A skill name that the catalog does not contain."""
 
 
-class CatalogKeyError(KeyError):
+class CatalogKeyError(UserError, KeyError):
     """A benchmark or subject that the skill catalog does not have; the message names the catalog."""
 
     def __str__(self) -> str:  # KeyError would quote the message
@@ -55,8 +54,11 @@ class SkillCatalog:
         """Load ``{benchmark: {subject: [skill, ...]}}`` (or ``{benchmark: [skill, ...]}``, one subject)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"skill catalog {path} does not exist")
-        data = json.loads(path.read_text())
+            raise MissingFileError(f"skill catalog {path} does not exist")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"skill catalog {path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
         if benchmark not in data:
             raise CatalogKeyError(f"{path}: no benchmark {benchmark!r}; the file has {sorted(data)}")
         entry = data[benchmark]
@@ -92,6 +94,19 @@ class SkillCatalog:
             )
 
 
+class LabelledProblem(Protocol):
+    """What a Skill-Map reads of a problem (a :class:`~stat_pl.records.ProblemRecord` is one): its id and skills.
+
+    Named here rather than imported, so skills (the names records are labelled with) do not depend on records.
+    """
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def skills(self) -> tuple[str, ...]: ...
+
+
 class SkillMap:
     """Skill <-> problem ids, built from the records' ``skills`` labels."""
 
@@ -104,7 +119,7 @@ class SkillMap:
         self._skills = {pid: tuple(s) for pid, s in skills_by_problem.items()}
 
     @classmethod
-    def from_records(cls, records: Iterable[ProblemRecord]) -> SkillMap:
+    def from_records(cls, records: Iterable[LabelledProblem]) -> SkillMap:
         problems: dict[str, list[str]] = defaultdict(list)
         for record in records:
             for skill in record.skills:

@@ -68,9 +68,11 @@ def test_a_profile_reruns_from_its_saved_config(
 
 
 def test_a_catalog_without_the_benchmark_is_a_one_line_error(
-    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("STAT_PL_TRACEBACK", raising=False)
     with pytest.raises(SystemExit) as exited:
         main(["build", "--config", "configs/build_stat_sel.yaml", "--benchmark=MATH9", f"--output_dir={tmp_path}"])
-    assert str(exited.value).startswith("stat_pl build: error: ") and "no benchmark 'MATH9'" in str(exited.value)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2 and line.startswith("stat_pl build: error: ") and "no benchmark 'MATH9'" in line

@@ -12,6 +12,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from stat_pl.errors import UserError
 from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import ORIGINS, PROVENANCE_KEYS, BuiltRow, ProblemRecord  # noqa: F401 (re-exported)
 from stat_pl.skills import SkillMap
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from stat_pl.teacher.base import Teacher
 
 
-class BuildInputError(ValueError):
+class BuildInputError(UserError):
     """A profile, pool or config that a builder cannot use; the message names the file and field."""
 
 

@@ -22,6 +22,7 @@ from stat_pl.building.checks import check_pool, check_positive, check_profile, d
 from stat_pl.building.embedding import EmbeddingModel, nearest_neighbours
 from stat_pl.building.selection import AnswerSettings, Pick, cut_synthetic, expand, subsample, teacher_answers
 from stat_pl.building.synthesis import ProposalTask, SynthesisSettings, synthesize
+from stat_pl.errors import UserError
 from stat_pl.records import ProblemRecord
 from stat_pl.teacher.templates import PromptTemplates, format_examples
 
@@ -171,7 +172,7 @@ class EmbedSyn:
             target_size=self.target_size,
         )
         if self.examples_per_prompt > self.neighbours:
-            raise ValueError(
+            raise UserError(
                 f"{self.name}: examples_per_prompt={self.examples_per_prompt} is more than neighbours={self.neighbours}"
             )
         teacher = inputs.require_teacher(self.name, "it writes and solves the new questions")

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from stat_pl.errors import UserError
 from stat_pl.records import ProblemRecord, problem_tokens
 
 
@@ -44,9 +45,9 @@ class ContaminationGuard:
 
     def __init__(self, ngram: int = 8, max_overlap: float = 0.5) -> None:
         if ngram < 1:
-            raise ValueError(f"contamination ngram must be >= 1, got {ngram}")
+            raise UserError(f"contamination ngram must be >= 1, got {ngram}")
         if not 0.0 < max_overlap <= 1.0:
-            raise ValueError(f"contamination max_overlap must be in (0, 1], got {max_overlap}")
+            raise UserError(f"contamination max_overlap must be in (0, 1], got {max_overlap}")
         self.ngram = ngram
         self.max_overlap = max_overlap
         self._exact: dict[tuple[str, ...], int] = {}

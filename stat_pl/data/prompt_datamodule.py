@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from stat_pl.data.base import SkillWeightedDataModule
 from stat_pl.data.formatting import encode_prompt
+from stat_pl.errors import UserError
 from stat_pl.records import DataSource, ProblemRecord
 
 
@@ -51,7 +52,7 @@ class PromptDataModule(SkillWeightedDataModule):
         for i, record in enumerate(records):
             if not record.answer.strip():
                 if not self.skip_unanswered:
-                    raise ValueError(
+                    raise UserError(
                         f"record {record.id!r} (source {record.source!r}) has an empty field 'answer': "
                         "GRPO's reward needs a gold answer; fill it in, drop the row, or set "
                         "data.skip_unanswered: true"
@@ -71,10 +72,6 @@ class PromptDataModule(SkillWeightedDataModule):
             rank_zero_warn(
                 f"PromptDataModule: skipped {len(too_long)} prompt(s) longer than max_prompt_length="
                 f"{self.max_prompt_length} tokens, e.g. {too_long[:3]}; raise it to keep them"
-            )
-        if records and not examples:
-            raise ValueError(
-                f"PromptDataModule: every prompt is longer than max_prompt_length={self.max_prompt_length}"
             )
         return examples
 

@@ -23,6 +23,8 @@ from typing import Literal
 import torch
 from torch.utils.data import Sampler
 
+from stat_pl.errors import UserError
+
 Sampling = Literal["auto", "permutation", "weighted"]
 
 
@@ -127,7 +129,7 @@ class EpochPermutationSampler(Sampler[int]):
     def set_weights(self, weights: Sequence[float], resize: bool = False) -> None:
         """Follow a pool that grew to ``len(weights)`` rows (from the next epoch); never re-weight."""
         if not resize:
-            raise ValueError(
+            raise UserError(
                 "data.sampling: permutation goes through every row once per epoch and "
                 "takes no sampling weights; set data.sampling: weighted to sample by a profile "
                 "(initial_profile, the SkillReprofiler)"
@@ -165,7 +167,7 @@ class EpochPermutationSampler(Sampler[int]):
 def _check_kind(state: dict, kind: str) -> None:
     saved = state.get("kind", "weighted")  # checkpoints written before the permutation mode were weighted
     if saved != kind:
-        raise ValueError(
+        raise UserError(
             f"the checkpoint's sampler is {saved!r} but this run's data.sampling resolves to {kind!r}; "
             f"resume with data.sampling: {saved}"
         )
@@ -184,7 +186,7 @@ def resolve_sampling(
     pool) must say ``sampling: weighted``; the permutation sampler refuses new weights with that hint.
     """
     if sampling not in ("auto", "permutation", "weighted"):
-        raise ValueError(f"data.sampling must be 'auto', 'permutation' or 'weighted', got {sampling!r}")
+        raise UserError(f"data.sampling must be 'auto', 'permutation' or 'weighted', got {sampling!r}")
     if sampling == "permutation":
         asked = [
             name
@@ -196,7 +198,7 @@ def resolve_sampling(
             if given
         ]
         if asked:
-            raise ValueError(
+            raise UserError(
                 f"data.sampling: permutation goes through every row once per epoch, so it cannot use "
                 f"{', '.join(asked)}; drop them or set data.sampling: weighted"
             )

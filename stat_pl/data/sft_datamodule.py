@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from stat_pl.data.base import SkillWeightedDataModule
 from stat_pl.data.formatting import IGNORE_INDEX, collate, encode_example
+from stat_pl.errors import UserError
 from stat_pl.records import DataSource, ProblemRecord
 
 
@@ -53,7 +54,7 @@ class SFTDataModule(SkillWeightedDataModule):
         examples, too_long = [], []
         for i, record in enumerate(records):
             if not record.solutions:
-                raise ValueError(f"record {record.id!r} (source {record.source!r}) has no solution to train on")
+                raise UserError(f"record {record.id!r} (source {record.source!r}) has no solution to train on")
             for solution in record.solutions:
                 example = encode_example(self.tokenizer, record.problem, solution, self.max_length, self.system_prompt)
                 if all(label == IGNORE_INDEX for label in example["labels"]):
@@ -66,8 +67,6 @@ class SFTDataModule(SkillWeightedDataModule):
                 f"{self.max_length} (no answer token to learn), e.g. {too_long[:3]}; raise max_length "
                 "to keep them"
             )
-        if records and not examples:
-            raise ValueError(f"SFTDataModule: every example's prompt fills max_length={self.max_length}")
         return examples
 
     def collate(self, examples: Sequence[dict]) -> dict:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
+from stat_pl.errors import UserError
 from stat_pl.records import DataSource, ProblemRecord
 from stat_pl.skills import SkillCatalog, normalize_skill
 
@@ -332,13 +333,13 @@ class SkillWorld:
     def __post_init__(self) -> None:
         self.levels = tuple(self.levels)
         if not self.levels or not set(self.levels) <= {1, 2, 3}:
-            raise ValueError(f"SkillWorld.levels must be a non-empty subset of (1, 2, 3), got {self.levels}")
+            raise UserError(f"SkillWorld.levels must be a non-empty subset of (1, 2, 3), got {self.levels}")
         if not 1 <= self.max_skills <= 3:
-            raise ValueError(f"SkillWorld.max_skills must be 1, 2 or 3, got {self.max_skills}")
+            raise UserError(f"SkillWorld.max_skills must be 1, 2 or 3, got {self.max_skills}")
         weights = {normalize_skill(k): float(v) for k, v in (self.skill_weights or {}).items()}
         skillworld_catalog().check(weights, "SkillWorld.skill_weights")
         if any(w < 0 for w in weights.values()):
-            raise ValueError(f"SkillWorld.skill_weights must be >= 0, got {weights}")
+            raise UserError(f"SkillWorld.skill_weights must be >= 0, got {weights}")
         self._weights = {name: weights.get(name, 1.0) for name in SKILLWORLD_SKILLS}
 
     def problems(self, split: str, n: int) -> list[SkillWorldProblem]:
@@ -352,7 +353,7 @@ class SkillWorld:
             if problem.text in seen:
                 repeats += 1
                 if repeats == _MAX_MISSES:
-                    raise ValueError(
+                    raise UserError(
                         f"{self} has only about {len(out)} distinct {split} problems, fewer than the {n} "
                         f"asked for (the last {_MAX_MISSES} candidates all repeated one): ask for fewer, or "
                         "widen levels, max_skills or skill_weights"
@@ -382,7 +383,7 @@ class SkillWorld:
             else:
                 misses += 1
             index += 1
-        raise ValueError(
+        raise UserError(
             f"{self} makes no {split} problems: its skill_weights, levels and max_skills leave "
             "no chain of distinct skills that can be built; give more skills a positive weight"
         )
@@ -408,7 +409,7 @@ def problem_from_id(problem_id: str) -> SkillWorldProblem:
     codes = match.group(1).split("-") if match else []
     problem = _build(problem_id) if codes and all(c in _BY_CODE for c in codes) else None
     if problem is None or _split_of(problem.text) != problem.split:
-        raise ValueError(
+        raise UserError(
             f"{problem_id!r} is not a skill-world problem id (skillworld/<split>/<seed>/"
             "<index>/L<level>/<skill codes>, as SkillWorld makes them)"
         )
@@ -454,7 +455,7 @@ def _in_range(value: str) -> bool:
 
 def _check_split(split: str) -> None:
     if split not in SPLIT_SHARES:
-        raise ValueError(f"unknown skill-world split {split!r}; choose one of {list(SPLIT_SHARES)}")
+        raise UserError(f"unknown skill-world split {split!r}; choose one of {list(SPLIT_SHARES)}")
 
 
 def _split_of(text: str) -> str:

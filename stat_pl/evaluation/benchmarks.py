@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from stat_pl.errors import MissingFileError, UserError
 from stat_pl.evaluation.metrics import MetricName
 from stat_pl.records import ProblemRecord, RecordError, RecordSource, canonical_subject, load_records, problem_key
 
@@ -147,26 +148,26 @@ class BenchmarkSpec:
     def __post_init__(self) -> None:
         where = f"benchmark {self.name!r}"
         if not self.metrics:
-            raise ValueError(f"{where}: metrics is empty; use e.g. [pass@1]")
+            raise UserError(f"{where}: metrics is empty; use e.g. [pass@1]")
         largest = max(self._sampled_ks(), default=1)
         if self.samples is not None and self.samples < largest:
-            raise ValueError(
+            raise UserError(
                 f"{where}: samples={self.samples} is fewer than the largest K ({largest}) of {self.metrics}"
             )
         if self.path is not None and self.source is not None:
-            raise ValueError(f"{where}: give either path or source, not both")
+            raise UserError(f"{where}: give either path or source, not both")
         if self.name not in BENCHMARKS and self.path is None and self.source is None:
-            raise ValueError(
+            raise UserError(
                 f"unknown benchmark {self.name!r}; known: {sorted(BENCHMARKS)}. For your own "
                 "questions give `path:` a JSONL file with `problem` and `answer` fields"
             )
         if self.name == "math_d" and self.difficult is None:
-            raise ValueError(
+            raise UserError(
                 "benchmark 'math_d' needs `difficult:` a profile.json (or ids file) from a difficulty "
                 "run over the MATH evaluation split"
             )
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"{where}: limit must be >= 1, got {self.limit}")
+            raise UserError(f"{where}: limit must be >= 1, got {self.limit}")
 
     @property
     def title(self) -> str:
@@ -222,7 +223,7 @@ def split_math_test(
     for record in records:
         by_text.setdefault(problem_key(record.problem), []).append(record)
     if not 0 < validation_size < len(by_text):
-        raise ValueError(
+        raise UserError(
             f"split_math_test: validation_size={validation_size} must be between 1 and "
             f"{len(by_text) - 1} for {len(by_text)} distinct questions"
         )
@@ -248,7 +249,7 @@ def contamination_sources(
     wanted = sorted(BENCHMARKS) if "all" in names else list(names)
     unknown = sorted({*wanted, *paths} - set(BENCHMARKS))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"contamination benchmarks: unknown name(s) {unknown}; known: {sorted(BENCHMARKS)} or 'all'. "
             "Give other test sets as `contamination:` files"
         )
@@ -265,17 +266,17 @@ def read_difficult_ids(path: str | Path) -> list[str]:
     """Question ids from a profile.json (its ``questions``), a JSON list of ids, or a text file, one per line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"difficult-question file {path} does not exist")
+        raise MissingFileError(f"difficult-question file {path} does not exist")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() != ".json":
         return [line.strip() for line in text.splitlines() if line.strip()]
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
     ids = payload.get("questions") if isinstance(payload, dict) else payload
     if not isinstance(ids, (dict, list)) or not all(isinstance(i, str) for i in ids):
-        raise ValueError(f"{path}: expected a profile with a 'questions' object, or a JSON list of question ids")
+        raise UserError(f"{path}: expected a profile with a 'questions' object, or a JSON list of question ids")
     return list(ids)
 
 
@@ -283,7 +284,7 @@ def _difficult_subset(evaluation: list[ProblemRecord], difficult: str | None) ->
     ids = set(read_difficult_ids(difficult))
     kept = [r for r in evaluation if r.id in ids]
     if not kept:
-        raise ValueError(
+        raise UserError(
             f"MATH-D: none of the {len(ids)} ids in {difficult} is in the MATH evaluation split "
             f"({len(evaluation)} questions, e.g. {evaluation[0].id!r}); run the difficulty detector "
             "over the evaluation split (not the validation split) and pass that profile"

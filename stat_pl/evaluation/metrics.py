@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torchmetrics import Metric
 
+from stat_pl.errors import UserError
+
 _METRIC_NAME = re.compile(r"(pass|avg)@(\d+)")
 
 
@@ -45,7 +47,7 @@ class MetricName:
     def parse(cls, name: str) -> MetricName:
         match = _METRIC_NAME.fullmatch(name.strip().lower())
         if match is None or int(match.group(2)) < 1:
-            raise ValueError(f"unknown metric {name!r}; use pass@K (e.g. pass@1, pass@64) or avg@K (e.g. avg@64)")
+            raise UserError(f"unknown metric {name!r}; use pass@K (e.g. pass@1, pass@64) or avg@K (e.g. avg@64)")
         return cls(match.group(1), int(match.group(2)))
 
     def __str__(self) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from stat_pl.engines.base import Engine
+from stat_pl.errors import UserError
 from stat_pl.evaluation.scoring import QuestionResult, SampleSetting, Timing, generate_and_grade
 from stat_pl.grading import DEFAULT_TIMEOUT_S
 from stat_pl.records import ProblemRecord
@@ -123,11 +124,11 @@ class ResultStore:
                     logger.warning("%s:%d: dropping a line cut short by an interrupted run", self.path, lineno)
                     self.path.write_text("".join(f"{kept}\n" for kept in lines[:-1]), encoding="utf-8")
                     continue
-                raise ValueError(
+                raise UserError(
                     f"{self.path}:{lineno}: malformed result line ({e.msg}); remove the line "
                     "to generate that question again"
                 ) from None
             missing = [f for f in ("key", *_RESULT_FIELDS) if f not in row]
             if missing:
-                raise ValueError(f"{self.path}:{lineno}: result line lacks field(s) {missing}")
+                raise UserError(f"{self.path}:{lineno}: result line lacks field(s) {missing}")
             self._rows[row["key"]] = row

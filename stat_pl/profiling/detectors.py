@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stat_pl.errors import UserError
 from stat_pl.grading import extract_answer, grade, majority_answer
 from stat_pl.profiling.base import Attempt
 
@@ -32,7 +33,7 @@ class GroundTruthDetector:
 
     def __init__(self, samples_per_question: int = 1) -> None:
         if samples_per_question < 1:
-            raise ValueError(f"GroundTruthDetector.samples_per_question must be >= 1, got {samples_per_question}")
+            raise UserError(f"GroundTruthDetector.samples_per_question must be >= 1, got {samples_per_question}")
         self.samples_per_question = samples_per_question
 
     def detect(self, attempts: Sequence[Attempt]) -> list[bool]:
@@ -59,7 +60,7 @@ class ConsistencyDetector:
 
     def __init__(self, k: int = 5, min_votes: int = 2) -> None:
         if not 1 <= min_votes <= k:
-            raise ValueError(
+            raise UserError(
                 f"ConsistencyDetector needs 1 <= min_votes <= k, got min_votes={min_votes}, "
                 f"k={k}: otherwise every question is difficult"
             )
@@ -88,7 +89,7 @@ class LengthDetector:
 
     def __init__(self, min_words: int = 800, samples_per_question: int = 1) -> None:
         if min_words < 1 or samples_per_question < 1:
-            raise ValueError(
+            raise UserError(
                 f"LengthDetector needs min_words >= 1 and samples_per_question >= 1, got "
                 f"min_words={min_words}, samples_per_question={samples_per_question}"
             )

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from stat_pl.data.formatting import prompt_messages
 from stat_pl.engines.base import Engine, SamplingParams
+from stat_pl.errors import UserError
 from stat_pl.profiling.base import Attempt, Diagnosis, DifficultyDetector, Profiler
 from stat_pl.records import ProblemRecord
 
@@ -39,7 +40,7 @@ def profile_round(
     weights it holds (the live training model for the callback).
     """
     if sampling.n != detector.samples_per_question:
-        raise ValueError(
+        raise UserError(
             f"profile_round: {type(detector).__name__} judges {detector.samples_per_question} "
             f"response(s) per question but sampling.n is {sampling.n}"
         )

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stat_pl.errors import UserError
 from stat_pl.profiling.base import Attempt, Diagnosis
 from stat_pl.records import ProblemRecord
 from stat_pl.skills import SkillCatalog
@@ -125,7 +126,7 @@ class TeacherProfiler:
         )
         if self.show_reference_answer:
             if not attempt.record.answer:
-                raise ValueError(
+                raise UserError(
                     f"question {attempt.record.id} has no answer, but show_reference_answer=True "
                     "asks to show it to the teacher; give the records answers or set it False"
                 )
@@ -191,9 +192,9 @@ def _asking(
     max_skills: int, max_attempts: int, temperature: float, retry_temperature: float, max_tokens: int
 ) -> _Asking:
     if max_skills < 1:
-        raise ValueError(f"max_skills must be >= 1, got {max_skills}")
+        raise UserError(f"max_skills must be >= 1, got {max_skills}")
     if max_attempts < 1:
-        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        raise UserError(f"max_attempts must be >= 1, got {max_attempts}")
     return _Asking(max_skills, max_attempts, temperature, retry_temperature, max_tokens)
 
 
@@ -202,7 +203,7 @@ def _subject_of(record: ProblemRecord, catalog: SkillCatalog) -> str:
     if not record.subject and len(catalog.subjects) == 1:
         return catalog.subjects[0]
     if not record.subject:
-        raise ValueError(
+        raise UserError(
             f"question {record.id} has no subject and the catalog {catalog.source} has "
             f"several ({catalog.subjects}); give the records a subject"
         )

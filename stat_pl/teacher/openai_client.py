@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import openai
 from tqdm.auto import tqdm
 
+from stat_pl.errors import UserError
 from stat_pl.teacher.base import (
     DEFAULT_MAX_TOKENS,
     Message,
@@ -83,11 +84,11 @@ class OpenAICompatibleTeacher:
         cache_dir: str | None = None,
     ) -> None:
         if max_retries < 0:
-            raise ValueError(f"teacher.max_retries must be >= 0, got {max_retries}")
+            raise UserError(f"teacher.max_retries must be >= 0, got {max_retries}")
         if concurrency < 1:
-            raise ValueError(f"teacher.concurrency must be >= 1, got {concurrency}")
+            raise UserError(f"teacher.concurrency must be >= 1, got {concurrency}")
         if timeout <= 0:
-            raise ValueError(f"teacher.timeout must be > 0 seconds, got {timeout}")
+            raise UserError(f"teacher.timeout must be > 0 seconds, got {timeout}")
         self.model = model
         self.base_url = base_url
         self.api_key_env = api_key_env

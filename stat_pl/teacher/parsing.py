@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from stat_pl.errors import UserError
 from stat_pl.skills import normalize_skill
 
 DEFAULT_MATCH_THRESHOLD = 0.85
@@ -67,7 +68,7 @@ class SkillMatcher:
 
     def __init__(self, skills: Sequence[str], threshold: float = DEFAULT_MATCH_THRESHOLD) -> None:
         if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"skill match threshold must be in (0, 1], got {threshold}")
+            raise UserError(f"skill match threshold must be in (0, 1], got {threshold}")
         self.skills = tuple(skills)
         self.threshold = threshold
         self._exact = set(self.skills)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from string import Template
 
+from stat_pl.errors import UserError
 from stat_pl.teacher.base import Message
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -46,7 +47,7 @@ TEMPLATE_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 }
 
 
-class PromptTemplateError(ValueError):
+class PromptTemplateError(UserError):
     """A template file that cannot be used; the message names the file and the field."""
 
 
