@@ -91,7 +91,7 @@ def stat_pl_loss(policy, tokenizer, loss: PolicyLoss, old: torch.Tensor | None, 
         loss,
     )
     value.backward()
-    return float(value), sums, lora_grads(policy)
+    return float(value.detach()), sums, lora_grads(policy)
 
 
 def trl_loss(policy, tokenizer, tmp_path, loss_type: str, beta: float, kl_correction: bool, old, ref):
@@ -141,7 +141,7 @@ def trl_loss(policy, tokenizer, tmp_path, loss_type: str, beta: float, kl_correc
     loss = trainer._compute_loss(trainer.model, inputs)
     loss.backward()
     metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
-    return float(loss), metrics, lora_grads(trainer.model)
+    return float(loss.detach()), metrics, lora_grads(trainer.model)
 
 
 def lora_grads(model) -> dict[str, torch.Tensor]:
