@@ -51,7 +51,9 @@ class AdapterModule(L.LightningModule):
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         self.compute_dtype = self._decide_compute_dtype(device)
-        self.model = load_student(self.student, self.compute_dtype, device)
+        # from_pretrained returns a model in eval mode, and Lightning keeps each submodule's mode as it finds it:
+        # without this, LoRA dropout (the paper's 0.05) would never act.
+        self.model = load_student(self.student, self.compute_dtype, device).train()
         if device.type == "cpu" and self.student.cpu_kernels == "auto":
             from stat_pl import cpu  # the one door to CPU-only code: never imported on a GPU
 

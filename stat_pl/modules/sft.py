@@ -35,6 +35,10 @@ class SFTModule(AdapterModule):
             cosine decay after ``warmup_ratio`` of linear warm-up (transformers' ``get_cosine_schedule_with_warmup``).
         warmup_ratio: the share of optimizer steps of warm-up of the default schedule (paper: 0.03).
         adapter_dir: where the adapter is saved when fitting ends (default ``<default_root_dir>/adapter``).
+        seed: seeds the LoRA dropout masks of each micro-batch from ``(seed, epoch, batch, rank)``, so a run resumed
+            from any checkpoint, even after a kill, trains exactly as the uninterrupted run (the data sampler has
+            its own seed and state); seeding the global RNG once would not survive the restart (the resumed run draws
+            from it in other places, e.g. when it builds the data loader's iterator mid-epoch).
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class SFTModule(AdapterModule):
         scheduler: LRSchedulerCallable | None = None,
         warmup_ratio: float = 0.03,
         adapter_dir: str | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__(student, optimizer, adapter_dir)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -63,7 +68,10 @@ class SFTModule(AdapterModule):
         self._step_started = time.perf_counter()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.masked_lm_loss(batch)
+        micro_batch = ((self.hparams.seed * 1_000_003 + self.current_epoch) * 1_000_003 + batch_idx) * 1_009
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(micro_batch + self.global_rank)  # this micro-batch's dropout masks, after a resume too
+            loss = self.masked_lm_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
