@@ -374,8 +374,19 @@ class TinyLM(L.LightningModule):
 
 
 def test_benchmark_evaluator_logs_subset_in_fit_and_full_set_in_test(
-    tiny_model_dir: Path, scripted_benchmark: BenchmarkSpec
+    tiny_model_dir: Path, scripted_benchmark: BenchmarkSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Epoch ends answer the first ``subset_size`` questions (``bench_subset/``), ``test`` all of them (``bench/``)."""
+    from stat_pl.engines.hf import HFEngine
+
+    asked: set[str] = set()
+    generate = HFEngine.generate
+
+    def recording(engine: HFEngine, prompts, sampling: SamplingParams) -> list[list[Completion]]:
+        asked.update(prompt[-1]["content"] for prompt in prompts)
+        return generate(engine, prompts, sampling)
+
+    monkeypatch.setattr(HFEngine, "generate", recording)  # the live model still generates
     evaluator = BenchmarkEvaluator([scripted_benchmark], subset_size=2, max_new_tokens=2, batch_size=4)
     trainer = L.Trainer(
         max_epochs=1,
@@ -388,12 +399,20 @@ def test_benchmark_evaluator_logs_subset_in_fit_and_full_set_in_test(
     )
     module = TinyLM(str(tiny_model_dir))
     data = DataLoader(TensorDataset(torch.randint(0, 100, (2, 8))), batch_size=2)
+    metrics = ("pass@1", "pass@2", "avg@2")
+
     trainer.fit(module, train_dataloaders=data)
-    assert set(trainer.callback_metrics) >= {f"bench_subset/scripted/{m}" for m in ("pass@1", "pass@2", "avg@2")}
+    assert asked == {"question q1", "question q2"}  # the benchmark's first two
+    assert evaluator.last_metrics.keys() == {f"bench_subset/scripted/{m}" for m in metrics}
+    assert set(trainer.callback_metrics) >= evaluator.last_metrics.keys()
     assert module.model.training  # generation put train mode back
+
+    asked.clear()
     trainer.test(module, dataloaders=data, verbose=False)
-    assert {f"bench/scripted/{m}" for m in ("pass@1", "pass@2", "avg@2")} <= set(trainer.callback_metrics)
-    assert 0.0 <= float(trainer.callback_metrics["bench/scripted/pass@1"]) <= 1.0
+    assert asked == {f"question {question[0]}" for question in QUESTIONS}  # every question
+    assert evaluator.last_metrics.keys() == {f"bench/scripted/{m}" for m in metrics}
+    assert set(trainer.callback_metrics) >= evaluator.last_metrics.keys()
+    assert all(0.0 <= float(trainer.callback_metrics[name]) <= 1.0 for name in evaluator.last_metrics)
 
 
 def test_evaluate_and_the_callback_take_their_defaults_from_eval_settings() -> None:

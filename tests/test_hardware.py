@@ -146,7 +146,10 @@ def test_threads_come_from_the_environment(monkeypatch):
 
 
 def test_fit_with_output_to_a_file_prints_progress_lines_and_flushes_metrics(tmp_path, tiny_model_dir):
-    """Off a terminal the run prints a line every log_every_n_steps with loss and tokens/s."""
+    """Off a terminal the run prints a line every log_every_n_steps with loss and tokens/s; the logger's
+    metrics file holds the same losses at the same steps."""
+    import csv
+
     config = tiny_config(
         tmp_path,
         tiny_model_dir,
@@ -166,6 +169,11 @@ def test_fit_with_output_to_a_file_prints_progress_lines_and_flushes_metrics(tmp
     assert "training: epochs until max_steps, 4 optimizer steps" in out.stdout
     assert all("train/loss" in line and "train/tokens_per_s" in line for line in lines)
     assert "training done: 4 optimizer steps" in out.stdout
+    (metrics_file,) = (tmp_path / "run" / "logs").rglob("metrics.csv")
+    logged = [row for row in csv.DictReader(metrics_file.open()) if row["train/loss"]]
+    printed = [line.split("train/loss ", 1)[1].split()[0] for line in lines]
+    assert [f"{float(row['train/loss']):.4g}" for row in logged] == printed
+    assert all(float(row["train/tokens_per_s"]) > 0 for row in logged)
 
 
 def test_shipped_cpu_configs_choose_precision_from_the_hardware():

@@ -1,8 +1,7 @@
 """GRPO rewards: correctness on the shared grader, format, DAPO overlong penalty, weighted total with parts."""
 
-import time
-
 import pytest
+from hang_limit import fails_if_it_hangs
 
 from stat_pl.engines.base import Completion
 from stat_pl.rewards import CorrectnessReward, FormatReward, OverlongPenalty, combine
@@ -45,8 +44,7 @@ def test_combine_weights_the_parts_and_keeps_each():
 
 
 def test_an_adversarial_answer_does_not_hang_the_reward():
-    CorrectnessReward(timeout_s=60).score([done("\\boxed{\\sqrt{5}}")], ["x"])  # start the grading worker
+    """Its boxed answer equals the gold 0 but is too costly to verify: 0.0 is the time limit's verdict."""
     hostile = done("Let me think. " * 2000 + "\\boxed{10^{10^{10^{10}}}-10^{10^{10^{10}}}}")
-    started = time.perf_counter()
-    assert CorrectnessReward(timeout_s=1.0).score([hostile, done("\\boxed{0}")], ["0", "0"]) == [0.0, 1.0]
-    assert time.perf_counter() - started < 10
+    with fails_if_it_hangs(60.0, "CorrectnessReward(timeout_s=1.0) on an adversarial answer"):
+        assert CorrectnessReward(timeout_s=1.0).score([hostile, done("\\boxed{0}")], ["0", "0"]) == [0.0, 1.0]

@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+import openai
 import pytest
 from jsonargparse import ArgumentParser
 from loopback_teacher import Body, Fault, LoopbackTeacherServer, prompt_text
@@ -168,15 +169,30 @@ def test_a_second_run_makes_no_http_request(server, api_key, tmp_path):
     assert profiler.stats["teacher_calls"] == 0 and profiler.stats["cache_hits"] > 0
 
 
-def test_retry_after_is_honoured(server, api_key, tmp_path):
+class RecordedSleeps:
+    """The ``time`` module as the ``openai`` client sees it, with ``sleep`` recording the delays it is asked for."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def test_retry_after_is_honoured(server, api_key, tmp_path, monkeypatch):
+    """The wait before the retry is the server's Retry-After (0.6 s), not the client's own backoff (at most 0.5 s)."""
     server.faults = lambda body, seen: Fault.rate_limit(0.6) if seen == 0 else None
+    sleeps = RecordedSleeps()
+    monkeypatch.setattr(openai._base_client, "time", sleeps)  # the openai client waits with time.sleep
     teacher = make_teacher(server, tmp_path)
 
     assert teacher.complete([{"role": "user", "content": "[behaviour:clean]"}])[0] == ANSWERS["clean"]
 
-    first, second = server.arrivals(lambda body: True)
-    assert 0.6 <= second - first < 1.5
-    assert teacher.stats()["retries"] == 1
+    assert sleeps.delays == [0.6]
+    assert server.count == 2 and teacher.stats()["retries"] == 1
 
 
 def test_the_api_key_reaches_no_log_no_file_no_repr(server, api_key, tmp_path, caplog):
