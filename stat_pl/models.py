@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaForCausalLM
 
+from stat_pl.errors import MissingFileError
 from stat_pl.tokenizer import pretrained_source
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ def load_trainable_adapter(model: torch.nn.Module, adapter_dir: str, lora: LoRAC
 
     path = Path(adapter_dir).expanduser()
     if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"init_adapter: {path} has no adapter_config.json; give the folder a PEFT "
             "save_pretrained wrote (e.g. <run>/adapter of `python -m stat_pl fit`)"
         )

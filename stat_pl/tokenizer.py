@@ -10,16 +10,27 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from stat_pl.errors import MissingFileError
 from stat_pl.offline_models import resolve_model_path
 
 
 def pretrained_source(name_or_path: str) -> tuple[str, dict]:
-    """``from_pretrained``'s arguments for a name: a GGUF file becomes ``(folder, {gguf_file: name})``."""
-    path = Path(resolve_model_path(name_or_path))
+    """``from_pretrained``'s arguments for a name: a GGUF file becomes ``(folder, {gguf_file: name})``.
+
+    A name written as a path (absolute, or starting with ``.`` or ``~``) must exist: transformers would
+    otherwise take it for a Hub name and fail with a message about the Hub.
+    """
+    path = Path(resolve_model_path(name_or_path)).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise FileNotFoundError(f"GGUF file {path} does not exist")
+            raise MissingFileError(f"GGUF file {path} does not exist")
         return str(path.parent), {"gguf_file": path.name}
+    if name_or_path.startswith((".", "~")) or path.is_absolute():
+        if not path.is_dir():
+            raise MissingFileError(
+                f"model {name_or_path}: no folder at {path}; give a folder that "
+                "save_pretrained wrote, a Hub name, or offline:smollm2-135m-instruct"
+            )
     return str(path), {}
 
 

@@ -1,6 +1,6 @@
 """`python -m stat_pl fit` with bad input: one line naming the file and line, exit status 2; a bug keeps its traceback.
 
-The data errors surface in the DataModule's setup, before the model is built, so these runs stay short.
+The data and model-folder errors surface in the DataModule's setup, before the model is built, so these runs stay short.
 """
 
 import json
@@ -89,6 +89,14 @@ def test_a_bad_data_file_is_one_line_naming_file_and_line(tmp_path, tiny_model_d
         path.write_text(content)
     out = fit(fit_config(tmp_path, tiny_model_dir, records(path), **data), tmp_path)
     assert_one_line_error(out, message.format(path=path))
+
+
+def test_a_missing_model_folder_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(ROW) + "\n")
+    absent = tmp_path / "no-such-model"
+    out = fit(fit_config(tmp_path, absent, records(path)), tmp_path)
+    assert_one_line_error(out, f"model {absent}: no folder at {absent}")
 
 
 def test_stat_pl_traceback_shows_where_a_user_error_was_raised(tmp_path, tiny_model_dir):
