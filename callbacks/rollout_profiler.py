@@ -23,6 +23,7 @@ import lightning as L
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
+from stat_pl.distributed import distributed
 from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.plots import plot_bars
 from stat_pl.profiling.base import Attempt, Profiler
@@ -141,7 +142,7 @@ class RolloutProfiler(Callback):
 
 def _gathered(buffer: dict[int, dict[str, list]]) -> dict[int, dict[str, list]]:
     """Every rank's buffer merged (ranks draw different prompts; the same prompt's outcomes are pooled)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not distributed():
         return buffer
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, buffer)

@@ -5,8 +5,9 @@ import torch
 
 from stat_pl.engines.base import SamplingParams
 from stat_pl.engines.decode import DRAW_BLOCK, decode, draw_token, sampler
-from stat_pl.engines.hf import HFEngine, left_pad
+from stat_pl.engines.hf import HFEngine
 from stat_pl.models import load_causal_lm
+from stat_pl.padding import left_pad
 from stat_pl.tokenizer import load_tokenizer
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]  # different lengths: left padding matters
