@@ -95,7 +95,8 @@ def test_the_continual_stages_start_from_the_stat_models_and_hold_out_what_they_
     for name, source in (("consel", "sel"), ("consyn", "syn")):
         assert train_path(fits[name]) == f"{build['output_dir']}/stat_{name}/data.jsonl"
         assert (
-            fits[name]["model"]["init_args"]["init_adapter"] == f"{stat[source]['trainer']['default_root_dir']}/adapter"
+            fits[name]["model"]["init_args"]["student"]["init_adapter"]
+            == f"{stat[source]['trainer']['default_root_dir']}/adapter"
         )
         assert evaluate["adapters"][f"stat_{name}"] == f"{fits[name]['trainer']['default_root_dir']}/adapter"
     held_out = next(b for b in evaluate["benchmarks"] if b["name"] == "math_perturb_hard")
