@@ -69,8 +69,9 @@ class SFTModule(AdapterModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         micro_batch = ((self.hparams.seed * 1_000_003 + self.current_epoch) * 1_000_003 + batch_idx) * 1_009
+        micro_batch_seed = (micro_batch + self.global_rank) % 2**64  # torch.manual_seed's range, for any int seed
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(micro_batch + self.global_rank)  # this micro-batch's dropout masks, after a resume too
+            torch.manual_seed(micro_batch_seed)  # this micro-batch's dropout masks, after a resume too
             loss = self.masked_lm_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
