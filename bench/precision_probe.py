@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/demo.yaml"
-ARMS = {  # name -> (trainer.precision, model compute_dtype)
+ARMS = {  # name -> (trainer.precision, student compute_dtype)
     "auto": ("auto", "auto"),
     "bf16 (forced)": ("bf16-mixed", "bfloat16"),
     "float32 (forced)": ("32-true", "float32"),
@@ -49,7 +49,7 @@ def run_arm(precision: str, compute_dtype: str, steps: int, threads: int, emulat
             "--config",
             CONFIG,
             f"--trainer.precision={precision}",
-            f"--model.init_args.compute_dtype={compute_dtype}",
+            f"--model.init_args.student.compute_dtype={compute_dtype}",
             f"--trainer.max_steps={steps}",
             "--trainer.callbacks=[]",
             "--trainer.log_every_n_steps=1",

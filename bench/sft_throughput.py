@@ -158,7 +158,7 @@ def run_stat_pl(args: argparse.Namespace, quantization: str) -> dict:
 
     from stat_pl.data.formatting import collate
     from stat_pl.data.sft_datamodule import SFTDataModule
-    from stat_pl.models import LoRAConfig
+    from stat_pl.models import LoRAConfig, StudentConfig
     from stat_pl.modules.sft import SFTModule
     from stat_pl.records import RecordSource
 
@@ -189,7 +189,7 @@ def run_stat_pl(args: argparse.Namespace, quantization: str) -> dict:
             group_by_length=True,
             seed=0,
         )
-        module = SFTModule(MODEL, quantization=quantization, lora=LoRAConfig(), adapter_dir=out)
+        module = SFTModule(StudentConfig(model=MODEL, quantization=quantization, lora=LoRAConfig()), adapter_dir=out)
         data.setup("fit")
         module.configure_model()
         check = (
@@ -250,9 +250,10 @@ def trl_trainer(args: argparse.Namespace, out: str, callbacks: list) -> SFTTrain
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from stat_pl.models import PAPER_TARGET_MODULES, LoRAConfig, load_tokenizer
+    from stat_pl.models import PAPER_TARGET_MODULES, LoRAConfig
     from stat_pl.offline_models import resolve_model_path
     from stat_pl.records import RecordSource
+    from stat_pl.tokenizer import load_tokenizer
 
     records = RecordSource(str(MATH_TRAIN), limit=args.rows).load()
     dataset = Dataset.from_list(

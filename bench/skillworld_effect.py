@@ -55,10 +55,10 @@ from stat_pl.data.skillworld import SKILLWORLD_SKILLS, SkillWorldSource
 from stat_pl.engines.base import SamplingParams
 from stat_pl.engines.hf import HFEngine
 from stat_pl.grading import grade
-from stat_pl.models import LoRAConfig
+from stat_pl.missing_skill_profile import MissingSkillProfile
+from stat_pl.models import LoRAConfig, StudentConfig
 from stat_pl.modules.sft import SFTModule
 from stat_pl.plots import plot_bars
-from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.profiling.detectors import GroundTruthDetector
 from stat_pl.profiling.oracle import SkillWorldOracle
 from stat_pl.profiling.round import profile_round
@@ -174,12 +174,14 @@ def fit(
     """SFT from ``init_adapter`` for ``epochs * steps_per_epoch`` steps, sampling by ``profile`` (None: uniform)."""
     L.seed_everything(seed)
     module = SFTModule(
-        MODEL,
-        quantization="nf4",
-        compute_dtype=args.compute_dtype,
-        lora=LoRAConfig(),
+        StudentConfig(
+            model=MODEL,
+            quantization="nf4",
+            compute_dtype=args.compute_dtype,
+            lora=LoRAConfig(),
+            init_adapter=init_adapter,
+        ),
         optimizer=functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0),
-        init_adapter=init_adapter,
         adapter_dir=str(root / "adapter"),
     )
     data = SFTDataModule(
