@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from stat_pl.errors import UserError
+from stat_pl.memory_check import STAGES_CHECKED, check_at_start
 from stat_pl.precision import compute_dtype_for, resolve_precision
 from stat_pl.trainer import StatTrainer
 
@@ -46,6 +47,10 @@ OFFLINE_STAGES: dict[str, tuple[str, str]] = {
     ),
     "build": ("stat_pl.building.run:build", "Stage 3: targeted training data (STAT-Sel, STAT-Syn, baselines)"),
 }
+#: Subcommands that read their own arguments: name -> (import path "module:function" taking argv, one-line help).
+TOOLS: dict[str, tuple[str, str]] = {
+    "estimate": ("stat_pl.memory_check:main", "the GPU memory a fit/profile/evaluate config needs, without running it"),
+}
 
 
 class StatCLI(LightningCLI):
@@ -63,6 +68,7 @@ class StatCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         decide_precision(config)
+        check_at_start("fit", config.as_dict())  # on a CUDA run: refuse what cannot fit before anything loads
 
 
 def decide_precision(config: Namespace) -> None:
@@ -124,6 +130,8 @@ def save_stage_config(parser: ArgumentParser, config: Namespace) -> Path:
 def run_stage(name: str, argv: list[str]) -> None:
     parser = stage_parser(name)
     config = parser.parse_args(argv)
+    if name in STAGES_CHECKED:
+        check_at_start(name, config.as_dict())
     save_stage_config(parser, config)
     arguments = parser.instantiate(config)
     arguments.pop("config", None)
@@ -145,7 +153,7 @@ def configure_threads() -> int | None:
     if not value:
         return None
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"${THREADS_ENV}={value!r}: expected a positive number of torch threads")
+        raise UserError(f"${THREADS_ENV}={value!r}: expected a positive number of torch threads")
     import torch
 
     torch.set_num_threads(int(value))
@@ -154,7 +162,8 @@ def configure_threads() -> int | None:
 
 def usage() -> str:
     lines = ["usage: python -m stat_pl <subcommand> --config configs/X.yaml [--key=value ...]", "", "subcommands:"]
-    for name, help_text in {**LIGHTNING_SUBCOMMANDS, **{k: v[1] for k, v in OFFLINE_STAGES.items()}}.items():
+    stages = {k: v[1] for k, v in {**OFFLINE_STAGES, **TOOLS}.items()}
+    for name, help_text in {**LIGHTNING_SUBCOMMANDS, **stages}.items():
         lines.append(f"  {name:<14}{help_text}")
     lines += ["", "python -m stat_pl <subcommand> --help lists a subcommand's options."]
     return "\n".join(lines)
@@ -172,15 +181,17 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     command, rest = argv[0], argv[1:]
-    if command not in LIGHTNING_SUBCOMMANDS and command not in OFFLINE_STAGES:
+    if command not in LIGHTNING_SUBCOMMANDS and command not in OFFLINE_STAGES and command not in TOOLS:
         print(f"stat_pl: error: unknown subcommand {command!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR)
     try:
         configure_threads()
         if command in LIGHTNING_SUBCOMMANDS:
             run_lightning([command, *rest])
-        else:
+        elif command in OFFLINE_STAGES:
             run_stage(command, rest)
+        else:
+            _load(TOOLS[command][0])(rest)
     except UserError as e:
         if os.environ.get(TRACEBACK_ENV, "") == "1":
             raise

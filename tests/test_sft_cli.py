@@ -72,14 +72,14 @@ def recorder(path: Path) -> str:
 
 def test_help_lists_every_subcommand():
     """Each subcommand the CLI runs (Lightning's and the offline stages) has a line of its own with its help."""
-    from stat_pl.cli import LIGHTNING_SUBCOMMANDS, OFFLINE_STAGES
+    from stat_pl.cli import LIGHTNING_SUBCOMMANDS, OFFLINE_STAGES, TOOLS
 
     out = run_cli("--help")
     assert out.returncode == 0, out.stderr[-3000:]
     listed = out.stdout.split("subcommands:\n", 1)[1].split("\n\n", 1)[0].splitlines()
     described = {name: help_text.strip() for name, _, help_text in (line.strip().partition(" ") for line in listed)}
-    assert described.keys() == LIGHTNING_SUBCOMMANDS.keys() | OFFLINE_STAGES.keys()
-    assert {"fit", "validate", "test", "label-skills", "profile", "build", "evaluate"} <= described.keys()
+    assert described.keys() == LIGHTNING_SUBCOMMANDS.keys() | OFFLINE_STAGES.keys() | TOOLS.keys()
+    assert {"fit", "validate", "test", "label-skills", "profile", "build", "evaluate", "estimate"} <= described.keys()
     assert all(described.values()), described
 
 
