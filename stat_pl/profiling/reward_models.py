@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from stat_pl.errors import UserError
 from stat_pl.models import Quantization, load_causal_lm
 from stat_pl.profiling.base import Attempt
 from stat_pl.tokenizer import load_tokenizer
@@ -77,7 +78,7 @@ class RewardModelScorer:
         progress: bool = True,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"reward model {model}: batch_size must be >= 1, got {batch_size}")
+            raise UserError(f"reward model {model}: batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.quantization = quantization
         self.compute_dtype = compute_dtype
@@ -185,7 +186,7 @@ def _mostly_fine(fine: Sequence[bool]) -> bool:
 
 def _check_samples(detector: str, samples_per_question: int) -> None:
     if samples_per_question < 1:
-        raise ValueError(f"{detector}.samples_per_question must be >= 1, got {samples_per_question}")
+        raise UserError(f"{detector}.samples_per_question must be >= 1, got {samples_per_question}")
 
 
 class ProcessRewardDetector:
