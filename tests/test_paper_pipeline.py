@@ -159,19 +159,9 @@ def read(config: object) -> set[str]:
     return {config} if isinstance(config, str) and config.startswith("runs/") else set()
 
 
-GRPO_PATHS_BROKEN = pytest.mark.xfail(
-    strict=True,
-    reason="grpo_qlora_llama32_3b.yaml reads runs/paper_sft_llama32_3b/adapter and runs/profile/profile.json; "
-    "the pipeline writes runs/paper/fit/stat_sel/adapter and runs/paper/profile/profile.json",
-)
-
-
 @pytest.mark.parametrize(
     "index",
-    [
-        pytest.param(i, id=name, marks=GRPO_PATHS_BROKEN if name == "grpo-after-sft" else ())
-        for i, (name, *_) in enumerate(STAGES)
-    ],
+    [pytest.param(i, id=name) for i, (name, *_) in enumerate(STAGES)],
 )
 def test_every_run_file_a_paper_stage_reads_is_written_by_an_earlier_stage(index: int) -> None:
     name, command, _, _ = STAGES[index]
