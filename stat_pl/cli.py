@@ -46,6 +46,7 @@ OFFLINE_STAGES: dict[str, tuple[str, str]] = {
         "Stage 0: label a dataset's questions with catalog skills (a Skill-Map)",
     ),
     "build": ("stat_pl.building.run:build", "Stage 3: targeted training data (STAT-Sel, STAT-Syn, baselines)"),
+    "export": ("stat_pl.export:export", "merge a (Q)LoRA adapter into its base: a plain Hugging Face model to serve"),
 }
 #: Subcommands that read their own arguments: name -> (import path "module:function" taking argv, one-line help).
 TOOLS: dict[str, tuple[str, str]] = {
