@@ -11,9 +11,7 @@ from stat_pl.modules.sft import SFTModule
 
 
 def student(model_dir, cpu_kernels: str) -> SFTModule:
-    config = StudentConfig(
-        str(model_dir), "none", "float32", LoRAConfig(r=4, dropout=0.1), cpu_kernels=cpu_kernels
-    )
+    config = StudentConfig(str(model_dir), "none", "float32", LoRAConfig(r=4, dropout=0.1), cpu_kernels=cpu_kernels)
     module = SFTModule(config)
     module.configure_model()
     return module
