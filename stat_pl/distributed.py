@@ -27,14 +27,19 @@ def all_reduce_sum(value: float, device: torch.device) -> float:
     return float(tensor)
 
 
-def all_gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+def all_gather_rows(tensor: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, int]:
     """Every rank's ``tensor`` (the same shape on each) stacked along dim 0 in rank order, and the row where this
-    rank's own rows start; in a single process ``(tensor, 0)``."""
+    rank's own rows start; in a single process ``(tensor, 0)``.
+
+    The collective runs on ``device``, the rank's own (NCCL takes only CUDA tensors, gloo any); the result comes back
+    where ``tensor`` was.
+    """
     if not distributed():
         return tensor, 0
-    gathered = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tensor)
-    return torch.cat(gathered), dist.get_rank() * len(tensor)
+    local = tensor.to(device)
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return torch.cat(gathered).to(tensor.device), dist.get_rank() * len(tensor)
 
 
 def all_reduce_gradients(params: Sequence[torch.nn.Parameter]) -> None:

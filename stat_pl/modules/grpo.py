@@ -303,7 +303,7 @@ class GRPOModule(AdapterModule):
     def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         if self.hparams.advantage_scale != "batch":
             return group_advantages(rewards, self.hparams.advantage_scale)
-        everyone, start = all_gather_rows(rewards)  # the batch std is the whole (all-rank) batch's
+        everyone, start = all_gather_rows(rewards, self.device)  # the batch std is the whole (all-rank) batch's
         return group_advantages(everyone, "batch")[start : start + len(rewards)]
 
     # ---- updates ---------------------------------------------------------------------------------
