@@ -9,8 +9,14 @@ static STAT-Sel on the same code path: one round, then the weights never change.
 and ``synthesize_per_round > 0`` each round also synthesises new questions for the profile (STAT-Syn)
 and adds them to the DataModule's synthetic source, drawn from the next epoch on.
 
-The parts are shared: a round is :func:`stat_pl.profiling.round.profile_round` (Stages 1-2, as the
-``profile`` stage runs them), the model comes through :func:`stat_pl.engines.live.live_engine`,
+Under DDP every rank answers its share of the subset with its own engine (on its own GPU); the answers are
+gathered, rank 0 judges them all (Stages 1-2: detector, teacher, synthesis) and broadcasts the result, so the
+profile is the 1-rank run's (greedy answers; sampled ones are other draws from the same distribution with HF, the
+same with vLLM, which seeds each question on its own). The answers and the result travel over a gloo group on the
+host whose timeout is ``round_timeout_s``, not the GPU collectives' 30 minutes: a teacher round may take longer.
+
+The parts are shared: a round is :func:`stat_pl.profiling.round.answer` and :func:`~stat_pl.profiling.round.judge`
+(Stages 1-2, as the ``profile`` stage runs them), the model comes through :func:`stat_pl.engines.live.live_engine`,
 synthesis is :meth:`stat_pl.building.StatSyn.synthesize_for_profile` over the DataModule's
 ``real_records()``, per-skill accuracy is the evaluation's :func:`~stat_pl.evaluation.scoring.breakdowns`
 (over every response of a question), and files and metrics go through
@@ -32,6 +38,7 @@ from lightning.pytorch.callbacks import Callback
 
 from stat_pl.callbacks.reprofile_writer import ReprofileWriter
 from stat_pl.data.formatting import prompt_messages
+from stat_pl.distributed import ObjectGroup, shard, unshard
 from stat_pl.engines.base import Engine, SamplingParams, prompt_token_ids
 from stat_pl.engines.choice import EngineChoice, choose_engine
 from stat_pl.engines.live import LiveVLLM, live_engine
@@ -42,7 +49,7 @@ from stat_pl.evaluation.scoring import breakdowns
 from stat_pl.grading import grade
 from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.profiling.base import Attempt, DifficultyDetector, Profiler
-from stat_pl.profiling.round import profile_round
+from stat_pl.profiling.round import answer, check_samples, judge
 from stat_pl.records import DataSource, ProblemRecord
 from stat_pl.teacher.base import Teacher
 
@@ -75,6 +82,8 @@ class SkillReprofiler(Callback):
         contamination_benchmarks: registry benchmarks they must not copy either, read whole (``[all]``: every
             one; :func:`stat_pl.evaluation.benchmarks.contamination_sources`).
         benchmark_paths: registry name -> a local file read instead of that benchmark's Hub dataset.
+        round_timeout_s: under DDP, how long a rank waits for the others in a round (rank 0 judging with a teacher
+            and synthesising while the others wait); past it the run stops with an error naming this setting.
     """
 
     def __init__(
@@ -99,6 +108,7 @@ class SkillReprofiler(Callback):
         contamination: list[DataSource] | None = None,
         contamination_benchmarks: list[str] | None = None,
         benchmark_paths: dict[str, str] | None = None,
+        round_timeout_s: float = 4 * 3600.0,
     ) -> None:
         if combine not in ("replace", "ema"):
             raise UserError(f"SkillReprofiler.combine must be 'replace' or 'ema', got {combine!r}")
@@ -116,8 +126,11 @@ class SkillReprofiler(Callback):
         self.sampling = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=temperature, n=detector.samples_per_question, seed=seed
         )
+        check_samples(detector, self.sampling)
         self.batch_size = batch_size
         self.seed = seed
+        self.round_timeout_s = round_timeout_s
+        self._ranks: ObjectGroup | None = None
         self.teacher = teacher
         self.synthesize_per_round = synthesize_per_round
         self.contamination: list[DataSource] = [
@@ -132,6 +145,9 @@ class SkillReprofiler(Callback):
         self.writer = ReprofileWriter(ema=combine == "ema")
 
     # ---- hooks -----------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._rank_group()  # every rank, at the same point: creating the group is collective
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(trainer.datamodule, "sampling", "weighted") == "permutation":
             raise UserError(
@@ -163,9 +179,14 @@ class SkillReprofiler(Callback):
 
     # ---- one round -------------------------------------------------------------------------------
     def run_round(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> MissingSkillProfile:
-        """Rank 0 profiles; the result is broadcast so every rank sets identical weights."""
-        result = self._profile_on_rank_zero(trainer, pl_module, epoch) if trainer.is_global_zero else None
-        result = trainer.strategy.broadcast(result, src=0)
+        """Every rank answers its share; rank 0 judges all answers; the result is broadcast so every rank sets
+        identical weights."""
+        ranks = self._rank_group()
+        share = shard(self._validation_subset(), trainer.global_rank, trainer.world_size)
+        mine = self._answer(trainer, pl_module, share)
+        attempts = unshard(ranks.gather(mine))
+        result = self._judge_on_rank_zero(trainer, attempts, epoch) if trainer.is_global_zero else None
+        result = ranks.broadcast(result)
         self.profile = MissingSkillProfile(**result["profile"])
         self.history.append(result["round"])
         trainer.datamodule.set_profile(self.profile)
@@ -173,13 +194,22 @@ class SkillReprofiler(Callback):
             trainer.datamodule.add_synthetic(result["synthetic"])
         return self.profile
 
-    def _profile_on_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> dict:
-        subset = self._validation_subset()
+    def _rank_group(self) -> ObjectGroup:
+        if self._ranks is None:
+            self._ranks = ObjectGroup(self.round_timeout_s, "SkillReprofiler.round_timeout_s")
+        return self._ranks
+
+    def _answer(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, questions: list[ProblemRecord]
+    ) -> list[Attempt]:
+        """This rank's answers to ``questions`` with the weights being trained."""
         system_prompt = getattr(trainer.datamodule, "system_prompt", None)
         with self._generating(trainer, pl_module, system_prompt) as engine:
-            attempts, difficult, diagnoses = profile_round(
-                engine, subset, self.detector, self.profiler, self.sampling, system_prompt
-            )
+            return answer(engine, questions, self.sampling, system_prompt)
+
+    def _judge_on_rank_zero(self, trainer: L.Trainer, attempts: list[Attempt], epoch: int) -> dict:
+        subset = self._validation_subset()
+        difficult, diagnoses = judge(attempts, self.detector, self.profiler)
         new = MissingSkillProfile.from_questions({d.question_id: d.skills for d in diagnoses}, epoch=epoch)
         profile = new if self.profile is None or self.combine == "replace" else self.profile.ema(new, self.ema_alpha)
         profile.meta.update(

@@ -1,13 +1,16 @@
-"""DDP for real: 2 CPU processes (gloo). Ranks draw disjoint shares; rank 0 profiles; every rank gets its weights."""
+"""DDP for real: 2 CPU processes (gloo). Ranks draw disjoint shares; every rank answers its share of a profiling
+round, rank 0 judges them all, every rank gets its weights; the round's profile is the 1-rank run's."""
 
 import json
+from pathlib import Path
 
 import yaml
 from test_sft_cli import run_cli, tiny_config
 
 
-def test_two_process_ddp_shards_the_sampler_and_broadcasts_the_profile(tmp_path, tiny_model_dir):
-    config_path = tiny_config(tmp_path, tiny_model_dir, devices=2, strategy="ddp", max_steps=-1, max_epochs=2)
+def reprofiled_config(tmp_path: Path, model_dir: Path, devices: int, **reprofiler) -> Path:
+    """The tiny SFT config with a batch recorder and a SkillReprofiler on skill-world questions (oracle profiler)."""
+    config_path = tiny_config(tmp_path, model_dir, devices=devices, strategy="ddp", max_steps=-1, max_epochs=2)
     config = yaml.safe_load(config_path.read_text())
     config["data"]["init_args"]["samples_per_epoch"] = 8
     config["trainer"]["callbacks"] = [
@@ -23,10 +26,16 @@ def test_two_process_ddp_shards_the_sampler_and_broadcasts_the_profile(tmp_path,
                 "profiler": {"class_path": "stat_pl.profiling.oracle.SkillWorldOracle"},
                 "num_questions": 4,
                 "max_new_tokens": 4,
+                **reprofiler,
             },
         },
     ]
     config_path.write_text(yaml.safe_dump(config))
+    return config_path
+
+
+def test_two_process_ddp_shards_the_sampler_and_broadcasts_the_profile(tmp_path, tiny_model_dir):
+    config_path = reprofiled_config(tmp_path, tiny_model_dir, devices=2)
     out = run_cli("fit", "--config", str(config_path))
     assert out.returncode == 0, out.stderr[-3000:]
 
@@ -39,3 +48,45 @@ def test_two_process_ddp_shards_the_sampler_and_broadcasts_the_profile(tmp_path,
         assert len(digests) == 1  # identical weights on both ranks
     profiles = sorted(p.name for p in (tmp_path / "run").glob("profile-epoch*.json"))
     assert profiles == ["profile-epoch0.json", "profile-epoch1.json", "profile-epoch2.json"]  # written once, by rank 0
+
+
+def test_a_round_sharded_over_two_ranks_profiles_what_one_rank_does(tmp_path, tiny_model_dir):
+    """Same weights, questions and seed: the fit-start round of 2 ranks (each answering 3 of 7 questions, one 4)
+    writes the profile and per-skill accuracy of the 1-rank round; each rank answered only its share."""
+    rounds = {}
+    for devices in (1, 2):
+        run = tmp_path / f"ranks{devices}"
+        run.mkdir()
+        config_path = reprofiled_config(run, tiny_model_dir, devices, num_questions=7, max_new_tokens=12)
+        config = yaml.safe_load(config_path.read_text())
+        config["trainer"]["max_epochs"] = 1
+        counts = run / "answered"
+        config["trainer"]["callbacks"].append(
+            {"class_path": "reprofile_helpers.AnswerCounter", "init_args": {"path": str(counts)}}
+        )
+        config_path.write_text(yaml.safe_dump(config))
+        out = run_cli("fit", "--config", str(config_path))
+        assert out.returncode == 0, out.stderr[-3000:]
+        rounds[devices] = json.loads((run / "run" / "profile-epoch0.json").read_text())
+        answered = [(run / f"answered.rank{r}").read_text().split() for r in range(devices)]
+        assert answered == ([["7", "7"]] if devices == 1 else [["4", "4"], ["3", "3"]])  # fit start + epoch 1
+    one, two = rounds[1], rounds[2]
+    assert one["questions"] and one["questions"] == two["questions"]
+    assert one["histogram"] == two["histogram"]
+    for key in ("questions", "difficult", "statuses"):
+        assert one["meta"][key] == two["meta"][key], key
+
+
+def test_a_rank_that_waits_past_the_round_timeout_stops_the_run_naming_the_setting(tmp_path, tiny_model_dir):
+    """Rank 0 judges for 30 s (a slow teacher); rank 1 waits 3 s in the round's broadcast, then the run stops with
+    an error naming SkillReprofiler.round_timeout_s, long before the 30 minutes of the GPU collectives."""
+    config_path = reprofiled_config(
+        tmp_path,
+        tiny_model_dir,
+        devices=2,
+        round_timeout_s=3,
+        profiler={"class_path": "reprofile_helpers.SlowProfiler", "init_args": {"seconds": 30}},
+    )
+    out = run_cli("fit", "--config", str(config_path))
+    assert out.returncode != 0
+    assert "SkillReprofiler.round_timeout_s=3 s" in out.stderr, out.stderr[-3000:]
