@@ -275,3 +275,31 @@ callback:
     assert callback.sampling.n == 2  # the callback samples what the detector needs
     assert isinstance(profiler, TeacherProfiler) and profiler.asking.max_skills == 2
     assert profiler.teacher.api_key_env == "MY_KEY"
+
+
+def test_two_ranks_answer_their_shares_and_rank_zero_writes_the_one_rank_profile(tiny_model_dir, shared_data, tmp_path):
+    """``--devices 2`` (Lightning Fabric, 2 gloo CPU processes): each rank generates half of the 7 questions into the
+    one store, rank 0 judges all 7, and the profile, difficulty and responses are those of the 1-rank run."""
+    written = {}
+    for devices in (1, 2):
+        out = tmp_path / f"ranks{devices}"
+        command = [
+            *("profile", "--questions.path", str(shared_data / "math" / "test.jsonl")),
+            *("--student", str(tiny_model_dir), "--profiler", "stat_pl.profiling.proxy.SkillMapProxy"),
+            *("--num_questions", "7", "--max_new_tokens", "6", "--batch_size", "2", "--output_dir", str(out)),
+            *("--accelerator", "cpu", "--devices", str(devices)),
+        ]
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        done = subprocess.run(
+            [sys.executable, "-m", "stat_pl", *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["responses_generated"] == 7 and summary["questions"] == 7
+        if devices == 2:
+            assert sorted(summary["responses_generated_per_rank"]) == [3, 4]
+        rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+        profile_json = json.loads((out / "profile.json").read_text())
+        written[devices] = (profile_json["histogram"], profile_json["meta"]["difficulty"], rows)
+    assert written[1] == written[2]
+    assert len(written[2][2]) == 7

@@ -11,6 +11,7 @@ token budget, seed, system prompt).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -66,6 +67,7 @@ class ResultStore:
         self._rows[key] = row
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # the ranks of a stage append to one file: whole lines, never interleaved
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def generate_missing(

@@ -18,6 +18,11 @@ Written to ``output_dir``:
 * ``profile.png``: the top skills; ``summary.md`` / ``summary.json``: the counts;
 * ``config.yaml``: from the command line, the parsed config that reruns the stage (:mod:`stat_pl.cli`).
 
+Several devices or nodes (``devices``, ``num_nodes``, as ``fit``'s trainer takes them): Lightning Fabric launches one
+process per device (:mod:`stat_pl.stage_ranks`), each generates its share of the questions into the same
+``generations.jsonl``, and rank 0 judges them all and writes the files: the profile of the 1-rank run (greedy
+answers; sampled ones are other draws of the same distribution, as each chunk of questions is seeded by its first).
+
 Reruns pay nothing twice: responses are kept in ``generations.jsonl`` as each batch finishes (keyed by
 the student, its adapter's weights, the question and the sampling), so an interrupted or repeated run
 generates only what is missing and loads no model when nothing is; teacher answers come from the
@@ -32,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from stat_pl.distributed import shard
 from stat_pl.engines.choice import EngineChoice, choose_engine
 from stat_pl.engines.vllm import VLLMSettings
 from stat_pl.errors import UserError
@@ -47,6 +53,7 @@ from stat_pl.profiling.round import judge
 from stat_pl.profiling.run_files import write_summary
 from stat_pl.profiling.teacher_profiler import TeacherProfiler
 from stat_pl.records import ProblemRecord, RecordSource, canonical_subject, load_records
+from stat_pl.stage_ranks import launch_ranks
 from stat_pl.teacher.base import Teacher
 
 Split = Literal["validation", "evaluation", "all"]
@@ -79,6 +86,10 @@ def profile(
     engine: EngineChoice = "auto",
     vllm: VLLMSettings | None = None,
     device: str | None = None,
+    accelerator: str = "auto",
+    devices: int = 1,
+    num_nodes: int = 1,
+    timeout_s: float = 4 * 3600.0,
 ) -> dict[str, Any]:
     """Build the student's Missing-Skill-Profile on validation questions; write it with responses and a summary.
 
@@ -103,8 +114,11 @@ def profile(
         top_k: skills in the bar chart.
         engine: what the student generates with: ``auto`` (vLLM on a GPU where it is installed, else HF:
             :mod:`stat_pl.engines.choice`), ``hf`` or ``vllm``; ``vllm`` holds the model as :class:`VLLMSettings` say.
-        device: where ``engine: hf`` puts the student (``cuda:1``, ``cpu``); default the current CUDA device, else
-            the CPU.
+        device: where ``engine: hf`` puts the student of a single process (``cuda:1``, ``cpu``); default the current
+            CUDA device, else the CPU.
+        accelerator, devices, num_nodes: as Lightning's Trainer takes them: one process per device, each generating its
+            share of the questions on its own device (vLLM: its own engine there), rank 0 judging them all.
+        timeout_s: how long a rank waits for the others (the slowest share); past it the stage stops naming this.
     """
     detector = detector or GroundTruthDetector()
     if detector.samples_per_question > 1 and temperature <= 0:
@@ -114,6 +128,7 @@ def profile(
             "identical; set `temperature` above 0 (e.g. 0.7)"
         )
     profiler = _profiler(profiler, teacher, catalog, benchmark)
+    ranks = launch_ranks("profile", accelerator, devices, num_nodes, timeout_s, device)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     records = select_questions(questions, split, split_seed, validation_size, num_questions)
@@ -130,13 +145,13 @@ def profile(
         check_adapter(adapter, student, model_skeleton(student))
     from stat_pl.evaluation.evaluate import VLLMFactory, engine_factory
 
-    factory = engine_factory(choose_engine(engine, "engine"), batch_size, adapter is not None, vllm, device)
+    factory = engine_factory(choose_engine(engine, "engine"), batch_size, adapter is not None, vllm, str(ranks.device))
     store, model_id = ResultStore(output / GENERATIONS_FILE), entry.fingerprint()
     try:
         generated = store.generate_missing(
             model_id,
             STORE_GROUP,
-            records,
+            shard(records, ranks.rank, ranks.world_size),
             setting,
             lambda: factory(entry),
             batch_size // setting.n,
@@ -146,13 +161,17 @@ def profile(
     finally:
         if isinstance(factory, VLLMFactory):
             factory.close()
+    generated_per_rank = ranks.objects.gather(generated)  # and every share is in the file
+    if not ranks.is_zero:
+        return {}
+    store = ResultStore(output / GENERATIONS_FILE)  # with the other ranks' answers
     results = [store.get(result_key(model_id, STORE_GROUP, r, setting)) for r in records]
     attempts = [Attempt(r, tuple(result.responses)) for r, result in zip(records, results, strict=True)]
     difficult, diagnoses = judge(attempts, detector, profiler)
     hard = {attempt.record.id for attempt in difficult}
     verdicts = [attempt.record.id in hard for attempt in attempts]
     stats = dict(getattr(profiler, "stats", None) or {})
-    counts = _counts(results, verdicts, diagnoses, stats, generated)
+    counts = _counts(results, verdicts, diagnoses, stats, generated_per_rank)
     result = MissingSkillProfile.from_questions(
         {d.question_id: d.skills for d in diagnoses},
         student=student,
@@ -253,9 +272,10 @@ def _counts(
     verdicts: Sequence[bool],
     diagnoses: Sequence[Diagnosis],
     stats: dict[str, Any],
-    generated: int,
+    generated_per_rank: Sequence[int],
 ) -> dict[str, Any]:
-    """The summary table's rows (questions counted); ``teacher_calls`` are this run's paid calls, retries included.
+    """The summary table's rows (questions counted); ``teacher_calls`` are this run's paid calls, retries included;
+    ``responses_generated_per_rank`` only with several ranks.
 
     ``unlabelled`` counts difficult questions the profiler gave no usable answer for (teacher failures,
     answers without a usable tag, unreadable responses): every difficult question is one or the other.
@@ -270,6 +290,7 @@ def _counts(
         "unmatched_skill_names": stats.get("unmatched_skill_names", 0),
         "teacher_calls": stats.get("teacher_calls", 0),
         "cache_hits": stats.get("cache_hits", 0),
-        "responses_generated": generated,
-        "responses_reused": len(results) - generated,
+        "responses_generated": sum(generated_per_rank),
+        "responses_reused": len(results) - sum(generated_per_rank),
+        **({"responses_generated_per_rank": list(generated_per_rank)} if len(generated_per_rank) > 1 else {}),
     }
