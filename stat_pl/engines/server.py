@@ -68,7 +68,9 @@ class ServerSettings:
         timeout_s: seconds one HTTP call may take. One :meth:`VLLMServerEngine.generate` is one call carrying the
             whole batch, so this must cover the longest batch's generation.
         max_retries: retries of a call after a connection error (the server is still starting), a timeout or a 5xx,
-            with exponential backoff (the ``openai`` client's: 0.5 s doubling up to 8 s, with jitter).
+            with exponential backoff (the ``openai`` client's: 0.5 s doubling up to 8 s, less up to 25 % jitter): the
+            default 5 wait ~15 s in all; each more waits 8 s. vLLM answers a LoRA load it refuses (e.g. a rank
+            above its ``--max-lora-rank``) with a 500, which is retried too before its message is raised.
         adapter_root: the trainer's working directory as the server sees it, when the two machines mount the shared
             filesystem at different paths: an adapter the trainer writes to ``<cwd>/runs/x/adapter`` is read by the
             server from ``<adapter_root>/runs/x/adapter``. None: the server reads the trainer's own absolute path.
@@ -277,15 +279,19 @@ class VLLMServerEngine:
 
 
 def _no_such_route(error: BaseException | None) -> bool:
-    """A 404 from the web framework (no such route: ``{"detail": "Not Found"}``), not from vLLM's LoRA code (which
-    answers 404 with an ``error`` object for an adapter folder or name it cannot find)."""
+    """A 404 for a route the server does not have (``Not Found``, as FastAPI says it, or in vLLM's error shape), not
+    vLLM's LoRA code's own 404 for an adapter folder or name it cannot find."""
     if not isinstance(error, openai.NotFoundError):
         return False
     try:
         body = error.response.json()
     except ValueError:
         return False
-    return isinstance(body, dict) and body.get("detail") == "Not Found"
+    if not isinstance(body, dict):
+        return False
+    vllm_error = body.get("error")
+    message = vllm_error.get("message") if isinstance(vllm_error, dict) else body.get("detail")
+    return message == "Not Found"
 
 
 class LiveServer(Callback):
