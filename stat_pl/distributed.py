@@ -152,29 +152,3 @@ def require_same_count(count: int, device: torch.device, what: str) -> None:
             f"{what}: rank {dist.get_rank()} has {count}, others between {-int(tensor[1])} and {int(tensor[0])}; "
             "under FSDP every rank must run the same number of forwards (give every rank the same batch size)"
         )
-
-
-def all_ranks_agree(flag: bool, device: torch.device) -> bool:
-    """Whether ``flag`` holds on every rank (``flag`` itself in a single process); a collective on ``device``.
-
-    FSDP's lockstep decoding asks it once per step ("has every rank stopped?"), so all ranks run the same number of
-    forwards and their all-gathers line up.
-    """
-    if not distributed():
-        return flag
-    tensor = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return bool(tensor)
-
-
-def require_same_count(count: int, device: torch.device, what: str) -> None:
-    """Raise unless every rank has the same ``count`` of ``what`` (forwards that must line up across ranks)."""
-    if not distributed():
-        return
-    tensor = torch.tensor([count, -count], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    if int(tensor[0]) != -int(tensor[1]):
-        raise RuntimeError(
-            f"{what}: rank {dist.get_rank()} has {count}, others between {-int(tensor[1])} and {int(tensor[0])}; "
-            "under FSDP every rank must run the same number of forwards (give every rank the same batch size)"
-        )
