@@ -40,8 +40,9 @@ from stat_pl.callbacks.reprofile_writer import ReprofileWriter
 from stat_pl.data.formatting import prompt_messages
 from stat_pl.distributed import ObjectGroup, shard, unshard
 from stat_pl.engines.base import Engine, SamplingParams, prompt_token_ids
-from stat_pl.engines.choice import EngineChoice, choose_engine
-from stat_pl.engines.live import LiveVLLM, live_engine
+from stat_pl.engines.choice import EngineChoice
+from stat_pl.engines.live import live_engine, live_generator
+from stat_pl.engines.server import ServerSettings
 from stat_pl.engines.vllm import VLLMSettings
 from stat_pl.errors import UserError
 from stat_pl.evaluation.benchmarks import contamination_sources
@@ -73,6 +74,8 @@ class SkillReprofiler(Callback):
             colocated with training, and serves the adapter saved each round (on the unquantised base, see
             :mod:`stat_pl.engines.vllm`); its ``max_model_len`` defaults to the longest question + ``max_new_tokens``.
         vllm: how vLLM holds the model when ``engine="vllm"`` (dtype, KV cache, GPU share, eager mode).
+        server: with ``engine="vllm_server"``, the separate ``vllm serve`` each rank pushes its adapter to
+            (:class:`~stat_pl.engines.server.ServerSettings`, docs/server_engine.md).
         batch_size: generation batch size.
         seed: draws the subset and seeds generation.
         teacher: the teacher that writes and solves new questions (STAT-Syn); needed for synthesis.
@@ -101,6 +104,7 @@ class SkillReprofiler(Callback):
         temperature: float = 0.0,
         engine: EngineChoice = "auto",
         vllm: VLLMSettings | None = None,
+        server: ServerSettings | None = None,
         batch_size: int = 32,
         seed: int = 0,
         teacher: Teacher | None = None,
@@ -141,7 +145,7 @@ class SkillReprofiler(Callback):
         self.profile: MissingSkillProfile | None = None
         self.history: list[dict[str, Any]] = []
         self._subset: list[ProblemRecord] | None = None
-        self._vllm = LiveVLLM(vllm) if choose_engine(engine, "SkillReprofiler.engine") == "vllm" else None
+        self._generator = live_generator(engine, "SkillReprofiler.", vllm, server)
         self.writer = ReprofileWriter(ema=combine == "ema")
 
     # ---- hooks -----------------------------------------------------------------------------------
@@ -167,15 +171,16 @@ class SkillReprofiler(Callback):
             print(self.summary(trainer))
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._stop_vllm()
+        self._stop_generator()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._stop_vllm()  # Lightning calls no teardown hook when fit raises
+        self._stop_generator()  # Lightning calls no teardown hook when fit raises
 
-    def _stop_vllm(self) -> None:
-        """Stop vLLM's engine processes with the run (a later fit starts a new engine)."""
-        if self._vllm is not None:
-            self._vllm.close()
+    def _stop_generator(self) -> None:
+        """Stop vLLM's engine processes with the run (a later fit starts a new engine), or unload the server's
+        adapter."""
+        if self._generator is not None:
+            self._generator.close()
 
     # ---- one round -------------------------------------------------------------------------------
     def run_round(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> MissingSkillProfile:
@@ -258,14 +263,14 @@ class SkillReprofiler(Callback):
     ) -> AbstractContextManager[Engine]:
         """The round's engine: HF over the live model, or this run's vLLM engine, awake only for the round."""
         tokenizer = trainer.datamodule.tokenizer
-        if self._vllm is None:
+        if self._generator is None:
             return contextlib.nullcontext(live_engine(pl_module, tokenizer, self.batch_size, caller="SkillReprofiler"))
         longest = max(
             len(prompt_token_ids(tokenizer, prompt_messages(r.problem, system_prompt), None))
             for r in self._validation_subset()
         )
         folder = Path(trainer.default_root_dir) / "reprofile-adapter" / f"rank{trainer.global_rank}"
-        return self._vllm.serving(pl_module, folder, longest + self.sampling.max_new_tokens)
+        return self._generator.serving(pl_module, folder, longest + self.sampling.max_new_tokens)
 
     # ---- outputs ---------------------------------------------------------------------------------
     def summary(self, trainer: L.Trainer) -> str:

@@ -68,7 +68,7 @@ class Generation:
     prompts: int | None  # prompts available per call (a rollout batch), None: unbounded
     tokens_per_sequence: int  # longest prompt + max_new_tokens
     key: str
-    engine: str  # "hf" or "vllm"
+    engine: str  # "hf", "vllm" or "vllm_server"
     vllm: Any  # VLLMSettings fields as given (a dict, the dataclass, or None)
     vllm_key: str
     colocated: bool  # LiveVLLM beside training: asleep between uses unless enable_sleep_mode is false
@@ -119,6 +119,8 @@ def generation_rows(
     shape: ModelShape, generation: Generation, student: Student, checkpoint_dtype: str, device_bytes: int | None
 ) -> tuple[list[Row], str | None]:
     """Rows of the generation batch, and vLLM's refusal when its share cannot hold its weights and one sequence."""
+    if generation.engine == "vllm_server":  # a separate `vllm serve` on its own GPUs: nothing on the trainer's
+        return [Row(f"{generation.label}: on the vLLM server", 0, generation.key, "not counted")], None
     if generation.engine == "hf":
         prompts = max(1, generation.batch_size // generation.samples)
         if generation.prompts is not None:

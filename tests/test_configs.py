@@ -30,6 +30,7 @@ import yaml
 from conftest import ROOT, SHARED_DATA
 
 from stat_pl.cli import OFFLINE_STAGES, _load, run_lightning, stage_parser
+from stat_pl.engines.choice import vllm_installed
 
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
 SUBCOMMAND_COMMENT = re.compile(r"^#\s*stat_pl:\s*([\w-]+)\s*$", re.MULTILINE)
@@ -101,6 +102,10 @@ def test_config_parses_and_builds(config: str, monkeypatch: pytest.MonkeyPatch) 
     if {"gpu", "cuda"} & set(accelerators) and not torch.cuda.is_available():
         args.append("--trainer.accelerator=cpu")
     monkeypatch.setattr(sys, "argv", ["stat_pl"])  # LightningCLI warns when pytest's own arguments are there
+    if re.search(r"^\s*engine: vllm\s*$", path.read_text(), flags=re.MULTILINE) and not vllm_installed():
+        with pytest.raises((RuntimeError, ValueError), match="engine: vllm needs vLLM: pip install"):  # before loading
+            run_lightning(args, run=False)
+        return
     cli = run_lightning(args, run=False)
     assert cli.model is not None and cli.datamodule is not None and cli.trainer is not None
 

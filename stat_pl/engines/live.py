@@ -7,7 +7,8 @@ for it through :func:`live_engine`, the one place that knows the convention.
 
 With ``engine: vllm`` the current weights reach vLLM as a saved adapter instead: :class:`LiveVLLM` holds the
 one vLLM engine of a run and points it at the adapter as it is now, for the ``SkillReprofiler`` (each round)
-and ``GRPOModule`` (each rollout batch).
+and ``GRPOModule`` (each rollout batch). With ``engine: vllm_server`` :class:`~stat_pl.engines.server.LiveServer`
+does the same with a separate ``vllm serve``. :func:`live_generator` picks between them from the config.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from transformers import PreTrainedTokenizerBase
 
+from stat_pl.engines.choice import EngineChoice, choose_engine
 from stat_pl.engines.hf import HFEngine
-from stat_pl.engines.vllm import VLLMEngine, VLLMSettings, sleep_mode_available
+from stat_pl.engines.server import LiveServer, ServerSettings
+from stat_pl.engines.vllm import VLLMEngine, VLLMSettings, require_vllm, sleep_mode_available
+from stat_pl.errors import UserError
 
 if TYPE_CHECKING:
     from stat_pl.models import StudentConfig
@@ -59,6 +63,29 @@ def live_engine(
             "generation_model() method; add one returning the torch.nn.Module to generate with"
         )
     return HFEngine(module.generation_model(), tokenizer, batch_size=batch_size, progress=progress)
+
+
+def live_generator(
+    engine: EngineChoice, key: str, vllm: VLLMSettings | None, server: ServerSettings | None
+) -> LiveVLLM | LiveServer | None:
+    """What generates with the weights being trained when it is not HF (None): this run's colocated vLLM, or the
+    separate server. ``key`` is the owner's config prefix (``model.``, ``SkillReprofiler.``), for the errors."""
+    if vllm is not None and engine in ("hf", "vllm_server"):
+        raise UserError(
+            f"{key}vllm is set but {key}engine is {engine!r}, which ignores it; set {key}engine: vllm (or auto) "
+            f"or remove {key}vllm"
+        )
+    chosen = choose_engine(engine, f"{key}engine")
+    if server is not None and chosen != "vllm_server":
+        raise UserError(f"{key}server is set but {key}engine is {engine!r}; set {key}engine: vllm_server")
+    if chosen == "vllm_server":
+        if server is None:
+            raise UserError(f"{key}engine: vllm_server needs {key}server: {{url: http://<host>:8000/v1}}")
+        return LiveServer(server)
+    if chosen == "vllm":
+        require_vllm(f"{key}engine")
+        return LiveVLLM(vllm)
+    return None
 
 
 class LiveVLLM(Callback):

