@@ -230,7 +230,7 @@ def test_reprofiler_with_vllm_gives_the_rounds_of_hf_and_stops_vllm(smollm2_dir,
         return callback
 
     with_vllm = fit("vllm")
-    assert with_vllm._vllm.engine is None
+    assert with_vllm._generator.engine is None
     engine_watch.assert_stopped("the re-profiler's fit")  # closed at teardown
     with_hf = fit("hf")
     assert [r["epoch"] for r in with_vllm.history] == [0, 1]
@@ -333,13 +333,13 @@ def test_grpo_with_vllm_rollouts_trains_through_a_new_adapter_each_step(smollm2_
             self.lora_ids, self.rollouts, self.adapters = [], [], []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self.lora_ids.append(pl_module._vllm.engine.lora.lora_int_id)
+            self.lora_ids.append(pl_module._generator.engine.lora.lora_int_id)
             self.rollouts.append(outputs["rollouts"])
             self.adapters.append({k: v.clone() for k, v in get_peft_model_state_dict(pl_module.model).items()})
 
     record = Record()
     module = grpo_fit(smollm2_dir, tmp_path, TokenParityReward(), [record])
-    assert module._vllm.engine is None
+    assert module._generator.engine is None
     engine_watch.assert_stopped("GRPO's fit")  # stopped when fit ended
     assert record.lora_ids == [1, 2]
     assert any(r.informative(range(2)) for r in record.rollouts), "no group had a reward signal"
