@@ -225,3 +225,36 @@ def test_evaluate_with_the_hf_engine_on_the_gpu_writes_its_table(tmp_path, tiny_
     assert results["generation"]["completions_generated"] == 2 * 6 * (1 + 2)
     table = (tmp_path / "eval" / "table.md").read_text()
     assert "pass@2" in table and "| base |" in table and "| sft |" in table
+
+
+def test_paged_optimizer_state_is_paged_again_after_a_resume():
+    """A PagedAdamW8bit state saved, reloaded as Lightning does (host, then the device) and repaged: paged buffers
+    with the saved values, and the optimizer still steps."""
+    import bitsandbytes as bnb
+    from lightning.pytorch.core.optimizer import _optimizer_to_device
+
+    from stat_pl.paged_optimizer import repage_optimizer_state
+
+    param = torch.nn.Parameter(torch.randn(1024, 1024, device="cuda"))
+    optimizer = bnb.optim.PagedAdamW8bit([param], lr=1e-3)
+    param.grad = torch.randn_like(param)
+    optimizer.step()
+    saved = torch.load(_saved(optimizer.state_dict()), map_location=lambda storage, loc: storage, weights_only=False)
+    resumed = bnb.optim.PagedAdamW8bit([param], lr=1e-3)
+    resumed.load_state_dict(saved)
+    _optimizer_to_device(resumed, param.device)
+    assert not getattr(resumed.state[param]["state1"], "is_paged", False)  # what a resume gives without the fix
+    assert repage_optimizer_state(resumed) == 2
+    for key in ("state1", "state2"):
+        assert resumed.state[param][key].is_paged
+        torch.testing.assert_close(resumed.state[param][key].cpu(), optimizer.state[param][key].cpu())
+    resumed.step()
+
+
+def _saved(state: dict):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from stat_pl.fsdp import check_adapter_keys, gathered_trainable_state, is_fsdp
 from stat_pl.models import StudentConfig, load_student
+from stat_pl.paged_optimizer import repage_optimizer_state
 from stat_pl.precision import compute_dtype_for, resolve_precision
 
 if TYPE_CHECKING:
@@ -80,6 +81,11 @@ class AdapterModule(L.LightningModule):
         if self._cpu_kernels is None:
             return self.model
         return self._cpu_kernels.generation_model(self.model)
+
+    def on_train_start(self) -> None:
+        """After a resume, paged optimizer state back in paged memory (:mod:`stat_pl.paged_optimizer`)."""
+        for optimizer in self.trainer.optimizers:
+            repage_optimizer_state(optimizer)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
