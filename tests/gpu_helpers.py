@@ -40,3 +40,23 @@ class PlacementRecorder(Callback):
             "cpu_door": sorted(m for m in sys.modules if m.startswith("stat_pl.cpu")),
         }
         self.path.write_text(json.dumps(record))
+
+
+class RankEngineRecorder(Callback):
+    """Writes ``<path>.rank<r>`` when training ends: the rank's CUDA device, the environment vLLM's launcher read,
+    and the extra arguments its colocated vLLM engine started with (``external_launcher`` under DDP)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import os
+
+        engine = pl_module._generator.engine if pl_module._generator is not None else None
+        record = {
+            "device": str(trainer.strategy.root_device),
+            "cuda_current": torch.cuda.current_device(),
+            "env": {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")},
+            "launch": engine.launch.arguments if engine is not None else None,
+        }
+        Path(f"{self.path}.rank{trainer.global_rank}").write_text(json.dumps(record))
