@@ -8,6 +8,9 @@ whose group accuracy is at most ``accuracy_threshold`` as the difficult ones (St
 skill-world oracle if given), smooths the new Missing-Skill-Profile into the last one and hands it
 to the data module's ``set_profile``: the next epoch's prompts are drawn by it. No extra generation.
 
+Under DDP every rank's buffer is gathered and rank 0 profiles, over a gloo group on the host whose timeout is
+``round_timeout_s`` (a teacher profiler may take longer than the GPU collectives' 30 minutes).
+
 Difficulty is judged on the training prompts themselves (the paper profiles a held-out validation
 set); they are what GRPO trains on, and a question the student fails is one it can still learn from.
 """
@@ -20,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
-from stat_pl.distributed import distributed
+from stat_pl.distributed import ObjectGroup
 from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.plots import plot_bars
 from stat_pl.profiling.base import Attempt, Profiler
@@ -40,6 +42,8 @@ class RolloutProfiler(Callback):
             rollouts lack it, a total reward above 0 counts as correct.
         every_n_epochs: profile after every n-th epoch.
         ema_alpha: weight of the new round in the moving average of the histogram (1: replace).
+        round_timeout_s: under DDP, how long the other ranks wait for rank 0's profile; past it the run stops with an
+            error naming this setting.
     """
 
     def __init__(
@@ -49,16 +53,27 @@ class RolloutProfiler(Callback):
         reward_part: str = "correct",
         every_n_epochs: int = 1,
         ema_alpha: float = 0.5,
+        round_timeout_s: float = 4 * 3600.0,
     ) -> None:
         self.profiler = profiler or SkillMapProxy()
         self.accuracy_threshold = accuracy_threshold
         self.reward_part = reward_part
         self.every_n_epochs = every_n_epochs
         self.ema_alpha = ema_alpha
+        self.round_timeout_s = round_timeout_s
+        self._ranks: ObjectGroup | None = None
         self.profile: MissingSkillProfile | None = None
         self.history: list[dict[str, Any]] = []
         #: record position -> {"correct": [per completion], "responses": [texts of the latest group]}
         self.buffer: dict[int, dict[str, list]] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._rank_group()  # every rank, at the same point: creating the group is collective
+
+    def _rank_group(self) -> ObjectGroup:
+        if self._ranks is None:
+            self._ranks = ObjectGroup(self.round_timeout_s, "RolloutProfiler.round_timeout_s")
+        return self._ranks
 
     # ---- collecting ------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
@@ -76,9 +91,10 @@ class RolloutProfiler(Callback):
         finished = trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches
         if epoch % self.every_n_epochs or not finished:  # a run stopped by max_steps mid-epoch keeps its buffer
             return
-        buffer = _gathered(self.buffer)
+        ranks = self._rank_group()
+        buffer = _merged(ranks.gather(self.buffer))
         result = self._profile(trainer, buffer, epoch) if trainer.is_global_zero else None
-        result = trainer.strategy.broadcast(result, src=0)
+        result = ranks.broadcast(result)
         self.profile = MissingSkillProfile(**result["profile"])
         self.history.append(result["round"])
         trainer.datamodule.set_profile(self.profile)
@@ -140,12 +156,8 @@ class RolloutProfiler(Callback):
             self.profile = MissingSkillProfile(**state["profile"])
 
 
-def _gathered(buffer: dict[int, dict[str, list]]) -> dict[int, dict[str, list]]:
+def _merged(parts: list[dict[int, dict[str, list]]]) -> dict[int, dict[str, list]]:
     """Every rank's buffer merged (ranks draw different prompts; the same prompt's outcomes are pooled)."""
-    if not distributed():
-        return buffer
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, buffer)
     merged: dict[int, dict[str, list]] = {}
     for part in parts:
         for record, entry in part.items():
