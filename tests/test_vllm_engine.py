@@ -213,7 +213,7 @@ def test_reprofiler_with_vllm_gives_the_rounds_of_hf_and_stops_vllm(smollm2_dir,
             num_questions=8,
             max_new_tokens=24,
             engine=engine,
-            vllm=SETTINGS,
+            vllm=SETTINGS if engine == "vllm" else None,
         )
         trainer = L.Trainer(
             accelerator="cpu",
