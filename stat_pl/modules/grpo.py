@@ -102,7 +102,8 @@ class GRPOModule(AdapterModule):
             ``gradient_checkpointing`` turns the shared-prompt forward off.
         rewards: the reward parts, weighted by their ``weight``; default: correctness only (the paper).
         num_generations: completions per prompt, G (paper: 4).
-        max_new_tokens, temperature, top_p: sampling (paper: 2,048 new tokens, T = 1.0).
+        max_new_tokens, temperature, top_p: sampling (paper: 2,048 new tokens; it names no rollout temperature:
+            1.0 is verl's and TRL's default, the paper's T = 1.0 is its avg@64 / pass@64 evaluation).
         advantage_scale: ``"group"`` (GRPO), ``"batch"``, or ``"none"`` (Dr. GRPO).
         loss_aggregation: ``"token_mean"`` (DAPO, verl's default), ``"seq_mean_token_mean"`` (GRPO),
             ``"seq_mean_token_sum_norm"`` (Dr. GRPO).
