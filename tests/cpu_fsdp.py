@@ -4,14 +4,27 @@ torch's FSDP runs on a CPU only when told the device: without a ``device_id`` it
 "FSDP needs a non-CPU accelerator device", and Lightning passes ``device_id=root_device.index``, which is ``None`` for
 the CPU. This subclass wraps with ``device_id=torch.device("cpu")`` itself (Lightning then keeps the wrapped model and
 adds activation checkpointing), and without ``sync_module_states``, which FSDP allows only for GPU tensors (the
-ranks start equal anyway: ``seed_everything`` gives each the same LoRA init). Everything else is the shipped strategy.
+ranks start equal anyway: ``seed_everything`` gives each the same LoRA init). Checkpoints gather the optimizer state
+without FSDP's CPU offload: FSDP gathers each state (Adam's two moments) of a unit into one reused buffer and offloads
+with ``.cpu()``, which on a CPU is no copy, so the saved first moments were the second moments (torch 2.13,
+``_optim_utils._allgather_orig_param_states``; a resumed run diverged); without offload FSDP clones them.
+Everything else is the shipped strategy.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import FSDPStrategy
-from torch.distributed.fsdp import FullyShardedDataParallel
+from torch.distributed.fsdp import (
+    FullOptimStateDictConfig,
+    FullStateDictConfig,
+    FullyShardedDataParallel,
+    OptimStateKeyType,
+    StateDictType,
+)
 
 from stat_pl.fsdp import QLoRAFSDPStrategy
 
@@ -30,3 +43,16 @@ class CPUQLoRAFSDPStrategy(QLoRAFSDPStrategy):
         )
         del self.kwargs["auto_wrap_policy"]  # applied above; Lightning would warn that it is ignored
         return FSDPStrategy._setup_model(self, wrapped)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        if isinstance(optimizer, LightningOptimizer):
+            optimizer = optimizer._optimizer
+        weights, moments = (
+            FullStateDictConfig(offload_to_cpu=False, rank0_only=True),
+            FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=True),
+        )
+        with FullyShardedDataParallel.state_dict_type(self.model, StateDictType.FULL_STATE_DICT, weights, moments):
+            state = FullyShardedDataParallel.optim_state_dict(self.model, optimizer)
+        if self.global_rank == 0:  # Lightning's layout: keyed by parameter index
+            state = FullyShardedDataParallel.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, self.model)
+        return state
