@@ -38,6 +38,7 @@ class _Asking:
     temperature: float
     retry_temperature: float
     max_tokens: int
+    skills_required: bool  # labelling: an answer without skills is unusable, even one judging "correct"
 
 
 @dataclass(frozen=True)
@@ -147,33 +148,41 @@ def label_skills(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     match_threshold: float = DEFAULT_MATCH_THRESHOLD,
     relabel: bool = False,
+    include_solution: bool = False,
 ) -> tuple[list[ProblemRecord], dict[str, Any]]:
     """Stage 0 (Didolkar et al. 2024): label each question with up to ``max_skills`` skills of its subject.
 
-    Returns every record, in order (labelled ones with their new ``skills``; unlabelled ones as they
-    were), and the run's counters. Records that already have skills are kept as they are unless
-    ``relabel`` (the MATH labels in ``../shared/data`` cover most subjects but not prealgebra).
-    ``catalog`` is a :class:`SkillCatalog` or the path of its JSON file (entry ``benchmark``); the
-    other arguments are those of :class:`TeacherProfiler`.
+    The prompt (template ``label_skills``) shows the question and its subject's skill list, the inputs
+    of the paper's labelling; ``include_solution=True`` also shows the record's first reference solution
+    (template ``label_skills_with_solution``), and then every record asked about must have one. The
+    teacher's first ``max_skills`` catalog names are kept (the prompt asks for the most important
+    first); an answer that names none is unusable, whatever else it says.
+
+    Returns every record, in order, and the run's counters. Records that already have skills are kept
+    as they are and not asked about unless ``relabel``; with ``relabel`` the teacher's labels replace
+    them. A record the teacher could not label keeps its input skills (possibly none) and is counted
+    in ``stats["unlabelled"]``. ``catalog`` is a :class:`SkillCatalog` or the path of its JSON file
+    (entry ``benchmark``); the other arguments are those of :class:`TeacherProfiler`.
     """
     catalog = _load_catalog(catalog, benchmark)
     templates = templates or PromptTemplates()
-    templates.load("label_skills")
+    template_name = "label_skills_with_solution" if include_solution else "label_skills"
+    templates.load(template_name)
     todo = [i for i, r in enumerate(records) if relabel or not r.skills]
     subjects = {i: _subject_of(records[i], catalog) for i in todo}
     prompts = [
         templates.render(
-            "label_skills",
+            template_name,
             question=records[i].problem,
             subject=subjects[i],
             max_skills=max_skills,
-            solution=records[i].solutions[0] if records[i].solutions else "(not given)",
             skills=format_skill_list(catalog.skills(subjects[i])),
+            **({"solution": _reference_solution(records[i])} if include_solution else {}),
         )
         for i in todo
     ]
     matchers = _matchers(catalog, list(subjects.values()), match_threshold)
-    asking = _asking(max_skills, max_attempts, temperature, retry_temperature, max_tokens)
+    asking = _asking(max_skills, max_attempts, temperature, retry_temperature, max_tokens, skills_required=True)
     outcomes, stats = _ask_for_skills(teacher, prompts, [matchers[subjects[i]] for i in todo], asking)
     labelled = list(records)
     for i, outcome in zip(todo, outcomes, strict=True):
@@ -184,18 +193,32 @@ def label_skills(
     return labelled, stats
 
 
+def _reference_solution(record: ProblemRecord) -> str:
+    if not record.solutions:
+        raise UserError(
+            f"question {record.id} (source {record.source!r}) has no solution, but include_solution=True "
+            "asks to show it to the teacher; give the records a 'solution' field or set include_solution false"
+        )
+    return record.solutions[0]
+
+
 def _load_catalog(catalog: SkillCatalog | str, benchmark: str) -> SkillCatalog:
     return catalog if isinstance(catalog, SkillCatalog) else SkillCatalog.from_json(catalog, benchmark)
 
 
 def _asking(
-    max_skills: int, max_attempts: int, temperature: float, retry_temperature: float, max_tokens: int
+    max_skills: int,
+    max_attempts: int,
+    temperature: float,
+    retry_temperature: float,
+    max_tokens: int,
+    skills_required: bool = False,
 ) -> _Asking:
     if max_skills < 1:
         raise UserError(f"max_skills must be >= 1, got {max_skills}")
     if max_attempts < 1:
         raise UserError(f"max_attempts must be >= 1, got {max_attempts}")
-    return _Asking(max_skills, max_attempts, temperature, retry_temperature, max_tokens)
+    return _Asking(max_skills, max_attempts, temperature, retry_temperature, max_tokens, skills_required)
 
 
 def _subject_of(record: ProblemRecord, catalog: SkillCatalog) -> str:
@@ -239,7 +262,7 @@ def _ask_for_skills(
                 continue
             parsed = parse_skill_answer(answer[0], matchers[i], asking.max_skills)
             unmatched.update(parsed.unmatched)
-            if parsed.usable:
+            if parsed.skills if asking.skills_required else parsed.usable:
                 outcomes[i] = _Outcome(answer=parsed)
             else:
                 still_pending.append(i)

@@ -9,7 +9,8 @@ field named, before any teacher call is paid for.
 ==============================  =====================================  ===========================
 template                        required fields                        optional fields
 ==============================  =====================================  ===========================
-label_skills                    question, skills                       subject, solution, max_skills
+label_skills                    question, skills                       subject, max_skills
+label_skills_with_solution      question, skills, solution             subject, max_skills
 missing_skills                  question, response, skills             subject, max_skills
 missing_skills_with_reference   question, response, skills, answer     subject, max_skills
 propose_question                skill, examples                        subject
@@ -20,6 +21,9 @@ solve                           question
 student's response and the skill list, and no gold answer, since the paper's point is that
 profiling needs no ground truth. ``missing_skills_with_reference`` also shows the reference answer;
 it is a departure from the paper, used only when ``TeacherProfiler(show_reference_answer=True)``.
+Stage 0 follows the same rule: ``label_skills`` shows the question and the subject's skill list, as the
+paper's labelling does; ``label_skills_with_solution`` also shows the reference solution, only when
+asked (``build_skill_map(include_solution=True)``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 #: template name -> (required fields, optional fields)
 TEMPLATE_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "label_skills": (frozenset({"question", "skills"}), frozenset({"subject", "solution", "max_skills"})),
+    "label_skills": (frozenset({"question", "skills"}), frozenset({"subject", "max_skills"})),
+    "label_skills_with_solution": (frozenset({"question", "skills", "solution"}), frozenset({"subject", "max_skills"})),
     "missing_skills": (frozenset({"question", "response", "skills"}), frozenset({"subject", "max_skills"})),
     "missing_skills_with_reference": (
         frozenset({"question", "response", "skills", "answer"}),
@@ -56,7 +61,10 @@ class PromptTemplates:
     """Paths of the teacher prompts; ``None`` means the packaged default.
 
     Args:
-        label_skills: Stage 0, label a training question with skills of its subject.
+        label_skills: Stage 0, label a training question with skills of its subject (the paper's inputs:
+            the question and the skill list).
+        label_skills_with_solution: Stage 0 with the reference solution shown too (an option; see
+            ``build_skill_map(include_solution=...)``).
         missing_skills: Stage 2, judge a student response and name its missing skills (the paper's
             prompt: no reference answer).
         missing_skills_with_reference: Stage 2 with the reference answer shown (a departure; see
@@ -66,6 +74,7 @@ class PromptTemplates:
     """
 
     label_skills: str | None = None
+    label_skills_with_solution: str | None = None
     missing_skills: str | None = None
     missing_skills_with_reference: str | None = None
     propose_question: str | None = None
