@@ -231,6 +231,9 @@ def test_label_skills_command_labels_rows_and_a_rerun_is_free(server, api_key, s
     assert labelled["prealgebra"].skills == () and labelled["number_theory"].skills  # kept as it was
     assert (summary["labelled"], summary["unlabelled"], summary["kept_existing_labels"]) == (2, 1, 1)
     assert summary["unmatched_skill_names"] == 2
+    assert (summary["with_skills_before"], summary["with_skills_after"]) == (1, 3)
+    assert summary["after"]["skills_per_question"]["2"] == 2  # algebra and geometry, now with two each
+    assert "### Skills per question" in (out / "summary.md").read_text()
     assert {q for ids in skill_map.values() for q in ids} == {r.id for r in labelled.values() if r.skills}
     assert calls == summary["teacher_calls"] == 2 + 3  # prealgebra asked 3 times in all
 
