@@ -40,6 +40,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.distributed.fsdp._common_utils import FSDP_PREFIX
 
 from stat_pl.errors import UserError
+from stat_pl.models import torch_dtype
 
 T = TypeVar("T")
 
@@ -97,7 +98,11 @@ class QLoRAFSDPStrategy(FSDPStrategy):
         """NF4 weights are bytes stored as ``compute_dtype`` values: an FSDP cast to another dtype corrupts them."""
         mixed = self.mixed_precision_config
         param_dtype = getattr(mixed, "param_dtype", None)
-        if model.student.quantization == "nf4" and param_dtype is not None and param_dtype != _dtype(model):
+        if (
+            model.student.quantization == "nf4"
+            and param_dtype is not None
+            and param_dtype != torch_dtype(model.compute_dtype)
+        ):
             raise UserError(
                 f"trainer.precision casts parameters to {param_dtype} but model.init_args.student.compute_dtype is "
                 f"{model.compute_dtype}: under FSDP the NF4 storage must be the dtype FSDP computes in; set both to "
@@ -192,9 +197,3 @@ def _decoder_layer_classes(student: torch.nn.Module) -> set[type[torch.nn.Module
 
 def _clean(name: str) -> str:
     return name.replace(FSDP_PREFIX, "").replace(_CHECKPOINT_PREFIX, "")
-
-
-def _dtype(model: torch.nn.Module) -> torch.dtype:
-    from stat_pl.models import torch_dtype
-
-    return torch_dtype(model.compute_dtype)

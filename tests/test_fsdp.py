@@ -147,3 +147,21 @@ def test_fsdp_overlays_train_the_paper_config_with_the_qlora_strategy(base, over
     assert isinstance(strategy, QLoRAFSDPStrategy) and strategy.num_processes == 4
     assert strategy.sharding_strategy.name == "FULL_SHARD" and strategy.kwargs["use_orig_params"]
     assert cli.model.student.quantization == "nf4" and cli.model.student.gradient_checkpointing
+
+
+def test_a_precision_that_would_cast_the_nf4_storage_is_refused_naming_both_keys():
+    """bf16-mixed makes FSDP compute in bf16; NF4 bytes stored as float32 would be cast, so the run stops first."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+
+    from stat_pl.errors import UserError
+    from stat_pl.models import StudentConfig
+
+    strategy = QLoRAFSDPStrategy()
+    strategy.precision_plugin = FSDPPrecision("bf16-mixed")
+    module = SimpleNamespace(
+        model=torch.nn.Linear(2, 2), student=StudentConfig(model="m", quantization="nf4"), compute_dtype="float32"
+    )
+    with pytest.raises(UserError, match=r"trainer\.precision.*student\.compute_dtype is float32"):
+        strategy.configure_policies(module)
