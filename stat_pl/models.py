@@ -163,6 +163,9 @@ def load_causal_lm(
         _disable_cpu_inference_packing(model)
     if sharded:
         model.requires_grad_(False)
+        # The strategy recomputes each decoder layer in the backward; a training forward's KV cache would be written
+        # twice (transformers turns it off under its own checkpointing only). Decoding passes use_cache itself.
+        model.config.use_cache = not gradient_checkpointing
     elif quant is not None:
         from peft import prepare_model_for_kbit_training
 

@@ -13,11 +13,16 @@ Everything else is the shipped strategy.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import FSDPStrategy
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 from torch.distributed.fsdp import (
     FullOptimStateDictConfig,
     FullStateDictConfig,
@@ -56,3 +61,25 @@ class CPUQLoRAFSDPStrategy(QLoRAFSDPStrategy):
         if self.global_rank == 0:  # Lightning's layout: keyed by parameter index
             state = FullyShardedDataParallel.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, self.model)
         return state
+
+
+class WrapRecorder(Callback):
+    """Writes, when training starts, what FSDP wrapped: the class of every FSDP unit's module and of every module
+    activation checkpointing wrapped, with counts (rank 0)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            units = Counter(
+                type(m.module).__name__
+                for m in trainer.strategy.model.modules()
+                if isinstance(m, FullyShardedDataParallel)
+            )
+            checkpointed = Counter(
+                type(m._checkpoint_wrapped_module).__name__
+                for m in trainer.strategy.model.modules()
+                if isinstance(m, CheckpointWrapper)
+            )
+            self.path.write_text(json.dumps({"units": units, "checkpointed": checkpointed}))

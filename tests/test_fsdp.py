@@ -8,6 +8,7 @@ gradient of all groups). float32 throughout, so the adapters are compared to flo
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -84,6 +85,29 @@ def test_fsdp_sft_trains_the_ddp_adapter_and_resumes_from_its_adapter_only_check
     loaded = load_causal_lm(str(tiny_model_dir), init_adapter=str(resumed / "adapter"))
     b = next(p for n, p in loaded.named_parameters() if "lora_B" in n)
     assert float(b.abs().max()) > 0
+
+
+def test_fsdp_wraps_decoder_layers_and_lora_leaves_and_checkpoints_the_layers_it_is_asked_to(tmp_path, tiny_model_dir):
+    """PEFT's wrap policy: one FSDP unit per decoder layer and per LoRA leaf (2 layers x 7 projections x A and B),
+    the rest in the root; ``student.gradient_checkpointing`` checkpoints the decoder layers through the strategy
+    (transformers' own checkpointing and its KV cache off), and the adapter is the DDP run's with transformers'
+    checkpointing."""
+    for name, strategy in (("fsdp", CPU_FSDP), ("ddp", "ddp")):
+        path = sft_run(tmp_path, tiny_model_dir, name, strategy, "none")
+        config = yaml.safe_load(path.read_text())
+        config["model"]["init_args"]["student"]["gradient_checkpointing"] = True
+        config["trainer"]["callbacks"] = (
+            [{"class_path": "cpu_fsdp.WrapRecorder", "init_args": {"path": str(tmp_path / "wrapped.json")}}]
+            if name == "fsdp"
+            else []
+        )
+        path.write_text(yaml.safe_dump(config))
+        out = run_cli("fit", "--config", str(path))
+        assert out.returncode == 0, out.stderr[-3000:]
+    assert_same_adapter(adapter(tmp_path / "fsdp"), adapter(tmp_path / "ddp"))
+    wrapped = json.loads((tmp_path / "wrapped.json").read_text())
+    assert wrapped["units"] == {"SFTModule": 1, "LlamaDecoderLayer": 2, "Linear": 28}
+    assert wrapped["checkpointed"] == {"LlamaDecoderLayer": 2}
 
 
 def test_fsdp_grpo_steps_train_the_ddp_adapter(tmp_path, tiny_model_dir):
