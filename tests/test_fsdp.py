@@ -110,10 +110,13 @@ def test_fsdp_wraps_decoder_layers_and_lora_leaves_and_checkpoints_the_layers_it
     assert wrapped["checkpointed"] == {"LlamaDecoderLayer": 2}
 
 
-def test_fsdp_grpo_steps_train_the_ddp_adapter(tmp_path, tiny_model_dir):
-    """2 GRPO steps on 2 FSDP ranks (2 mini-batches each: off-policy log-probs too, lockstep HF decoding, FSDP's
+@pytest.mark.parametrize(
+    ("quantization", "checkpointing"), [("none", False), pytest.param("nf4", True, marks=pytest.mark.slow)]
+)
+def test_fsdp_grpo_steps_train_the_ddp_adapter(tmp_path, tiny_model_dir, quantization, checkpointing):
+    """2 GRPO steps on 2 FSDP ranks (2 mini-batches each: off-policy log-probs, lockstep HF decoding, FSDP's
     reduction and clipping, no skipped groups) end at the adapter of the same steps under DDP (whose gradient is the
-    single-process one, skipping or not)."""
+    single-process one, skipping or not); also NF4 with the decoder layers checkpointed, as the paper's config."""
     runs = {}
     for name, strategy in (("fsdp", CPU_FSDP), ("ddp", "ddp")):
         run = tmp_path / name
@@ -121,7 +124,14 @@ def test_fsdp_grpo_steps_train_the_ddp_adapter(tmp_path, tiny_model_dir):
         path = grpo_config(run, tiny_model_dir, devices=2, strategy=strategy, max_steps=2)
         config = yaml.safe_load(path.read_text())
         settings = config["model"]["init_args"]
-        settings["student"].update({"cpu_kernels": "off", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}})
+        settings["student"].update(
+            {
+                "cpu_kernels": "off",
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+                "quantization": quantization,
+                "gradient_checkpointing": checkpointing,
+            }
+        )
         settings.update({"engine": "hf", "mini_batch_groups": 2, "max_grad_norm": 1.0})
         path.write_text(yaml.safe_dump(config))
         out = run_cli("fit", "--config", str(path))
