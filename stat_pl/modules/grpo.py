@@ -258,9 +258,12 @@ class GRPOModule(AdapterModule):
                 engine = serving.enter_context(self.rollout_engine())
             with timer("generation"):
                 sampling = self.sampling()
-                completions = sharded_call(
-                    self._trainer, self, lambda: engine.generate(batch["prompt_ids"], sampling)
-                )  # [B][G], prompt order
+
+                def generate() -> list:  # [B][G], prompt order
+                    return engine.generate(batch["prompt_ids"], sampling)
+
+                # HF decodes with the sharded model (through the root unit); vLLM with its own copy of the weights
+                completions = generate() if self._vllm is not None else sharded_call(self._trainer, self, generate)
         with timer("reward"):
             rollouts = self.score(batch, completions)
         with timer("train"):
