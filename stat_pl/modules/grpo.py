@@ -263,7 +263,7 @@ class GRPOModule(AdapterModule):
                     return engine.generate(batch["prompt_ids"], sampling)
 
                 # HF decodes with the sharded model (through the root unit); vLLM with its own copy of the weights
-                completions = generate() if self._vllm is not None else sharded_call(self._trainer, self, generate)
+                completions = generate() if self._generator is not None else sharded_call(self._trainer, self, generate)
         with timer("reward"):
             rollouts = self.score(batch, completions)
         with timer("train"):
