@@ -153,8 +153,16 @@ def sharded_call(trainer: L.Trainer | None, module: L.LightningModule, call: Cal
 
 
 def is_fsdp(trainer: L.Trainer) -> bool:
-    """Whether ``trainer`` shards the model with FSDP (decided by ``trainer.strategy``)."""
-    return isinstance(trainer.strategy, FSDPStrategy)
+    """Whether ``trainer`` shards the model with FSDP (decided by ``trainer.strategy``); Lightning's own
+    ``FSDPStrategy`` (``strategy: fsdp``) is refused, naming the key: it has no wrap policy for a QLoRA student, and
+    FSDP would stop later on flat parameters of mixed dtypes."""
+    strategy = trainer.strategy
+    if isinstance(strategy, FSDPStrategy) and not isinstance(strategy, QLoRAFSDPStrategy):
+        raise UserError(
+            f"trainer.strategy: {type(strategy).__name__} cannot shard a QLoRA student (no wrap policy for its decoder "
+            "layers and LoRA leaves); use {class_path: stat_pl.fsdp.QLoRAFSDPStrategy} (docs/fsdp.md)"
+        )
+    return isinstance(strategy, QLoRAFSDPStrategy)
 
 
 def trainable_names(module: torch.nn.Module) -> set[str]:

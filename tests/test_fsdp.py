@@ -199,3 +199,17 @@ def test_a_precision_that_would_cast_the_nf4_storage_is_refused_naming_both_keys
     )
     with pytest.raises(UserError, match=r"trainer\.precision.*student\.compute_dtype is float32"):
         strategy.configure_policies(module)
+
+
+def test_lightnings_own_fsdp_strategy_is_refused_naming_the_key():
+    """``strategy: fsdp`` has no wrap policy for the student: the module stops before loading it, naming ours."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from stat_pl.errors import UserError
+    from stat_pl.fsdp import is_fsdp
+
+    with pytest.raises(UserError, match=r"trainer\.strategy: FSDPStrategy .*stat_pl\.fsdp\.QLoRAFSDPStrategy"):
+        is_fsdp(SimpleNamespace(strategy=FSDPStrategy()))
+    assert is_fsdp(SimpleNamespace(strategy=QLoRAFSDPStrategy())) and not is_fsdp(SimpleNamespace(strategy=None))
