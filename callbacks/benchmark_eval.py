@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from stat_pl.errors import UserError
 from stat_pl.evaluation.benchmarks import BenchmarkSpec, load_benchmark
 from stat_pl.evaluation.scoring import EvalSettings, QuestionResult, SampleSetting, Timing, generate_and_grade, score
+from stat_pl.fsdp import is_fsdp
 from stat_pl.records import ProblemRecord
 
 
@@ -74,6 +75,12 @@ class BenchmarkEvaluator(Callback):
         self.last_metrics: dict[str, float] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if is_fsdp(trainer):
+            raise UserError(
+                "BenchmarkEvaluator generates with the live model, which FSDP shards over the ranks (each rank would "
+                "decode a different share in lockstep with the others); under trainer.strategy QLoRAFSDPStrategy run "
+                "`python -m stat_pl evaluate` on the saved adapter instead (docs/fsdp.md)"
+            )
         if self._questions is None:
             self._questions = {spec.name: load_benchmark(spec) for spec in self.benchmarks}
 

@@ -47,6 +47,7 @@ from stat_pl.engines.vllm import VLLMSettings
 from stat_pl.errors import UserError
 from stat_pl.evaluation.benchmarks import contamination_sources
 from stat_pl.evaluation.scoring import breakdowns
+from stat_pl.fsdp import is_fsdp
 from stat_pl.grading import grade
 from stat_pl.missing_skill_profile import MissingSkillProfile
 from stat_pl.profiling.base import Attempt, DifficultyDetector, Profiler
@@ -150,6 +151,12 @@ class SkillReprofiler(Callback):
 
     # ---- hooks -----------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._generator is None and is_fsdp(trainer):
+            raise UserError(
+                "SkillReprofiler.engine generates with the live model here, which FSDP shards over the ranks; under "
+                "trainer.strategy QLoRAFSDPStrategy set SkillReprofiler.engine: vllm (each rank's engine serves the "
+                "gathered adapter) or vllm_server (docs/fsdp.md)"
+            )
         self._rank_group()  # every rank, at the same point: creating the group is collective
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -213,3 +213,17 @@ def test_lightnings_own_fsdp_strategy_is_refused_naming_the_key():
     with pytest.raises(UserError, match=r"trainer\.strategy: FSDPStrategy .*stat_pl\.fsdp\.QLoRAFSDPStrategy"):
         is_fsdp(SimpleNamespace(strategy=FSDPStrategy()))
     assert is_fsdp(SimpleNamespace(strategy=QLoRAFSDPStrategy())) and not is_fsdp(SimpleNamespace(strategy=None))
+
+
+def test_callbacks_that_decode_with_the_live_model_refuse_fsdp_naming_what_to_do(tmp_path, tiny_model_dir):
+    """The SkillReprofiler with the HF engine and the BenchmarkEvaluator would decode with sharded weights outside
+    the root FSDP unit: both stop at setup with what to set instead, before any training."""
+    from test_ddp import reprofiled_config
+
+    config_path = reprofiled_config(tmp_path, tiny_model_dir, devices=2, engine="hf")
+    config = yaml.safe_load(config_path.read_text())
+    config["trainer"]["strategy"] = CPU_FSDP
+    config_path.write_text(yaml.safe_dump(config))
+    out = run_cli("fit", "--config", str(config_path))
+    assert out.returncode != 0
+    assert "set SkillReprofiler.engine: vllm" in out.stderr, out.stderr[-3000:]
