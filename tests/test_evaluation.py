@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import random
 import re
@@ -31,6 +32,7 @@ from stat_pl.evaluation.evaluate import EvalSettings, evaluate, run_evaluation
 from stat_pl.evaluation.metrics import AvgAtK, GroupedAccuracy, MetricName, PassAtK, pass_at_k
 from stat_pl.evaluation.scoring import QuestionResult, breakdowns
 from stat_pl.evaluation.store import ResultStore
+from stat_pl.grading import grade
 from stat_pl.models import LoRAConfig, load_causal_lm
 from stat_pl.records import ProblemRecord, RecordError, load_records, problem_key
 
@@ -155,6 +157,33 @@ def test_registry_names_hub_sources_and_rejects_unknown_names() -> None:
         BenchmarkSpec("math_d")
     with pytest.raises(ValueError, match="samples=8 is fewer than the largest K \\(64\\)"):
         BenchmarkSpec("aime24", metrics=["pass@64"], samples=8)
+
+
+def test_amc23_reads_the_papers_source_and_its_columns(tmp_path: Path) -> None:
+    """The registry's AMC23 is AI-MO/aimo-validation-amc (83 rows); a file shaped like its rows loads as it."""
+    hub = BENCHMARKS["amc23"].hub
+    assert (hub.path, hub.split, hub.subset, BENCHMARKS["amc23"].hub_questions) == (
+        "AI-MO/aimo-validation-amc",
+        "train",
+        None,
+        83,
+    )
+    rows = tmp_path / "aimo_validation_amc.jsonl"  # the Hub's columns: id (int), problem, answer (float), url
+    rows.write_text(
+        json.dumps({"id": 7, "problem": "What is $3^3$?", "answer": 27.0, "url": "https://example.org/7"}) + "\n"
+    )
+    (record,) = load_records(dataclasses.replace(hub, path=str(rows)))
+    assert (record.id, record.problem, record.answer, record.source) == ("7", "What is $3^3$?", "27.0", "amc23")
+    assert grade("so the answer is \\boxed{27}", record.answer)
+
+
+def test_the_local_amc23_copy_loads_and_says_it_is_not_the_papers_set(
+    shared_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="stat_pl.evaluation.benchmarks"):
+        records = load_benchmark(BenchmarkSpec("amc23", path=str(shared_data / "eval" / "amc23.jsonl")))
+    assert len(records) == 40
+    assert "40 questions" in caplog.text and "not the 83 of the registry's AI-MO/aimo-validation-amc" in caplog.text
 
 
 def test_a_row_without_an_answer_names_file_line_and_field(tmp_path: Path) -> None:

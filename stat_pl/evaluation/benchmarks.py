@@ -10,8 +10,19 @@ and ``answer`` (or a ``solution`` with a ``\\boxed{}`` answer).
 
 Hub names, as of writing (``verified`` in :data:`BENCHMARKS`): the dataset and its columns were checked
 against the dataset card for MATH (``DigitalLearningGmbH/MATH-lighteval``, the 5,000-question test
-split), MATH-500, GSM8K, AIME 2024, AIME 2025 and AMC23. **Not verified** (no Hub access where stat-pl
-is developed and tested), and exactly what is assumed:
+split), MATH-500, GSM8K, AIME 2024, AIME 2025 and AMC23. AMC23 is the source the paper cites,
+``AI-MO/aimo-validation-amc``: 83 AMC problems in split ``train``, with columns
+``id``, ``problem``, ``answer`` (a number, e.g. ``27.0``, read as the string ``"27.0"``, which grades
+equal to ``27``) and ``url``. Each registered benchmark records its Hub source's size
+(``hub_questions``); a run that reads another number of questions (a local ``path``, another
+``source``) logs it, so a score on a smaller set is not taken for the paper's.
+
+Local copies (``path:``), for tests and CPU configs only: ``../shared/data/eval/amc23.jsonl`` is
+**not** the paper's AMC23 but another, smaller set: the 40 AMC 12 2023 problems of ``math-ai/amc23``,
+as AdaptMI packages them (40 rows, not 83; ``../shared/data/README.md``).
+``../shared/data/math/test.jsonl`` holds 4,000 of MATH's 5,000 test questions (below).
+
+**Not verified** (no Hub access where stat-pl is developed and tested), and exactly what is assumed:
 
 * MATH^2 (``math2``): the Hub dataset ``veds12/math-squared``, split ``train``, one row per question
   with the question in column ``question``, a worked solution in ``solution`` and the final answer in
@@ -63,6 +74,7 @@ class Benchmark:
     hub: RecordSource
     selection: Selection = "all"
     verified: bool = True
+    hub_questions: int | None = None  # rows of the Hub source, from its dataset card; None where unverified
 
 
 def _hub(path: str, split: str, name: str, **kwargs) -> RecordSource:
@@ -70,24 +82,31 @@ def _hub(path: str, split: str, name: str, **kwargs) -> RecordSource:
 
 
 _MATH_HUB = _hub("DigitalLearningGmbH/MATH-lighteval", "test", "math", fields={"subject": "type"})
+_MATH_QUESTIONS = 5000
 
 #: name -> benchmark. The paper's Table 3 set plus MATH-500.
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
-        Benchmark("math", "MATH", _MATH_HUB, selection="math_evaluation"),
-        Benchmark("math_d", "MATH-D", _MATH_HUB, selection="math_difficult"),
-        Benchmark("math500", "MATH-500", _hub("HuggingFaceH4/MATH-500", "test", "math500", fields={"id": "unique_id"})),
+        Benchmark("math", "MATH", _MATH_HUB, selection="math_evaluation", hub_questions=_MATH_QUESTIONS),
+        Benchmark("math_d", "MATH-D", _MATH_HUB, selection="math_difficult", hub_questions=_MATH_QUESTIONS),
+        Benchmark(
+            "math500",
+            "MATH-500",
+            _hub("HuggingFaceH4/MATH-500", "test", "math500", fields={"id": "unique_id"}),
+            hub_questions=500,
+        ),
         Benchmark(
             "gsm8k",
             "GSM8K",
             _hub(
                 "openai/gsm8k", "test", "gsm8k", subset="main", fields={"problem": "question"}, answer_delimiter="####"
             ),
+            hub_questions=1319,
         ),
-        Benchmark("amc23", "AMC23", _hub("math-ai/amc23", "test", "amc23", fields={"problem": "question"})),
-        Benchmark("aime24", "AIME24", _hub("HuggingFaceH4/aime_2024", "train", "aime24")),
-        Benchmark("aime25", "AIME25", _hub("math-ai/aime25", "test", "aime25")),
+        Benchmark("amc23", "AMC23", _hub("AI-MO/aimo-validation-amc", "train", "amc23"), hub_questions=83),
+        Benchmark("aime24", "AIME24", _hub("HuggingFaceH4/aime_2024", "train", "aime24"), hub_questions=30),
+        Benchmark("aime25", "AIME25", _hub("math-ai/aime25", "test", "aime25"), hub_questions=30),
         Benchmark(
             "math2",
             "MATH^2",
@@ -118,7 +137,8 @@ class BenchmarkSpec:
         name: a key of :data:`BENCHMARKS` (``math``, ``math_d``, ``gsm8k``, ``amc23``, ``aime24``, ...), or
             any other name for a user benchmark given by ``path`` or ``source``.
         path: a local ``.jsonl`` / ``.json`` / ``.parquet`` file with ``problem`` and ``answer`` instead of
-            the Hub dataset (e.g. ``../shared/data/math/test.jsonl`` for MATH).
+            the Hub dataset (e.g. ``../shared/data/math/test.jsonl`` for MATH; for AMC23,
+            ``../shared/data/eval/amc23.jsonl`` is a 40-question set, not the paper's 83: module docstring).
         source: a full :class:`~stat_pl.records.RecordSource` (Hub name, split, column mapping) instead of
             the registry's; for Hub datasets whose columns are named otherwise.
         metrics: ``pass@1`` (sampled at the run's ``temperature``), ``avg@K`` and ``pass@K`` (K samples at
@@ -130,9 +150,12 @@ class BenchmarkSpec:
             (its ``questions`` are the difficult ones), a JSON list of ids, or a text file of ids.
         split_seed: the seed of :func:`split_math_test` (MATH and MATH-D).
         validation_size: hold out the first ``validation_size`` questions of :func:`split_math_test`
-            (``split_seed``) and evaluate on the rest: the continual setting (STAT-ConSel / ConSyn)
-            profiles on that validation part of a new benchmark (``profile --split=validation`` with the
-            same size and seed). Default: MATH's 1,000 for MATH and MATH-D, no hold-out otherwise.
+            (``split_seed``) and evaluate on the rest. Default: MATH's 1,000 for MATH and MATH-D, no
+            hold-out otherwise. The continual setting (STAT-ConSel / ConSyn) profiles on such a
+            validation part of a new benchmark (``profile --split=validation``); the paper's Figure 3
+            scores the whole benchmark, profiled questions included (``configs/paper/continual_eval.yaml``),
+            and giving the profile's size and seed here leaves them out instead
+            (``configs/paper/continual_eval_held_out.yaml``).
     """
 
     name: str
@@ -194,6 +217,15 @@ def load_benchmark(spec: BenchmarkSpec) -> list[ProblemRecord]:
     records = [canonical_subject(r) for r in load_records(source)]
     if not records:
         raise RecordError(f"benchmark {spec.name!r}: {source.path} has no rows")
+    if registered and registered.hub_questions not in (None, len(records)):
+        logger.warning(
+            "benchmark %r: %d questions in %s, not the %d of the registry's %s: its scores are on another set",
+            spec.name,
+            len(records),
+            source.path,
+            registered.hub_questions,
+            registered.hub.path,
+        )
     selection = registered.selection if registered else "all"
     if selection != "all" or spec.validation_size is not None:
         records = split_math_test(
