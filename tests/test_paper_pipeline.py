@@ -1,8 +1,9 @@
 """The paper pipeline in configs/paper/: profile -> build -> fit -> evaluate, each stage reading the last one's files.
 
 The first tests read the shipped configs as the CLI parses them and check that the paths line up and
-the paper's settings are there. The last one runs the whole chain in miniature through the same
-configs, with a small overlay per stage (tiny model, loopback teacher, a few questions, CPU; ~20 s).
+the paper's settings are there, the "+GRPO" rows of Table 3 included. The last one runs the whole chain in
+miniature through the same configs, with a small overlay per stage (tiny model, loopback teacher, a few
+questions, CPU; ~30 s).
 """
 
 from __future__ import annotations
@@ -106,12 +107,26 @@ def test_the_continual_stages_start_from_the_stat_models_and_hold_out_what_they_
 
 # ---- every run file a stage reads, an earlier stage writes ---------------------------------------------
 
-#: MATH-Train's SFT run, as build_baselines_llama32_3b.yaml's header gives it (eval_table3.yaml reads its adapter)
-MATH_TRAIN_FIT = (
-    "--trainer.default_root_dir=runs/paper/fit/math_train",
-    "--data.init_args.train=[{class_path: stat_pl.records.RecordSource, "
-    "init_args: {path: runs/paper/build/math_train/data.jsonl}}]",
-)
+
+def baseline_fit(name: str) -> tuple[str, ...]:
+    """A baseline's SFT run, as build_baselines_llama32_3b.yaml's header gives it (no config file of its own)."""
+    return (
+        f"--trainer.default_root_dir=runs/paper/fit/{name}",
+        "--data.init_args.train=[{class_path: stat_pl.records.RecordSource, "
+        f"init_args: {{path: runs/paper/build/{name}/data.jsonl}}}}]",
+    )
+
+
+#: Table 3's methods (the paper's 7 besides the base model), each a built set, an SFT run and a "+GRPO" run.
+TABLE3_METHODS = ("math_train", "math_augment", "math_hard", "embed_sel", "embed_syn", "stat_sel", "stat_syn")
+BASELINES = ("math_train", "math_hard", "math_augment", "embed_sel", "embed_syn")
+GRPO = "grpo_qlora_llama32_3b.yaml"  # GRPO after STAT-Sel; every other "+GRPO" row is one overlay on it
+
+
+def dashed(method: str) -> str:
+    return method.replace("_", "-")
+
+
 #: The paper's stages in the order the README runs them: (name, subcommand, configs, command-line overrides).
 STAGES = [
     ("profile", "profile", ("profile_llama32_3b.yaml",), ()),
@@ -120,9 +135,16 @@ STAGES = [
     ("build-baselines", "build", ("build_llama32_3b.yaml", "build_baselines_llama32_3b.yaml"), ()),
     ("fit-stat-sel", "fit", ("sft_qlora_llama32_3b.yaml",), ()),
     ("fit-stat-syn", "fit", ("sft_qlora_llama32_3b.yaml", "fit_stat_syn.yaml"), ()),
-    ("fit-math-train", "fit", ("sft_qlora_llama32_3b.yaml",), MATH_TRAIN_FIT),
+    *((f"fit-{dashed(name)}", "fit", ("sft_qlora_llama32_3b.yaml",), baseline_fit(name)) for name in BASELINES),
     ("evaluate", "evaluate", ("eval_table3.yaml",), ()),
-    ("grpo-after-sft", "fit", ("grpo_qlora_llama32_3b.yaml",), ()),
+    ("grpo-from-base", "fit", (GRPO, "grpo_from_base.yaml"), ()),
+    ("grpo-after-stat-sel", "fit", (GRPO,), ()),
+    *(
+        (f"grpo-after-{dashed(method)}", "fit", (GRPO, f"grpo_after_{method}.yaml"), ())
+        for method in TABLE3_METHODS
+        if method != "stat_sel"
+    ),
+    ("grpo-stat-weighted-prompts", "fit", (GRPO, "grpo_stat_weighted_prompts.yaml"), ()),
     ("continual-profile", "profile", ("profile_llama32_3b.yaml", "continual_profile.yaml"), ()),
     ("continual-build", "build", ("build_llama32_3b.yaml", "continual_build.yaml"), ()),
     ("continual-fit-consel", "fit", ("sft_qlora_llama32_3b.yaml", "continual_fit_consel.yaml"), ()),
@@ -167,8 +189,60 @@ def test_every_run_file_a_paper_stage_reads_is_written_by_an_earlier_stage(index
     name, command, _, _ = STAGES[index]
     earlier = set().union(*(written(STAGES[i][1], stage_config(i)) for i in range(index)))
     reads = read(stage_config(index))
-    assert reads or command == "profile", f"{name} reads no run file: is its config parsed?"
+    from_public_data = command == "profile" or name == "grpo-from-base"  # the base model, MATH, the Hub
+    assert reads or from_public_data, f"{name} reads no run file: is its config parsed?"
     assert reads <= earlier, f"{name} reads {sorted(reads - earlier)}, which no stage before it writes"
+
+
+# ---- the "+GRPO" half of Table 3 ------------------------------------------------------------------------
+
+
+def stage(name: str) -> dict:
+    return stage_config(next(i for i, (stage_name, *_) in enumerate(STAGES) if stage_name == name))
+
+
+def test_every_grpo_overlay_is_a_table3_row_and_every_row_has_one():
+    overlays = {path.stem.removeprefix("grpo_after_") for path in PAPER.glob("grpo_after_*.yaml")}
+    assert overlays | {"stat_sel"} == set(TABLE3_METHODS)  # stat_sel's is grpo_qlora_llama32_3b.yaml itself
+
+
+@pytest.mark.parametrize("method", TABLE3_METHODS)
+def test_grpo_after_a_method_starts_from_that_methods_sft_adapter(method: str) -> None:
+    grpo, sft = stage(f"grpo-after-{dashed(method)}"), stage(f"fit-{dashed(method)}")
+    assert grpo["model"]["init_args"]["student"]["init_adapter"] == f"{sft['trainer']['default_root_dir']}/adapter"
+    assert grpo["trainer"]["default_root_dir"] == f"runs/paper/grpo/{method}"
+
+
+def test_grpo_from_base_trains_a_new_adapter_of_sfts_shape():
+    grpo, sft = stage("grpo-from-base"), stage("fit-stat-sel")
+    student = grpo["model"]["init_args"]["student"]
+    assert student["init_adapter"] is None and student["lora"] == sft["model"]["init_args"]["student"]["lora"]
+    assert student["model"] == sft["model"]["init_args"]["student"]["model"]
+    assert grpo["trainer"]["default_root_dir"] == "runs/paper/grpo/base"
+
+
+@pytest.mark.parametrize(
+    "name", ["grpo-from-base", *(f"grpo-after-{dashed(m)}" for m in TABLE3_METHODS), "grpo-stat-weighted-prompts"]
+)
+def test_every_grpo_run_has_the_papers_settings(name: str) -> None:
+    grpo = stage(name)
+    model = grpo["model"]["init_args"]
+    assert grpo["trainer"]["max_epochs"] == 6 and grpo["data"]["init_args"]["batch_size"] == 256
+    assert (model["num_generations"], model["max_new_tokens"], model["mini_batch_groups"]) == (4, 2048, 64)
+    assert (model["beta"], model["optimizer"]["init_args"]["lr"], model["lr_schedule"]) == (0.0, 5e-7, "constant")
+    assert grpo["data"]["init_args"]["train"] == stage("grpo-after-stat-sel")["data"]["init_args"]["train"]
+
+
+def test_grpo_prompts_are_uniform_over_math_train_unless_the_stat_overlay_weights_them():
+    uniform = stage("grpo-after-stat-sel")
+    weighted = stage("grpo-stat-weighted-prompts")
+    prompts = uniform["data"]["init_args"]
+    assert prompts["train"][0]["init_args"]["path"] == stage("build")["pool"]["init_args"]["path"]  # MATH train
+    assert (prompts["sampling"], prompts["initial_profile"], prompts["group_by_length"]) == ("permutation", None, False)
+    stat = weighted["data"]["init_args"]
+    assert (stat["sampling"], stat["initial_profile"]) == ("weighted", f"{stage('profile')['output_dir']}/profile.json")
+    roots = [stage(name)["trainer"]["default_root_dir"] for name, *_ in STAGES if name.startswith("grpo-")]
+    assert len(set(roots)) == len(roots)  # the beyond-the-paper run writes beside the uniform ones
 
 
 # ---- the chain in miniature ---------------------------------------------------------------------------
