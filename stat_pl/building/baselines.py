@@ -107,7 +107,10 @@ class MathAugment:
 class EmbedSel:
     """Embed-Sel: for each difficult question, its ``neighbours`` nearest pool questions by embedding
     similarity, up to ``answers_per_question`` answers each, subsampled to ``target_size`` with an
-    equal share per difficult question. Needs the difficult questions' text (``questions:``)."""
+    equal share per difficult question. Needs the difficult questions' text (``questions:``).
+    ``embedding_model`` (as Embed-Syn's) is all-MiniLM-L6-v2 by default, offline and on CPU; the
+    paper's gte-Qwen2-7B-instruct and the settings it needs are in
+    ``configs/paper/build_baselines_llama32_3b.yaml`` (:mod:`stat_pl.building.embedding`)."""
 
     name: str = "embed_sel"
     neighbours: int = 5
