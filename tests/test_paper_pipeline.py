@@ -75,7 +75,7 @@ def test_the_paper_stages_read_each_others_files_with_the_papers_settings():
     assert math_d["difficult"] == f"{profile_eval['output_dir']}/profile.json" and profile_eval["split"] == "evaluation"
 
 
-def test_the_continual_stages_start_from_the_stat_models_and_hold_out_what_they_profile():
+def test_the_continual_stages_start_from_the_stat_models_and_score_the_whole_new_set():
     profile = parsed("profile", "profile_llama32_3b.yaml", "continual_profile.yaml")
     build = parsed("build", "build_llama32_3b.yaml", "continual_build.yaml")
     fits = {
@@ -89,6 +89,7 @@ def test_the_continual_stages_start_from_the_stat_models_and_hold_out_what_they_
         }.items()
     }
     evaluate = parsed("evaluate", "eval_table3.yaml", "continual_eval.yaml")
+    held_out = parsed("evaluate", "eval_table3.yaml", "continual_eval.yaml", "continual_eval_held_out.yaml")
 
     assert profile["adapter"] == f"{stat['sel']['trainer']['default_root_dir']}/adapter"
     assert build["profile"] == f"{profile['output_dir']}/profile.json"
@@ -100,9 +101,11 @@ def test_the_continual_stages_start_from_the_stat_models_and_hold_out_what_they_
             == f"{stat[source]['trainer']['default_root_dir']}/adapter"
         )
         assert evaluate["adapters"][f"stat_{name}"] == f"{fits[name]['trainer']['default_root_dir']}/adapter"
-    held_out = next(b for b in evaluate["benchmarks"] if b["name"] == "math_perturb_hard")
-    assert held_out["path"] == profile["questions"]["init_args"]["path"]
-    assert (held_out["validation_size"], held_out["split_seed"]) == (profile["validation_size"], profile["split_seed"])
+    whole, rest = (next(b for b in c["benchmarks"] if b["name"] == "math_perturb_hard") for c in (evaluate, held_out))
+    assert whole["path"] == rest["path"] == profile["questions"]["init_args"]["path"]
+    assert whole["validation_size"] is None  # Figure 3: the whole set, the profiled questions included
+    assert (rest["validation_size"], rest["split_seed"]) == (profile["validation_size"], profile["split_seed"])
+    assert held_out["adapters"] == evaluate["adapters"] and held_out["output_dir"] != evaluate["output_dir"]
 
 
 # ---- every run file a stage reads, an earlier stage writes ---------------------------------------------
@@ -346,6 +349,35 @@ def test_the_chain_runs_in_miniature_through_the_shipped_configs(tmp_path, tiny_
     )
     run("fit", "sft_qlora_llama32_3b.yaml", fit_overlay)
     run("fit", "sft_qlora_llama32_3b.yaml", "fit_stat_syn.yaml", fit_overlay)
+    prompts = work / "math_train_head.jsonl"  # 8 MATH training questions: the tiny tokenizer is slow on all 7,500
+    prompts.write_text("".join((shared_data / "math" / "train.jsonl").open().readlines()[:8]))
+    grpo_overlay = overlay(
+        tmp_path,
+        "grpo",
+        {
+            # no logger: the run's config.yaml goes to its default_root_dir, where the asserts below read it
+            "trainer": {**yaml.safe_load(Path(fit_overlay).read_text())["trainer"], "max_steps": 1, "logger": False},
+            "model": {
+                "init_args": {
+                    "student": {"model": tiny, "quantization": "none", "gradient_checkpointing": False},
+                    "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
+                    "max_new_tokens": 8,  # engine: auto is HF on a CPU
+                    "mini_batch_groups": 2,
+                    "micro_batch_groups": 1,
+                }
+            },
+            "data": {
+                "init_args": {
+                    "train": [{"class_path": "stat_pl.records.RecordSource", "init_args": {"path": str(prompts)}}],
+                    "batch_size": 2,
+                    "max_prompt_length": 4096,
+                    "num_workers": 0,
+                }
+            },
+        },
+    )
+    run("fit", "grpo_qlora_llama32_3b.yaml", grpo_overlay)
+    run("fit", "grpo_qlora_llama32_3b.yaml", "grpo_from_base.yaml", grpo_overlay)
     run(
         "evaluate",
         "eval_table3.yaml",
@@ -377,6 +409,10 @@ def test_the_chain_runs_in_miniature_through_the_shipped_configs(tmp_path, tiny_
     assert sel["rows"] == 24 and syn["rows"] > 0 and build_config["profile"] == "runs/paper/profile/profile.json"
     assert (runs / "fit" / "stat_sel" / "adapter" / "adapter_config.json").is_file()
     assert (runs / "fit" / "stat_syn" / "adapter" / "adapter_config.json").is_file()
+    grpo = {name: yaml.safe_load((runs / "grpo" / name / "config.yaml").read_text()) for name in ("stat_sel", "base")}
+    assert grpo["stat_sel"]["model"]["init_args"]["student"]["init_adapter"] == "runs/paper/fit/stat_sel/adapter"
+    assert grpo["base"]["model"]["init_args"]["student"]["init_adapter"] is None
+    assert all((runs / "grpo" / name / "adapter" / "adapter_config.json").is_file() for name in grpo)
     results = json.loads((runs / "eval" / "results.json").read_text())
     evaluated = {model["label"]: model["adapter"] for model in results["models"]}
     assert evaluated == {
