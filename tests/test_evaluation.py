@@ -478,10 +478,12 @@ def test_contamination_covers_every_registry_benchmark_whole_and_matches_by_text
         contamination_sources(["mmlu"])
 
 
-def test_a_held_out_validation_part_is_never_evaluated(shared_data: Path) -> None:
-    """The continual setting profiles on a new set's validation part and evaluates on the rest."""
+def test_a_new_set_is_scored_whole_unless_its_profiled_part_is_held_out(shared_data: Path) -> None:
+    """The continual setting profiles on a new set's validation part; the paper's Figure 3 scores the whole
+    set, and ``validation_size`` (the profile's, with its seed) leaves the profiled part out."""
     path = str(shared_data / "eval" / "gsm8k.jsonl")
     whole = load_benchmark(BenchmarkSpec("gsm8k", path=path))
+    assert len(whole) == len(load_records(path)) == 1319
     rest = load_benchmark(BenchmarkSpec("gsm8k", path=path, validation_size=100, split_seed=2))
     profiled = split_math_test(whole, seed=2, validation_size=100)[0]
     assert len(rest) == len(whole) - 100
