@@ -57,7 +57,7 @@ def test_the_student_is_built_on_the_strategys_root_device_without_the_cpu_door(
     """``configure_model`` runs before the strategy moves the module: it must ask the strategy, not ``self.device``."""
     asked: list[torch.device] = []
 
-    def load_student(student, compute_dtype, device):
+    def load_student(student, compute_dtype, device, sharded=False):
         asked.append(device)
         return load_causal_lm(student.model, quantization="none", lora=models.LoRAConfig(r=2), device="cpu")
 
