@@ -11,6 +11,11 @@ equal to its share of the profile.
 :meth:`StatSyn.synthesize_for_profile` is the same method, with the same settings, for the live loop:
 the SkillReprofiler callback calls it after a profiling round and hands the rows to
 ``SFTDataModule.add_synthetic``.
+
+Teachers: the run's ``teacher`` solves the new questions; ``question_teacher``, when set, writes them
+(the paper writes STAT-Syn's questions with GPT-4o), else the run's teacher writes them too. The
+question-writing prompt asks for the paper's steps (``<reason>``, ``<draft>``, final ``<question>``);
+only the final question is kept (:func:`stat_pl.building.synthesis.final_question`).
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ class StatSyn:
         target_size: QA pairs kept (paper: 9500; None: every accepted solution, one row per question).
         synthesis: sampling and the consistency filter (solutions per question, votes).
         templates: the teacher's prompt files (``propose_question`` and ``solve`` are used).
+        question_teacher: the teacher that writes the new questions (class_path / init_args, as the
+            run's ``teacher``); None: the run's teacher writes and solves. Its calls are counted in the
+            dataset's ``stats.question_teacher`` (the manifest's ``teacher`` counts the run's teacher).
     """
 
     name: str = "stat_syn"
@@ -60,6 +68,7 @@ class StatSyn:
     target_size: int | None = 9500
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
     templates: PromptTemplates = field(default_factory=PromptTemplates)
+    question_teacher: Teacher | None = None
 
     def build(self, inputs: BuildInputs) -> BuiltDataset:
         """The accepted new questions for every pair of ``inputs.profile``."""
@@ -77,7 +86,13 @@ class StatSyn:
         tasks, stats = stat_syn_tasks(
             profile, inputs, self.templates, self.examples_per_prompt, self.questions_per_pair, self.seed
         )
-        accepted, synthesis_stats = synthesize(tasks, teacher, inputs.guard, self.synthesis, self.templates, self.name)
+        before = self.question_teacher.stats() if self.question_teacher is not None else {}
+        accepted, synthesis_stats = synthesize(
+            tasks, teacher, inputs.guard, self.synthesis, self.templates, self.name, self.question_teacher
+        )
+        if self.question_teacher is not None:
+            after = self.question_teacher.stats()
+            stats["question_teacher"] = {k: v - before.get(k, 0) for k, v in after.items()}
         rows, cut_stats = cut_synthetic(
             accepted, "target_skill", profile.histogram, self.target_size, self.seed, self.name
         )
@@ -94,6 +109,8 @@ class StatSyn:
         round_index: int = 0,
     ) -> list[BuiltRow]:
         """Up to ``max_new`` new consistent questions targeted at ``profile``: STAT-Syn for the live loop.
+
+        ``teacher`` solves the new questions and, unless ``question_teacher`` is set, writes them.
 
         Pairs are drawn uniformly (seeded by ``seed`` and ``round_index``), so the skills' shares of the
         prompts follow the profile; ``ceil(max_new / questions_per_pair)`` pairs are asked, and questions
@@ -117,7 +134,9 @@ class StatSyn:
         wanted = math.ceil(max_new / self.questions_per_pair)
         if len(tasks) > wanted:
             tasks = random.Random(f"{self.seed}/round{round_index}").sample(tasks, wanted)
-        rows, stats = synthesize(tasks, teacher, guard, self.synthesis, self.templates, self.name)
+        rows, stats = synthesize(
+            tasks, teacher, guard, self.synthesis, self.templates, self.name, self.question_teacher
+        )
         log.info(
             "%s round %d: %d of %d new questions accepted; rejected %s",
             self.name,

@@ -7,8 +7,16 @@ final answer has at least ``min_votes`` votes (paper: 2), with only the solution
 answer. Answers are compared by :func:`stat_pl.grading.majority_answer` (math-verify equivalence: ``0.5``
 and ``\\frac12`` agree), never by string equality.
 
-Both rounds of teacher calls go through ``teacher.complete_many`` (cached, retried, concurrent), so a
-rerun of the same build pays for nothing already answered.
+The question-writing prompt (``propose_question``) asks for the paper's steps, each in its tag: a
+``<reason>`` about the skill and the examples, a ``<draft>``, then the final ``<question>``.
+:func:`final_question` reads the last non-empty ``<question>``; the reason and the draft are never
+trained on and are not kept in the rows (the full answers stay in the teacher's cache). An answer
+without a ``<question>`` is rejected and counted (``no_question_tag``), never replaced by its draft.
+
+The questions can come from a separate ``question_teacher`` (the paper writes STAT-Syn's questions
+with GPT-4o); the solving requests always go to ``teacher``. Both rounds of calls go through
+``complete_many`` (cached, retried, concurrent), so a rerun of the same build pays for nothing already
+answered.
 """
 
 from __future__ import annotations
@@ -90,17 +98,21 @@ def synthesize(
     settings: SynthesisSettings,
     templates: PromptTemplates,
     builder: str,
+    question_teacher: Teacher | None = None,
 ) -> tuple[list[BuiltRow], dict[str, Any]]:
     """Rows for the new questions that pass the guard and the consistency vote, and the counters.
 
-    Counters: ``proposed`` (questions asked for), ``accepted``, ``rejected`` by reason
-    (``teacher_failure_propose``, ``no_question_tag``, ``contaminated``, ``duplicate_synthetic``,
-    ``teacher_failure_solve``, ``inconsistent``), and ``contaminated_examples`` (up to 20 new
-    questions with the reference they copy).
+    ``question_teacher`` answers the question-writing requests (None: ``teacher`` does); ``teacher``
+    solves the new questions. Counters: ``proposed`` (questions asked for), ``accepted``, ``rejected``
+    by reason (``teacher_failure_propose``, ``no_question_tag``, ``contaminated``,
+    ``duplicate_synthetic``, ``teacher_failure_solve``, ``inconsistent``), ``questions_without_steps``
+    (readable questions whose answer lacks the ``<reason>`` or ``<draft>`` step; they are kept), and
+    ``contaminated_examples`` (up to 20 new questions with the reference they copy).
     """
     rejected: Counter[str] = Counter()
     contaminated: list[dict[str, Any]] = []
-    candidates = _proposals(tasks, teacher, guard, settings, rejected, contaminated, builder)
+    writer = question_teacher if question_teacher is not None else teacher
+    candidates, without_steps = _proposals(tasks, writer, guard, settings, rejected, contaminated, builder)
     requests = [
         TeacherRequest(
             tuple(templates.render("solve", question=c.question)),
@@ -131,6 +143,7 @@ def synthesize(
         "proposed": sum(t.n for t in tasks),
         "accepted": len(rows),
         "rejected": dict(rejected),
+        "questions_without_steps": without_steps,
         "contaminated_examples": contaminated[:20],
     }
     return rows, stats
@@ -144,8 +157,9 @@ def _proposals(
     rejected: Counter[str],
     contaminated: list[dict[str, Any]],
     builder: str,
-) -> list[_Candidate]:
-    """Ask every task; return the new questions that are readable and not near-duplicates."""
+) -> tuple[list[_Candidate], int]:
+    """Ask every task; the new questions that are readable and not near-duplicates, and how many
+    readable answers skipped the reason or draft step."""
     occurrences: Counter[tuple[str, ...]] = Counter()
     requests = []
     for task in tasks:
@@ -162,15 +176,18 @@ def _proposals(
         occurrences[key] += 1
     seen = guard if guard is not None else ContaminationGuard()
     candidates = []
+    without_steps = 0
     for task, answer in zip(tasks, teacher.complete_many(requests), strict=True):
         if isinstance(answer, TeacherFailure):
             rejected["teacher_failure_propose"] += task.n
             continue
         for text in answer:
-            question = next((q for q in extract_tags(text, "question") if q), None)
+            question = final_question(text)
             if question is None:
                 rejected["no_question_tag"] += 1
                 continue
+            if not (any(extract_tags(text, "reason")) and any(extract_tags(text, "draft"))):
+                without_steps += 1
             match = seen.check(question)
             if match is not None and match.synthetic:
                 rejected["duplicate_synthetic"] += 1
@@ -180,7 +197,14 @@ def _proposals(
             else:
                 seen.add(synthetic_row_id(builder, question), question, synthetic=True)
                 candidates.append(_Candidate(task, question))
-    return candidates
+    return candidates, without_steps
+
+
+def final_question(text: str) -> str | None:
+    """The question of one question-writing answer: its last non-empty ``<question>`` (the final step,
+    after ``<reason>`` and ``<draft>``), or None when it has none. The draft is never taken instead."""
+    questions = [q for q in extract_tags(text, "question") if q]
+    return questions[-1] if questions else None
 
 
 def _voted_row(

@@ -23,7 +23,11 @@ profiling needs no ground truth. ``missing_skills_with_reference`` also shows th
 it is a departure from the paper, used only when ``TeacherProfiler(show_reference_answer=True)``.
 Stage 0 follows the same rule: ``label_skills`` shows the question and the subject's skill list, as the
 paper's labelling does; ``label_skills_with_solution`` also shows the reference solution, only when
-asked (``build_skill_map(include_solution=True)``).
+asked (``build_skill_map(include_solution=True)``). ``propose_question`` (STAT-Syn, and Embed-Syn with the
+subject as the skill) asks for the paper's question-writing steps, each in its tag: ``<reason>`` (what the
+skill involves and how the examples use it), ``<draft>``, then the final ``<question>``, the only part
+read (:func:`stat_pl.building.synthesis.final_question`). A replacement file must keep the final
+``<question>`` tag.
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ class PromptTemplates:
             prompt: no reference answer).
         missing_skills_with_reference: Stage 2 with the reference answer shown (a departure; see
             ``TeacherProfiler.show_reference_answer``).
-        propose_question: STAT-Syn, write a new question for a skill from three examples.
+        propose_question: STAT-Syn, write a new question for a skill from three examples (reason,
+            draft, final ``<question>``).
         solve: solve a question, final answer in ``\\boxed{}``.
     """
 
