@@ -51,10 +51,17 @@ class SkillCatalog:
 
     @classmethod
     def from_json(cls, path: str | Path, benchmark: str = "MATH") -> SkillCatalog:
-        """Load ``{benchmark: {subject: [skill, ...]}}`` (or ``{benchmark: [skill, ...]}``, one subject)."""
+        """Load ``{benchmark: {subject: [skill, ...]}}`` (or ``{benchmark: [skill, ...]}``, one subject).
+
+        The catalog is a file the user provides: no Hub dataset holds one. docs/data_sources.md says where
+        the paper's MATH catalog (Didolkar et al. 2024, as princeton-pli/AdaptMI publishes it) comes from.
+        """
         path = Path(path)
         if not path.is_file():
-            raise MissingFileError(f"skill catalog {path} does not exist")
+            raise MissingFileError(
+                f"skill catalog {path} does not exist (resolved to {path.resolve()}); docs/data_sources.md "
+                "says how to make it from princeton-pli/AdaptMI's skill lists"
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from stat_pl.records import RecordError, RecordSource, load_records
+from stat_pl.records import RecordError, RecordSource, canonical_subject, load_records
 
 
 def write_jsonl(path, rows):
@@ -82,3 +82,27 @@ def test_wrong_type_names_the_field(tmp_path):
 def test_unknown_field_in_mapping_is_rejected():
     with pytest.raises(ValueError, match="unknown record field"):
         RecordSource("x.jsonl", fields={"questoin": "question"})
+
+
+def test_a_hub_source_loads_only_when_used_and_maps_math_lightevals_columns(monkeypatch):
+    """The paper configs name Hub datasets; parsing them (tests/test_configs.py) must not reach the Hub."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(path, name=None, split=None):
+        calls.append((path, name, split))
+        solution = "There are $3$ ways, so the answer is $\\boxed{3}$."
+        return [
+            {"problem": "How many ways?", "level": "Level 2", "type": "Counting & Probability", "solution": solution}
+        ]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    source = RecordSource(
+        path="DigitalLearningGmbH/MATH-lighteval", split="train", name="math/train", fields={"subject": "type"}
+    )
+    assert calls == []
+    (record,) = load_records(source)
+    assert calls == [("DigitalLearningGmbH/MATH-lighteval", None, "train")]
+    assert (record.id, record.answer, record.level, record.source) == ("math/train/0", "3", 2, "math/train")
+    assert canonical_subject(record).subject == "counting_and_probability"

@@ -18,6 +18,11 @@ def test_catalog_loads_the_shared_math_skills(shared_data):
     assert len(SkillCatalog.from_json(shared_data / "skills/catalog.json", "GSM8K").skills()) == 14
 
 
+def test_a_missing_catalog_says_where_to_get_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data/skills/catalog\.json does not exist.*docs/data_sources\.md"):
+        SkillCatalog.from_json(tmp_path / "data/skills/catalog.json")
+
+
 def test_normalisation_is_one_rule():
     assert normalize_skill("  Counting  Principals ") == normalize_skill("counting_principals") == "counting_principals"
 
