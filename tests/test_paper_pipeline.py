@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from unittest import mock
@@ -93,7 +94,7 @@ def test_the_continual_stages_start_from_the_stat_models_and_score_the_whole_new
 
     assert profile["adapter"] == f"{stat['sel']['trainer']['default_root_dir']}/adapter"
     assert build["profile"] == f"{profile['output_dir']}/profile.json"
-    assert build["pool"]["init_args"]["path"] == "../shared/data/math/train.jsonl"  # training data still come from MATH
+    assert build["pool"]["init_args"]["path"] == labelled_math_train()  # training data still come from MATH train
     for name, source in (("consel", "sel"), ("consyn", "syn")):
         assert train_path(fits[name]) == f"{build['output_dir']}/stat_{name}/data.jsonl"
         assert (
@@ -132,6 +133,7 @@ def dashed(method: str) -> str:
 
 #: The paper's stages in the order the README runs them: (name, subcommand, configs, command-line overrides).
 STAGES = [
+    ("label-skills", "label-skills", ("label_skills_math.yaml",), ()),
     ("profile", "profile", ("profile_llama32_3b.yaml",), ()),
     ("profile-eval-split", "profile", ("profile_llama32_3b.yaml", "profile_eval_split.yaml"), ()),
     ("build", "build", ("build_llama32_3b.yaml",), ()),
@@ -165,7 +167,9 @@ def stage_config(index: int) -> dict:
 
 
 def written(command: str, config: dict) -> set[str]:
-    """The run files of a stage that later stages read: profile.json, each built set, the adapter."""
+    """The run files of a stage that later stages read: the labelled pool, profile.json, each built set, the adapter."""
+    if command == "label-skills":
+        return {f"{config['output_dir']}/records.jsonl"}
     if command == "profile":
         return {f"{config['output_dir']}/profile.json"}
     if command == "build":
@@ -192,7 +196,7 @@ def test_every_run_file_a_paper_stage_reads_is_written_by_an_earlier_stage(index
     name, command, _, _ = STAGES[index]
     earlier = set().union(*(written(STAGES[i][1], stage_config(i)) for i in range(index)))
     reads = read(stage_config(index))
-    from_public_data = command == "profile" or name == "grpo-from-base"  # the base model, MATH, the Hub
+    from_public_data = command in ("label-skills", "profile")  # the base model, MATH, the Hub
     assert reads or from_public_data, f"{name} reads no run file: is its config parsed?"
     assert reads <= earlier, f"{name} reads {sorted(reads - earlier)}, which no stage before it writes"
 
@@ -248,6 +252,81 @@ def test_grpo_prompts_are_uniform_over_math_train_unless_the_stat_overlay_weight
     assert len(set(roots)) == len(roots)  # the beyond-the-paper run writes beside the uniform ones
 
 
+# ---- data sources: the Hub, and ../shared/data only as a documented local override (docs/data_sources.md) ----
+
+LOCAL = "../shared/"
+LOCAL_PATH = re.compile(r"\.\./shared/[^\s,}\]'\"]+")
+#: The paper configs that read MATH or the catalog, each with a comment line of flags that read the local copy.
+LOCAL_OVERRIDES = (
+    "build_llama32_3b.yaml",
+    "grpo_qlora_llama32_3b.yaml",
+    "label_skills_math.yaml",
+    "profile_llama32_3b.yaml",
+)
+
+
+def labelled_math_train() -> str:
+    """MATH train with the paper's Skill-Map: the records label-skills writes (the build's pool, GRPO's prompts)."""
+    return f"{stage('label-skills')['output_dir']}/records.jsonl"
+
+
+def strings(config: object) -> list[str]:
+    if isinstance(config, dict):
+        return [s for value in config.values() for s in strings(value)]
+    if isinstance(config, list):
+        return [s for value in config for s in strings(value)]
+    return [config] if isinstance(config, str) else []
+
+
+def local_override(config: str) -> tuple[str, ...]:
+    """The flags of ``config``'s comment line that reads ``../shared/data`` instead of the Hub (none if it has none)."""
+    lines = [line for line in (PAPER / config).read_text().splitlines() if line.startswith("#") and LOCAL in line]
+    flagged = [line for line in lines if re.search(r"\s--[\w.]+=", line)]
+    assert len(flagged) <= 1, f"{config}: more than one comment line of local-override flags"
+    return tuple(shlex.split(flagged[0][flagged[0].index("--") :])) if flagged else ()
+
+
+def documented_command(config: str) -> tuple[str, tuple[str, ...]]:
+    """(subcommand, config files) of the first ``python -m stat_pl`` command in ``config``'s comments naming it."""
+    for stage_name, rest in re.findall(r"^#.*?python -m stat_pl ([\w-]+)(.*)$", (PAPER / config).read_text(), re.M):
+        configs = tuple(Path(c).name for c in re.findall(r"--config[ =](\S+)", rest))
+        if config in configs:
+            return stage_name, configs
+    raise AssertionError(f"{config}: no `python -m stat_pl <stage> --config configs/paper/{config}` in its comments")
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in PAPER.glob("*.yaml")))
+def test_no_paper_config_reads_shared_data(config: str) -> None:
+    """A user who clones stat-pl has no ../shared: every value names the Hub, a run file or a file the user makes."""
+    assert not [s for s in strings(yaml.safe_load((PAPER / config).read_text())) if LOCAL in s]
+
+
+def test_the_configs_that_read_math_or_the_catalog_document_a_local_override():
+    assert tuple(sorted(p.name for p in PAPER.glob("*.yaml") if local_override(p.name))) == LOCAL_OVERRIDES
+
+
+@pytest.mark.parametrize("config", LOCAL_OVERRIDES)
+def test_a_local_override_parses_and_reads_only_shared_data_where_it_says(config: str) -> None:
+    stage_name, configs = documented_command(config)
+    flags = local_override(config)
+    hub = parsed(stage_name, *configs)
+    local = parsed(stage_name, *configs, overrides=flags)
+    assert not [s for s in strings(hub) if LOCAL in s]  # defaults of the stage's classes included
+    named = {path for flag in flags for path in LOCAL_PATH.findall(flag)}
+    assert named and named == {s for s in strings(local) if LOCAL in s}
+
+
+def test_the_pool_and_grpos_prompts_are_math_train_as_label_skills_labels_it():
+    label = stage("label-skills")
+    records = label["records"]["init_args"]
+    assert (records["path"], records["split"]) == ("DigitalLearningGmbH/MATH-lighteval", "train")
+    assert label["max_skills"] == 5 and label["relabel"] is True
+    assert stage("build")["pool"]["init_args"]["path"] == labelled_math_train()
+    assert stage("grpo-after-stat-sel")["data"]["init_args"]["train"][0]["init_args"]["path"] == labelled_math_train()
+    catalogs = {stage(name)["catalog"] for name in ("label-skills", "profile", "build")}
+    assert catalogs == {"data/skills/catalog.json"}  # one file the user provides (docs/data_sources.md)
+
+
 # ---- the chain in miniature ---------------------------------------------------------------------------
 
 
@@ -269,14 +348,15 @@ def overlay(folder: Path, name: str, settings: dict) -> str:
     return str(path)
 
 
-def run(stage: str, *configs: str) -> None:
-    argv = [stage, *(a for c in configs for a in ("--config", c if os.path.isabs(c) else str(PAPER / c)))]
+def run(stage: str, *configs: str, overrides: tuple[str, ...] = ()) -> None:
+    argv = [stage, *(a for c in configs for a in ("--config", c if os.path.isabs(c) else str(PAPER / c))), *overrides]
     with mock.patch.object(sys, "argv", ["stat_pl", *argv]):
         main(argv)
 
 
 def test_the_chain_runs_in_miniature_through_the_shipped_configs(tmp_path, tiny_model_dir, shared_data, monkeypatch):
-    """Same configs, same relative paths between stages; only model sizes, counts and URLs are overridden."""
+    """Same configs, same relative paths between stages; only model sizes, counts and URLs are overridden, and
+    MATH, the benchmarks and the catalog are read from ../shared/data with the configs' documented flags."""
     work = tmp_path / "repo"
     work.mkdir()
     (tmp_path / "shared").symlink_to(shared_data.parent)  # ../shared/data from the working directory
@@ -304,6 +384,7 @@ def test_the_chain_runs_in_miniature_through_the_shipped_configs(tmp_path, tiny_
                     "teacher": teacher,
                 },
             ),
+            overrides=local_override("profile_llama32_3b.yaml"),
         )
         run(
             "build",
@@ -321,6 +402,7 @@ def test_the_chain_runs_in_miniature_through_the_shipped_configs(tmp_path, tiny_
                     ],
                 },
             ),
+            overrides=local_override("build_llama32_3b.yaml"),
         )
     fit_overlay = overlay(
         tmp_path,
