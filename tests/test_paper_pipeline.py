@@ -398,7 +398,10 @@ def test_the_chain_runs_in_miniature_through_the_shipped_configs(tmp_path, tiny_
                     "plot": False,
                     "builders": [
                         {"class_path": "stat_pl.building.StatSel", "init_args": {"target_size": 24}},
-                        {"class_path": "stat_pl.building.StatSyn", "init_args": {"target_size": 6}},
+                        {
+                            "class_path": "stat_pl.building.StatSyn",
+                            "init_args": {"target_size": 6, "question_teacher": teacher},  # gpt-4o on loopback
+                        },
                     ],
                 },
             ),
