@@ -261,6 +261,7 @@ def test_scripted_run_tables_match_hand_counts_and_a_rerun_generates_nothing(
     cells = dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | "), strict=True))
     for metric, value in results["summary"]["base"]["scripted"].items():
         assert float(cells[f"scripted {metric}"]) == pytest.approx(100 * value, abs=0.05)
+    assert float(cells["Avg"]) == pytest.approx(60.0, abs=0.05)  # Table 3's Avg: the row's mean over its columns
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
     assert on_disk["summary"] == results["summary"]
     q2 = next(q for q in on_disk["questions"] if q["id"] == "q2" and q["setting"]["n"] == 1)
@@ -488,3 +489,15 @@ def test_a_new_set_is_scored_whole_unless_its_profiled_part_is_held_out(shared_d
     profiled = split_math_test(whole, seed=2, validation_size=100)[0]
     assert len(rest) == len(whole) - 100
     assert not {problem_key(r.problem) for r in rest} & {problem_key(r.problem) for r in profiled}
+
+
+def test_the_avg_column_is_the_rows_mean_and_empty_where_a_column_is_missing():
+    from stat_pl.evaluation.report import markdown_table
+
+    summary = {"base": {"a": {"pass@1": 0.2}, "b": {"pass@1": 0.5}}, "sft": {"a": {"pass@1": 0.4}}}
+    table = markdown_table(summary, {"a": "A", "b": "B"}, {"a": 10, "b": 20})
+    header, _, base, sft = table.splitlines()[:4]
+    assert header == "| Model | A pass@1 | B pass@1 | Avg |"
+    assert base == "| base | 20.0 | 50.0 | 35.0 |" and sft == "| sft | 40.0 |  |  |"
+    single = markdown_table({"base": {"a": {"pass@1": 0.2}}}, {"a": "A"}, {"a": 10})
+    assert "Avg" not in single  # one column: nothing to average

@@ -112,15 +112,6 @@ def test_the_continual_stages_start_from_the_stat_models_and_score_the_whole_new
 # ---- every run file a stage reads, an earlier stage writes ---------------------------------------------
 
 
-def baseline_fit(name: str) -> tuple[str, ...]:
-    """A baseline's SFT run, as build_baselines_llama32_3b.yaml's header gives it (no config file of its own)."""
-    return (
-        f"--trainer.default_root_dir=runs/paper/fit/{name}",
-        "--data.init_args.train=[{class_path: stat_pl.records.RecordSource, "
-        f"init_args: {{path: runs/paper/build/{name}/data.jsonl}}}}]",
-    )
-
-
 #: Table 3's methods (the paper's 7 besides the base model), each a built set, an SFT run and a "+GRPO" run.
 TABLE3_METHODS = ("math_train", "math_augment", "math_hard", "embed_sel", "embed_syn", "stat_sel", "stat_syn")
 BASELINES = ("math_train", "math_hard", "math_augment", "embed_sel", "embed_syn")
@@ -140,8 +131,7 @@ STAGES = [
     ("build-baselines", "build", ("build_llama32_3b.yaml", "build_baselines_llama32_3b.yaml"), ()),
     ("fit-stat-sel", "fit", ("sft_qlora_llama32_3b.yaml",), ()),
     ("fit-stat-syn", "fit", ("sft_qlora_llama32_3b.yaml", "fit_stat_syn.yaml"), ()),
-    *((f"fit-{dashed(name)}", "fit", ("sft_qlora_llama32_3b.yaml",), baseline_fit(name)) for name in BASELINES),
-    ("evaluate", "evaluate", ("eval_table3.yaml",), ()),
+    *((f"fit-{dashed(name)}", "fit", ("sft_qlora_llama32_3b.yaml", f"fit_{name}.yaml"), ()) for name in BASELINES),
     ("grpo-from-base", "fit", (GRPO, "grpo_from_base.yaml"), ()),
     ("grpo-after-stat-sel", "fit", (GRPO,), ()),
     *(
@@ -150,6 +140,7 @@ STAGES = [
         if method != "stat_sel"
     ),
     ("grpo-stat-weighted-prompts", "fit", (GRPO, "grpo_stat_weighted_prompts.yaml"), ()),
+    ("evaluate", "evaluate", ("eval_table3.yaml",), ()),
     ("continual-profile", "profile", ("profile_llama32_3b.yaml", "continual_profile.yaml"), ()),
     ("continual-build", "build", ("build_llama32_3b.yaml", "continual_build.yaml"), ()),
     ("continual-fit-consel", "fit", ("sft_qlora_llama32_3b.yaml", "continual_fit_consel.yaml"), ()),
@@ -218,6 +209,15 @@ def test_grpo_after_a_method_starts_from_that_methods_sft_adapter(method: str) -
     grpo, sft = stage(f"grpo-after-{dashed(method)}"), stage(f"fit-{dashed(method)}")
     assert grpo["model"]["init_args"]["student"]["init_adapter"] == f"{sft['trainer']['default_root_dir']}/adapter"
     assert grpo["trainer"]["default_root_dir"] == f"runs/paper/grpo/{method}"
+
+
+def test_table3_evaluates_every_method_and_every_grpo_row_from_the_runs_that_write_them():
+    adapters = stage("evaluate")["adapters"]
+    rows = {**{m: f"fit-{dashed(m)}" for m in TABLE3_METHODS}, "base+grpo": "grpo-from-base"}
+    rows |= {f"{m}+grpo": f"grpo-after-{dashed(m)}" for m in TABLE3_METHODS}
+    assert set(adapters) == set(rows)  # with the base model's own row: Table 3's 16
+    for label, name in rows.items():
+        assert adapters[label] == f"{stage(name)['trainer']['default_root_dir']}/adapter", label
 
 
 def test_grpo_from_base_trains_a_new_adapter_of_sfts_shape():

@@ -1,6 +1,6 @@
 """What an evaluation leaves for a reader: a Markdown table like the paper's Table 3 and per-group plots.
 
-The table has one row per model and one column per (benchmark, metric), in percent. The plots are
+The table has one row per model and one column per (benchmark, metric), in percent, and the row's average. The plots are
 the paper's Figures 4 and 7: accuracy per subject and per skill (and per level where the data has
 levels), one bar series per model, so base, SFT and STAT-Sel sit side by side.
 """
@@ -31,17 +31,20 @@ def table_columns(summary: Summary) -> list[tuple[str, str]]:
 def markdown_table(summary: Summary, titles: Mapping[str, str], question_counts: Mapping[str, int]) -> str:
     """Rows = models, columns = ``<benchmark title> <metric>``, cells = percent with one decimal.
 
-    A line under the table gives the number of questions per benchmark, since a subset (``limit``)
-    changes what the numbers mean.
+    With two columns or more, a last column ``Avg`` is the row's mean over them, as the paper's Table 3 has; it is
+    left empty for a row that lacks a column (a mean over fewer benchmarks would not compare). A line under the table
+    gives the number of questions per benchmark, since a subset (``limit``) changes what the numbers mean.
     """
     columns = table_columns(summary)
-    header = ["Model", *(f"{titles[b]} {m}" for b, m in columns)]
+    averaged = len(columns) > 1
+    header = ["Model", *(f"{titles[b]} {m}" for b, m in columns), *(["Avg"] if averaged else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model, per_benchmark in summary.items():
-        cells = [model]
-        for benchmark, metric in columns:
-            value = per_benchmark.get(benchmark, {}).get(metric)
-            cells.append("" if value is None else f"{100 * value:.1f}")
+        values = [per_benchmark.get(benchmark, {}).get(metric) for benchmark, metric in columns]
+        cells = [model, *("" if value is None else f"{100 * value:.1f}" for value in values)]
+        if averaged:
+            complete = None not in values
+            cells.append(f"{100 * sum(values) / len(values):.1f}" if complete else "")
         lines.append("| " + " | ".join(cells) + " |")
     counts = ", ".join(f"{titles[b]} {n}" for b, n in question_counts.items())
     return "\n".join(lines) + f"\n\nAccuracy in %. Questions per benchmark: {counts}.\n"
