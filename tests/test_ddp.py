@@ -4,8 +4,10 @@ round, rank 0 judges them all, every rank gets its weights; the round's profile 
 import json
 from pathlib import Path
 
+import torch
 import yaml
-from test_sft_cli import run_cli, tiny_config
+from safetensors.torch import load_file
+from test_sft_cli import recorded, recorder, run_cli, tiny_config
 
 
 def reprofiled_config(tmp_path: Path, model_dir: Path, devices: int, **reprofiler) -> Path:
@@ -90,3 +92,43 @@ def test_a_rank_that_waits_past_the_round_timeout_stops_the_run_naming_the_setti
     out = run_cli("fit", "--config", str(config_path))
     assert out.returncode != 0
     assert "SkillReprofiler.round_timeout_s=3 s" in out.stderr, out.stderr[-3000:]
+
+
+def test_two_ranks_resume_mid_epoch_with_each_ranks_batches_and_the_same_adapter(tmp_path, tiny_model_dir):
+    """2 gloo ranks: 4 straight steps vs a run stopped after step 2 and a new run resuming from its step-2
+    checkpoint; each rank draws the batches it drew uninterrupted, and the adapter ends bit for bit the same."""
+    config_path = tiny_config(tmp_path, tiny_model_dir, devices=2, strategy="ddp", max_steps=4)
+    full, resumed, part = tmp_path / "full.jsonl", tmp_path / "resumed.jsonl", tmp_path / "part"
+    out = run_cli("fit", "--config", str(config_path), f"--trainer.callbacks={recorder(full)}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    stop = [
+        {"class_path": "resume_helpers.StopAtStep", "init_args": {"step": 2}},
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"every_n_train_steps": 1, "save_top_k": -1, "filename": "{step}"},
+        },
+    ]
+    out = run_cli(
+        "fit",
+        "--config",
+        str(config_path),
+        f"--trainer.callbacks={json.dumps(stop)}",
+        f"--trainer.default_root_dir={part}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (ckpt,) = part.rglob("step=2.ckpt")
+    out = run_cli(
+        "fit",
+        "--config",
+        str(config_path),
+        f"--ckpt_path={ckpt}",
+        f"--trainer.callbacks={recorder(resumed)}",
+        f"--trainer.default_root_dir={part}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for rank in (0, 1):
+        straight = recorded(full.with_suffix(f".rank{rank}.jsonl"))
+        assert recorded(resumed.with_suffix(f".rank{rank}.jsonl")) == [row for row in straight if row["step"] >= 2]
+    adapters = [load_file(d / "adapter" / "adapter_model.safetensors") for d in (tmp_path / "run", part)]
+    for key, value in adapters[0].items():
+        torch.testing.assert_close(adapters[1][key], value, rtol=0, atol=0, msg=key)
