@@ -87,6 +87,7 @@ def test_fsdp_sft_trains_the_ddp_adapter_and_resumes_from_its_adapter_only_check
     assert float(b.abs().max()) > 0
 
 
+@pytest.mark.slow  # ~45 s on 2 CPU cores; the default run keeps FSDP SFT, GRPO and lockstep decoding
 def test_fsdp_wraps_decoder_layers_and_lora_leaves_and_checkpoints_the_layers_it_is_asked_to(tmp_path, tiny_model_dir):
     """PEFT's wrap policy: one FSDP unit per decoder layer and per LoRA leaf (2 layers x 7 projections x A and B),
     the rest in the root; ``student.gradient_checkpointing`` checkpoints the decoder layers through the strategy
