@@ -4,6 +4,7 @@ round, rank 0 judges them all, every rank gets its weights; the round's profile 
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -94,6 +95,7 @@ def test_a_rank_that_waits_past_the_round_timeout_stops_the_run_naming_the_setti
     assert "SkillReprofiler.round_timeout_s=3 s" in out.stderr, out.stderr[-3000:]
 
 
+@pytest.mark.slow  # three 2-rank runs, ~70 s on 2 CPU cores (CI's slow step)
 def test_two_ranks_resume_mid_epoch_with_each_ranks_batches_and_the_same_adapter(tmp_path, tiny_model_dir):
     """2 gloo ranks: 4 straight steps vs a run stopped after step 2 and a new run resuming from its step-2
     checkpoint; each rank draws the batches it drew uninterrupted, and the adapter ends bit for bit the same."""

@@ -61,7 +61,8 @@ def sft_run(tmp_path: Path, model_dir: Path, name: str, strategy, quantization: 
     return path
 
 
-@pytest.mark.parametrize("quantization", ["none", pytest.param("nf4", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~80 s a case on 2 CPU cores (CI's slow step); the default run keeps FSDP GRPO and lockstep
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
 def test_fsdp_sft_trains_the_ddp_adapter_and_resumes_from_its_adapter_only_checkpoint(
     tmp_path, tiny_model_dir, quantization
 ):
@@ -216,6 +217,7 @@ def test_lightnings_own_fsdp_strategy_is_refused_naming_the_key():
     assert is_fsdp(SimpleNamespace(strategy=QLoRAFSDPStrategy())) and not is_fsdp(SimpleNamespace(strategy=None))
 
 
+@pytest.mark.slow  # a 2-rank start-up, ~20 s
 def test_callbacks_that_decode_with_the_live_model_refuse_fsdp_naming_what_to_do(tmp_path, tiny_model_dir):
     """The SkillReprofiler with the HF engine and the BenchmarkEvaluator would decode with sharded weights outside
     the root FSDP unit: both stop at setup with what to set instead, before any training."""
