@@ -109,7 +109,8 @@ class RolloutProfiler(Callback):
             if accuracy[i] <= self.accuracy_threshold
         ]
         diagnoses = self.profiler.diagnose(difficult)
-        new = MissingSkillProfile.from_questions({d.question_id: d.skills for d in diagnoses}, epoch=epoch)
+        asked = [records[i] for i in sorted(buffer)]
+        new = MissingSkillProfile.from_round(asked, {d.question_id: d.skills for d in diagnoses}, epoch=epoch)
         profile = new if self.profile is None else self.profile.ema(new, self.ema_alpha)
         profile.meta.update(epoch=epoch, source="rollouts", questions=len(buffer), difficult=len(difficult))
         round_ = {

@@ -222,7 +222,7 @@ class SkillReprofiler(Callback):
     def _judge_on_rank_zero(self, trainer: L.Trainer, attempts: list[Attempt], epoch: int) -> dict:
         subset = self._validation_subset()
         difficult, diagnoses = judge(attempts, self.detector, self.profiler)
-        new = MissingSkillProfile.from_questions({d.question_id: d.skills for d in diagnoses}, epoch=epoch)
+        new = MissingSkillProfile.from_round(subset, {d.question_id: d.skills for d in diagnoses}, epoch=epoch)
         profile = new if self.profile is None or self.combine == "replace" else self.profile.ema(new, self.ema_alpha)
         profile.meta.update(
             epoch=epoch,

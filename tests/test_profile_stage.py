@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,8 @@ def test_without_a_teacher_the_skill_map_proxy_profiles_and_responses_are_reused
     records = {r.id: r for r in select_questions(args["questions"], "validation", 0, 1000, 4)}
     assert counts["difficult"] == 4 and counts["teacher_calls"] == 0  # a random tiny model is never right
     assert {q: tuple(s) for q, s in written["questions"].items()} == {i: r.skills for i, r in records.items()}
+    asked = Counter(s for r in records.values() for s in r.skills)
+    assert written["asked"] == {s: float(c) for s, c in sorted(asked.items())}  # every question asked, per skill
     assert (counts["responses_generated"], again["responses_generated"], longer["responses_generated"]) == (4, 0, 4)
     with pytest.raises(ValueError, match="not both"):
         profile(**args, teacher=OpenAICompatibleTeacher("m", cache_dir=str(tmp_path)))

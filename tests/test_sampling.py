@@ -227,3 +227,39 @@ def test_the_datamodule_goes_through_a_fixed_set_once_per_epoch_by_default(tiny_
         dm.set_profile(MissingSkillProfile(histogram={"powers": 1.0}))
     weighted = SFTDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=30, levels=(1,))], sampling="weighted")
     assert weighted.sampling == "weighted"
+
+
+def test_the_datamodule_weights_examples_by_its_weighting(skillworld_datamodule):
+    dm = skillworld_datamodule
+    profile = MissingSkillProfile(
+        histogram={"percentages": 4.0, "gcd_lcm": 2.0}, asked={"percentages": 8, "gcd_lcm": 2}
+    )
+    dm.profile = profile
+    try:
+        for weighting in ("proportional", "rate", "power"):
+            dm.weighting = weighting
+            expected = profile.to_weights(dm.records, dm.skill_map, floor=0.0, weighting=weighting, power=2.0)
+            assert dm.example_weights() == pytest.approx(expected)  # one example per skill-world record
+        share = sum(
+            w for w, e in zip(dm.example_weights(), dm.train_examples, strict=True) if _skill(dm, e) == "gcd_lcm"
+        )
+        assert share == pytest.approx(0.2)  # power 2: 4**2 : 2**2
+    finally:
+        dm.profile, dm.weighting = None, "proportional"
+
+
+def _skill(dm, example):
+    return dm.records[example["record"]].skills[0]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"weighting": "counts"}, "weighting must be one of proportional, rate, power, got 'counts'"),
+        ({"weighting": "power", "weight_power": -1.0}, "weight_power must be positive"),
+        ({"weight_floor": 2.0}, r"weight_floor must be in \[0, 1\]"),
+    ],
+)
+def test_bad_weighting_settings_are_named_before_any_data_loads(tiny_model_dir, setting, message):
+    with pytest.raises(ValueError, match=message):
+        SFTDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=4)], **setting)

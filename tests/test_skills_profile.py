@@ -70,3 +70,74 @@ def test_empty_profile_is_uniform_and_skills_without_records_are_dropped():
     assert MissingSkillProfile().to_weights(records) == [0.5, 0.5]
     only_missing = MissingSkillProfile(histogram={"zzz": 5.0, "a": 1.0})
     assert only_missing.to_weights(records, floor=0.0) == pytest.approx([1.0, 0.0])
+
+
+# ---- weighting schemes and the questions asked per skill ------------------------------------------
+
+
+WEIGHTING_POOL = [record("a1", "a"), record("a2", "a"), record("b1", "b"), record("c1", "c")]
+# skill a: 4 failures out of 8 questions asked; skill b: 2 out of 2; c: asked, never failed
+WEIGHTING_PROFILE = MissingSkillProfile(histogram={"a": 4.0, "b": 2.0}, asked={"a": 8.0, "b": 2.0, "c": 3.0})
+
+
+@pytest.mark.parametrize(
+    ("weighting", "mix", "weights"),
+    [
+        ("proportional", {"a": 2 / 3, "b": 1 / 3}, [1 / 3, 1 / 3, 1 / 3, 0.0]),  # 4 : 2
+        ("rate", {"a": 1 / 3, "b": 2 / 3}, [1 / 6, 1 / 6, 2 / 3, 0.0]),  # 4/8 : 2/2
+        ("power", {"a": 0.8, "b": 0.2}, [0.4, 0.4, 0.2, 0.0]),  # 4**2 : 2**2
+    ],
+)
+def test_each_weighting_gives_its_hand_computed_mix_and_weights(weighting, mix, weights):
+    assert WEIGHTING_PROFILE.skill_mix(WEIGHTING_POOL, weighting=weighting) == pytest.approx(mix)
+    assert WEIGHTING_PROFILE.to_weights(WEIGHTING_POOL, floor=0.0, weighting=weighting) == pytest.approx(weights)
+    floored = WEIGHTING_PROFILE.to_weights(WEIGHTING_POOL, floor=0.2, weighting=weighting)
+    assert floored == pytest.approx([0.8 * w + 0.2 / 4 for w in weights])
+
+
+def test_power_one_is_proportional_and_a_larger_power_sharpens():
+    proportional = WEIGHTING_PROFILE.skill_mix(WEIGHTING_POOL)
+    assert WEIGHTING_PROFILE.skill_mix(WEIGHTING_POOL, weighting="power", power=1.0) == pytest.approx(proportional)
+    assert WEIGHTING_PROFILE.skill_mix(WEIGHTING_POOL, weighting="power", power=3.0)["a"] == pytest.approx(64 / 72)
+
+
+def test_rate_without_asked_counts_and_bad_settings_are_named():
+    without = MissingSkillProfile(histogram={"a": 1.0})
+    assert without.skill_mix(WEIGHTING_POOL) == {"a": 1.0}  # the paper's rule needs no asked counts
+    with pytest.raises(ValueError, match="records no 'asked' counts.*set weighting: proportional"):
+        without.to_weights(WEIGHTING_POOL, weighting="rate")
+    with pytest.raises(ValueError, match="skill 'a' has 1 failures but no question asked"):
+        MissingSkillProfile(histogram={"a": 1.0}, asked={"b": 2.0}).skill_mix(WEIGHTING_POOL, weighting="rate")
+    with pytest.raises(ValueError, match="weighting must be one of proportional, rate, power, got 'linear'"):
+        WEIGHTING_PROFILE.skill_mix(WEIGHTING_POOL, weighting="linear")
+    with pytest.raises(ValueError, match="weight_power must be positive, got 0"):
+        WEIGHTING_PROFILE.skill_mix(WEIGHTING_POOL, weighting="power", power=0)
+    with pytest.raises(ValueError, match="weight_floor must be in"):
+        WEIGHTING_PROFILE.to_weights(WEIGHTING_POOL, floor=1.5)
+
+
+def test_a_round_counts_the_questions_asked_per_skill_labelled_or_blamed():
+    asked = [record("q1", "A"), record("q2", "a", "b"), record("q3", "c")]
+    profile = MissingSkillProfile.from_round(asked, {"q2": ["b", "d"]}, epoch=3)
+    assert profile.histogram == {"b": 1.0, "d": 1.0} and profile.meta == {"epoch": 3}
+    assert profile.asked == {"a": 2.0, "b": 1.0, "c": 1.0, "d": 1.0}  # d: named by the profiler, not labelled
+    assert profile.skill_mix(asked + [record("d1", "d")], weighting="rate") == {"b": 0.5, "d": 0.5}
+    with pytest.raises(ValueError, match=r"difficult questions \['zz'\] are not among the asked"):
+        MissingSkillProfile.from_round(asked, {"zz": ["a"]})
+
+
+def test_asked_counts_survive_json_and_combine_like_the_histogram(tmp_path):
+    old = MissingSkillProfile(histogram={"a": 2.0}, asked={"a": 4.0, "b": 2.0})
+    new = MissingSkillProfile(histogram={"b": 1.0}, asked={"a": 2.0, "b": 2.0})
+    assert MissingSkillProfile.from_json(old.to_json(tmp_path / "p.json")) == old
+    assert old.merge(new).asked == {"a": 6.0, "b": 4.0}
+    smoothed = old.ema(new, alpha=0.25)
+    assert smoothed.asked == pytest.approx({"a": 3.5, "b": 2.0}) and smoothed.histogram == pytest.approx(
+        {"a": 1.5, "b": 0.25}
+    )
+    unknown = MissingSkillProfile(histogram={"b": 1.0})
+    assert old.merge(unknown).asked is None and unknown.ema(old, 0.5).asked is None
+    assert "asked" not in unknown.to_dict()
+    (tmp_path / "bad.json").write_text('{"questions": {}, "histogram": {"a": 1}, "asked": {"a": "many"}}')
+    with pytest.raises(ValueError, match="bad.json: field 'asked' must map skill names to numbers"):
+        MissingSkillProfile.from_json(tmp_path / "bad.json")

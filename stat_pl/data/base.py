@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from stat_pl.data.sampler import LengthGroupedBatchSampler, Sampling, epoch_sampler, resolve_sampling
 from stat_pl.data.synthetic_source import SyntheticSource, synthetic_records
 from stat_pl.errors import UserError
-from stat_pl.missing_skill_profile import MissingSkillProfile
+from stat_pl.missing_skill_profile import MissingSkillProfile, Weighting, check_floor, check_weighting
 from stat_pl.records import DataSource, ProblemRecord
 from stat_pl.skills import SkillCatalog, SkillMap
 from stat_pl.tokenizer import load_tokenizer
@@ -43,6 +43,11 @@ class SkillWeightedDataModule(L.LightningDataModule):
         group_by_length: batch examples of similar length (the paper's group-by-length).
         seed: seeds the draws and the batch order.
         weight_floor: the uniform share mixed into profile weights so no example is never drawn.
+        weighting: how the profile's histogram becomes each skill's share of the targeted draws
+            (:meth:`MissingSkillProfile.skill_mix`): ``proportional`` (the paper: failure counts), ``rate``
+            (failures divided by the questions asked with the skill; needs a profile that records them) or
+            ``power`` (failure counts to the power ``weight_power``, which sharpens for ``weight_power > 1``).
+        weight_power: the exponent of ``weighting: power``.
         initial_profile: a ``profile.json`` to sample by from the first epoch (static STAT-Sel).
         catalog: a skill catalog JSON; when set, every profile's skills must be in it.
         system_prompt: an optional system turn before the problem.
@@ -63,6 +68,8 @@ class SkillWeightedDataModule(L.LightningDataModule):
         group_by_length: bool = True,
         seed: int = 0,
         weight_floor: float = 0.05,
+        weighting: Weighting = "proportional",
+        weight_power: float = 2.0,
         initial_profile: str | None = None,
         catalog: str | None = None,
         system_prompt: str | None = None,
@@ -81,7 +88,11 @@ class SkillWeightedDataModule(L.LightningDataModule):
         self.samples_per_epoch = samples_per_epoch
         self.group_by_length = group_by_length
         self.seed = seed
+        check_floor(weight_floor)
+        check_weighting(weighting, weight_power)
         self.weight_floor = weight_floor
+        self.weighting = weighting
+        self.weight_power = weight_power
         self.initial_profile = initial_profile
         self.catalog = SkillCatalog.from_json(catalog) if catalog else None
         self.system_prompt = system_prompt
@@ -164,7 +175,7 @@ class SkillWeightedDataModule(L.LightningDataModule):
             if not records:
                 continue
             within = (
-                self.profile.to_weights(records, self.skill_map, floor=self.weight_floor)
+                self.profile.to_weights(records, self.skill_map, self.weight_floor, self.weighting, self.weight_power)
                 if self.profile
                 else [1.0 / len(records)] * len(records)
             )

@@ -10,7 +10,8 @@ instead, which is what a MATH-D benchmark is built from.
 Written to ``output_dir``:
 
 * ``profile.json``: the :class:`MissingSkillProfile`. Its ``questions`` are *all* difficult questions
-  (an unlabelled one with no skills), so a MATH-D benchmark can read them; ``meta`` holds the counts,
+  (an unlabelled one with no skills), so a MATH-D benchmark can read them; ``asked`` counts the profiled
+  questions per skill (what ``weighting: rate`` divides by); ``meta`` holds the counts,
   the detector's and profiler's classes, and every question's difficulty and diagnosis status;
 * ``responses.jsonl``: per question of this run the responses, the verdict and the skills named;
 * ``generations.jsonl``: the graded responses, the store reruns read (evaluation's
@@ -175,7 +176,8 @@ def profile(
     verdicts = [attempt.record.id in hard for attempt in attempts]
     stats = dict(getattr(profiler, "stats", None) or {})
     counts = _counts(results, verdicts, diagnoses, stats, generated_per_rank)
-    result = MissingSkillProfile.from_questions(
+    result = MissingSkillProfile.from_round(
+        records,
         {d.question_id: d.skills for d in diagnoses},
         student=student,
         adapter=adapter,
