@@ -47,6 +47,11 @@ OFFLINE_STAGES: dict[str, tuple[str, str]] = {
     ),
     "build": ("stat_pl.building.run:build", "Stage 3: targeted training data (STAT-Sel, STAT-Syn, baselines)"),
     "export": ("stat_pl.export:export", "merge a (Q)LoRA adapter into its base: a plain Hugging Face model to serve"),
+    "select-lr": (
+        "stat_pl.evaluation.lr_selection:select_learning_rate",
+        "each method's best learning rate of a sweep, by MATH validation accuracy",
+    ),
+    "pipeline": ("stat_pl.pipeline:pipeline", "the paper's whole Table 3, every stage in order, resumable (DVC)"),
 }
 #: Subcommands that read their own arguments: name -> (import path "module:function" taking argv, one-line help).
 TOOLS: dict[str, tuple[str, str]] = {

@@ -38,7 +38,8 @@ If a guess is wrong, the loader fails with the file, row and missing field named
 full ``source`` with the right ``fields`` mapping.
 
 MATH's split: the paper takes 1,000 of the 5,000 MATH test questions as the validation set that the
-Missing-Skill-Profile is built on and evaluates on the other 4,000. :func:`split_math_test` makes that
+Missing-Skill-Profile is built on (and each method's learning rate is chosen on: ``math_validation``)
+and evaluates on the other 4,000. :func:`split_math_test` makes that
 split with a fixed seed, keyed on the normalised question text (so a local file and a Hub copy split
 alike), and the profile stage uses the same function, so the two never overlap. The
 local copy ``../shared/data/math/test.jsonl`` holds only 4,000 of the 5,000 questions, so with it the
@@ -61,7 +62,7 @@ from stat_pl.records import ProblemRecord, RecordError, RecordSource, canonical_
 
 logger = logging.getLogger(__name__)
 
-Selection = Literal["all", "math_evaluation", "math_difficult"]
+Selection = Literal["all", "math_evaluation", "math_validation", "math_difficult"]
 MATH_VALIDATION_SIZE = 1000
 
 
@@ -90,6 +91,10 @@ BENCHMARKS: dict[str, Benchmark] = {
     for b in (
         Benchmark("math", "MATH", _MATH_HUB, selection="math_evaluation", hub_questions=_MATH_QUESTIONS),
         Benchmark("math_d", "MATH-D", _MATH_HUB, selection="math_difficult", hub_questions=_MATH_QUESTIONS),
+        # the 1,000 validation questions: the profile's, and what each method's learning rate is chosen on
+        Benchmark(
+            "math_validation", "MATH-Val", _MATH_HUB, selection="math_validation", hub_questions=_MATH_QUESTIONS
+        ),
         Benchmark(
             "math500",
             "MATH-500",
@@ -151,7 +156,7 @@ class BenchmarkSpec:
         split_seed: the seed of :func:`split_math_test` (MATH and MATH-D).
         validation_size: hold out the first ``validation_size`` questions of :func:`split_math_test`
             (``split_seed``) and evaluate on the rest. Default: MATH's 1,000 for MATH and MATH-D, no
-            hold-out otherwise. The continual setting (STAT-ConSel / ConSyn) profiles on such a
+            hold-out otherwise. ``math_validation`` keeps the held-out questions instead (the profile's 1,000). The continual setting (STAT-ConSel / ConSyn) profiles on such a
             validation part of a new benchmark (``profile --split=validation``); the paper's Figure 3
             scores the whole benchmark, profiled questions included (``configs/paper/continual_eval.yaml``),
             and giving the profile's size and seed here leaves them out instead
@@ -228,9 +233,10 @@ def load_benchmark(spec: BenchmarkSpec) -> list[ProblemRecord]:
         )
     selection = registered.selection if registered else "all"
     if selection != "all" or spec.validation_size is not None:
-        records = split_math_test(
+        validation, evaluation = split_math_test(
             records, seed=spec.split_seed, validation_size=spec.validation_size or MATH_VALIDATION_SIZE
-        )[1]
+        )
+        records = validation if selection == "math_validation" else evaluation
     if selection == "math_difficult":
         records = _difficult_subset(records, spec.difficult)
     return records[: spec.limit] if spec.limit else records
