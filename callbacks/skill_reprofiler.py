@@ -162,8 +162,8 @@ class SkillReprofiler(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(trainer.datamodule, "sampling", "weighted") == "permutation":
             raise UserError(
-                "SkillReprofiler re-weights the training data, but data.sampling is to 'permutation' "
-                "(every row once per epoch, no weights); set data.sampling: weighted"
+                "SkillReprofiler re-weights the training data, but data.sampling is 'permutation' (every row "
+                "once per epoch, no weights); set data.sampling: weighted (or stratified, for an exact skill mix)"
             )
         if self.at_fit_start and not self.history:
             self.run_round(trainer, pl_module, epoch=0)

@@ -213,7 +213,7 @@ def test_a_built_set_defaults_to_permutation_and_the_weighted_cases_to_weighted(
     assert resolve_sampling("weighted", **plain) == "weighted"
     with pytest.raises(ValueError, match="cannot use initial_profile; drop them or set data.sampling: weighted"):
         resolve_sampling("permutation", **{**plain, "initial_profile": True})
-    with pytest.raises(ValueError, match="'auto', 'permutation' or 'weighted'"):
+    with pytest.raises(ValueError, match="one of 'auto', 'permutation', 'weighted', 'stratified'"):
         resolve_sampling("shuffled", **plain)
 
 

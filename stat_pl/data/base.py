@@ -11,14 +11,21 @@ the checkpoint, so a resumed run draws exactly what an uninterrupted one would.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import lightning as L
 from torch.utils.data import DataLoader
 
-from stat_pl.data.sampler import LengthGroupedBatchSampler, Sampling, epoch_sampler, resolve_sampling
+from stat_pl.data.sampler import (
+    LengthGroupedBatchSampler,
+    Sampling,
+    StratifiedSampler,
+    Stratum,
+    epoch_sampler,
+    resolve_sampling,
+)
 from stat_pl.data.synthetic_source import SyntheticSource, synthetic_records
 from stat_pl.errors import UserError
 from stat_pl.missing_skill_profile import MissingSkillProfile, Weighting, check_floor, check_weighting
@@ -28,6 +35,9 @@ from stat_pl.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
     from stat_pl.records import BuiltRow
+
+#: The stratum of a source's records that have no skill label (``sampling: stratified``).
+NO_SKILL = "(no skill)"
 
 
 class SkillWeightedDataModule(L.LightningDataModule):
@@ -53,9 +63,11 @@ class SkillWeightedDataModule(L.LightningDataModule):
         system_prompt: an optional system turn before the problem.
         num_workers: DataLoader worker processes.
         sampling: ``permutation`` (every row once per epoch, the paper's training on a built set),
-            ``weighted`` (profile-weighted draws with replacement, the online loop) or ``auto``
-            (weighted when ``initial_profile``, ``mix_ratios``, ``samples_per_epoch`` or a
-            ``SyntheticSource`` is given, else permutation; :func:`stat_pl.data.sampler.resolve_sampling`).
+            ``weighted`` (profile-weighted draws with replacement, the online loop), ``stratified`` (the
+            same targeting with each skill's count per epoch exact, every skill drawing from its own seeded
+            stream: :meth:`skill_strata`) or ``auto`` (weighted when ``initial_profile``, ``mix_ratios``,
+            ``samples_per_epoch`` or a ``SyntheticSource`` is given, else permutation;
+            :func:`stat_pl.data.sampler.resolve_sampling`).
     """
 
     def __init__(
@@ -183,13 +195,61 @@ class SkillWeightedDataModule(L.LightningDataModule):
         examples_of = Counter(e["record"] for e in self.train_examples)
         return [record_weights[e["record"]] / examples_of[e["record"]] for e in self.train_examples]
 
+    def skill_strata(self) -> dict[str, Stratum]:
+        """The strata of ``sampling: stratified``: per source and skill, the examples linked to the skill and
+        its share of every epoch, keyed ``train[<source>]/<skill>``.
+
+        A source's share (``mix_ratios``) is split as the weighted mode splits it: ``1 - weight_floor`` by
+        the profile's skill mix (:meth:`MissingSkillProfile.skill_mix`), ``weight_floor`` (all of it without
+        a profile) by the pool's own mix, where each record's equal part goes evenly to its skills (a
+        record without skills to ``train[<source>]/(no skill)``). A stratum draws uniformly over its
+        examples, so where every record has one skill and one example each example is expected as often
+        as under ``weighted``; a record with several skills is reached through each of its skills.
+        """
+        ratios = self.mix_ratios or [len(r) for r in self.source_records]
+        examples_of: dict[int, list[int]] = defaultdict(list)
+        for example in self.train_examples:
+            examples_of[example["record"]].append(example["index"])
+        strata: dict[str, Stratum] = {}
+        first = 0
+        for i, (records, ratio) in enumerate(zip(self.source_records, ratios, strict=True)):
+            positions = range(first, first + len(records))
+            first += len(records)
+            skills_of = {p: tuple(dict.fromkeys(self.skill_map.skills_of(self.records[p].id))) for p in positions}
+            skills_of = {p: skills or (NO_SKILL,) for p, skills in skills_of.items()}
+            shares = self._source_skill_shares(records, skills_of)
+            for skill, share in shares.items():
+                members = tuple(e for p in positions if skill in skills_of[p] for e in examples_of[p])
+                strata[f"train[{i}]/{skill}"] = Stratum(members, ratio / sum(ratios) * share)
+        return strata
+
+    def _source_skill_shares(
+        self, records: Sequence[ProblemRecord], skills_of: dict[int, tuple[str, ...]]
+    ) -> dict[str, float]:
+        """Each skill's share of one source's draws: the profile's mix and the floor's share of the pool mix."""
+        mix = self.profile.skill_mix(records, self.skill_map, self.weighting, self.weight_power) if self.profile else {}
+        floor = self.weight_floor if mix else 1.0
+        shares: Counter[str] = Counter({skill: (1 - floor) * share for skill, share in mix.items()})
+        for skills in skills_of.values():
+            for skill in skills:
+                shares[skill] += floor / len(records) / len(skills)
+        return dict(shares)
+
     def set_profile(self, profile: MissingSkillProfile) -> None:
         """Sample the next epochs by ``profile`` (STAT-Sel weights); the epoch in progress is unaffected."""
         if self.catalog is not None:
             profile.validate(self.catalog)
         self.profile = profile
         if self._batch_sampler is not None:
-            self._batch_sampler.sampler.set_weights(self.example_weights())
+            self._retarget_sampler()
+
+    def _retarget_sampler(self, resize: bool = False) -> None:
+        """Hand the sampler the weights (or strata) of the profile and pool as they are now, from its next epoch."""
+        sampler = self._batch_sampler.sampler
+        if isinstance(sampler, StratifiedSampler):
+            sampler.set_strata(self.skill_strata())
+        else:
+            sampler.set_weights(self.example_weights(), resize=resize)
 
     # ---- live synthetic data ---------------------------------------------------------------------
     def add_synthetic(self, rows: Sequence[ProblemRecord | BuiltRow]) -> list[ProblemRecord]:
@@ -211,7 +271,7 @@ class SkillWeightedDataModule(L.LightningDataModule):
         self.skill_map = SkillMap.from_records(self.records)
         if self._batch_sampler is not None:
             self._batch_sampler.lengths.extend(len(e["input_ids"]) for e in examples)
-            self._batch_sampler.sampler.set_weights(self.example_weights(), resize=True)
+            self._retarget_sampler(resize=True)
         return records
 
     def real_records(self) -> list[ProblemRecord]:
@@ -265,11 +325,12 @@ class SkillWeightedDataModule(L.LightningDataModule):
         return self._loader(self.train_examples, self._batch_sampler)
 
     def _make_batch_sampler(self) -> LengthGroupedBatchSampler:
-        """This rank's batches: the epoch's permutation or skill-weighted draw, dealt round-robin across ranks."""
+        """This rank's batches: the epoch's permutation, skill-weighted or stratified draw, dealt round-robin across
+        ranks."""
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         sampler = epoch_sampler(
             self.sampling,
-            self.example_weights,
+            self.skill_strata if self.sampling == "stratified" else self.example_weights,
             len(self.train_examples),
             self.samples_per_epoch,
             self.seed,

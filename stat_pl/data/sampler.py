@@ -1,6 +1,6 @@
 """Epoch samplers, seeded and resumable, and length-grouped batches.
 
-Two ways to go through the training rows in an epoch, named by what they do:
+Three ways to go through the training rows in an epoch, named by what they do:
 
 - :class:`EpochPermutationSampler` ("permutation"): every row exactly once per epoch, in a seeded
   random order. This is the paper's training (Sec. 4: 3 epochs over the built 9.5k STAT-Sel /
@@ -9,6 +9,10 @@ Two ways to go through the training rows in an epoch, named by what they do:
   per-row weights (made by :meth:`MissingSkillProfile.to_weights`): STAT-Sel as sampling over the
   whole training pool, which the online loop (the SkillReprofiler) re-weights between epochs. With
   replacement, about 1/e (37%) of the rows go unseen in an epoch of as many draws as rows.
+- :class:`StratifiedSampler` ("stratified"): the same targeting with the mix realised exactly. The rows
+  fall into strata (one per skill, made by ``SkillWeightedDataModule.skill_strata``), each stratum gets
+  exactly its share of the epoch's draws, and each draws from its own seeded stream, so two runs whose
+  mixes give a skill 30 and 50 draws share those 30 examples: the mix is a controlled variable.
 
 :func:`resolve_sampling` says which one ``SFTDataModule(sampling="auto")`` uses, and
 :func:`epoch_sampler` builds it. :class:`LengthGroupedBatchSampler` cuts either stream into batches of
@@ -17,7 +21,10 @@ similar length (the paper's group-by-length) so dynamic padding wastes little.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import hashlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -25,7 +32,9 @@ from torch.utils.data import Sampler
 
 from stat_pl.errors import UserError
 
-Sampling = Literal["auto", "permutation", "weighted"]
+Sampling = Literal["auto", "permutation", "weighted", "stratified"]
+ResolvedSampling = Literal["permutation", "weighted", "stratified"]
+SAMPLINGS: tuple[str, ...] = ("auto", "permutation", "weighted", "stratified")
 
 
 class SkillWeightedSampler(Sampler[int]):
@@ -164,6 +173,109 @@ class EpochPermutationSampler(Sampler[int]):
         self.num_rows = state["num_rows"]
 
 
+@dataclass(frozen=True)
+class Stratum:
+    """One part of a stratified epoch: the rows it draws from (in a fixed order) and its share of the draws."""
+
+    members: tuple[int, ...]
+    share: float
+
+
+def exact_counts(shares: Mapping[str, float], total: int) -> dict[str, int]:
+    """``total`` split in proportion to ``shares`` into whole counts that sum to ``total`` (largest remainder:
+    each key gets the floor of its quota, the keys with the largest remainders one more, ties by key;
+    remainders are compared to 9 decimals, so shares summed in another order break ties the same way)."""
+    norm = sum(shares.values())
+    if norm <= 0:
+        raise ValueError("the strata's shares must not be all zero")
+    quotas = {key: total * share / norm for key, share in shares.items()}
+    counts = {key: int(quota) for key, quota in quotas.items()}
+    left = total - sum(counts.values())
+    for key in sorted(quotas, key=lambda k: (round(counts[k] - quotas[k], 9), k))[:left]:
+        counts[key] += 1
+    return counts
+
+
+class StratifiedSampler(Sampler[int]):
+    """Each epoch, stratum ``k`` gets exactly its share of the ``num_samples`` draws, from its own seeded stream.
+
+    The epoch's counts are :func:`exact_counts` of the strata's shares over the global draw
+    (``num_samples * num_replicas``). Stratum ``k`` draws its count from a stream seeded by
+    ``(seed, epoch, k)`` alone: seeded permutations of its members, one after another (without
+    replacement until every member was drawn). The stream does not depend on the other strata or on
+    the counts, so two runs with the same rows and seed whose mixes give ``k`` 30 and 50 draws share the
+    first 30. The draws are then shuffled (seeded by ``(seed, epoch)``) and dealt round-robin across ranks
+    like :class:`SkillWeightedSampler`'s. :meth:`set_strata` replaces the mix (and the members, for a pool
+    that grew) from the next epoch; the state in the checkpoint replays an interrupted epoch exactly.
+    """
+
+    def __init__(
+        self, strata: Mapping[str, Stratum], num_samples: int, seed: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        if num_samples <= 0:
+            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.num_samples = num_samples
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.set_strata(strata)
+
+    def set_strata(self, strata: Mapping[str, Stratum]) -> None:
+        """Replace the strata; they apply from the next epoch's iteration on. Empty strata are dropped."""
+        if any(not math.isfinite(s.share) or s.share < 0 for s in strata.values()):
+            raise ValueError("strata shares must be finite and non-negative")
+        kept = {key: s for key, s in strata.items() if s.members and s.share > 0}
+        if not kept:
+            raise ValueError("no stratum has both a member and a positive share")
+        self.strata = dict(sorted(kept.items()))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_counts(self) -> dict[str, int]:
+        """How many draws each stratum gets in every epoch, over all ranks together."""
+        return exact_counts({key: s.share for key, s in self.strata.items()}, self.num_samples * self.num_replicas)
+
+    def stream(self, key: str, count: int) -> list[int]:
+        """The first ``count`` rows of stratum ``key``'s stream in the current epoch."""
+        members = self.strata[key].members
+        digest = hashlib.blake2b(f"{self.seed}/{self.epoch}/{key}".encode(), digest_size=8).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest, "big") >> 1)
+        drawn: list[int] = []
+        while len(drawn) < count:
+            drawn += [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+        return drawn[:count]
+
+    def epoch_indices(self) -> list[int]:
+        """This rank's indices for the current epoch (every stratum's draws, shuffled, dealt round-robin)."""
+        draws = [i for key, count in self.epoch_counts().items() for i in self.stream(key, count)]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(draws), generator=generator).tolist()
+        return [draws[j] for j in order][self.rank :: self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_indices())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def state_dict(self) -> dict:
+        strata = {key: {"members": list(s.members), "share": s.share} for key, s in self.strata.items()}
+        return {"kind": "stratified", "epoch": self.epoch, "seed": self.seed, "strata": strata}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_kind(state, "stratified")
+        self.epoch = state["epoch"]
+        self.seed = state["seed"]
+        self.set_strata({key: Stratum(tuple(s["members"]), s["share"]) for key, s in state["strata"].items()})
+
+
+EpochSampler = SkillWeightedSampler | EpochPermutationSampler | StratifiedSampler
+
+
 def _check_kind(state: dict, kind: str) -> None:
     saved = state.get("kind", "weighted")  # checkpoints written before the permutation mode were weighted
     if saved != kind:
@@ -175,7 +287,7 @@ def _check_kind(state: dict, kind: str) -> None:
 
 def resolve_sampling(
     sampling: Sampling, *, initial_profile: bool, mix_ratios: bool, samples_per_epoch: bool, online_source: bool
-) -> Literal["permutation", "weighted"]:
+) -> ResolvedSampling:
     """The sampler ``SFTDataModule(sampling=...)`` uses; ``auto`` is decided from the data module's arguments.
 
     ``auto`` is ``weighted`` when anything asks for weighted drawing: an ``initial_profile`` to sample
@@ -184,9 +296,10 @@ def resolve_sampling(
     training set is a fixed (built) dataset and ``auto`` is ``permutation``: every row once per epoch,
     as the paper trains. The online loop with none of these (a SkillReprofiler re-weighting a plain
     pool) must say ``sampling: weighted``; the permutation sampler refuses new weights with that hint.
+    ``stratified`` is never chosen by ``auto``: it is asked for by name, where the realised mix must be exact.
     """
-    if sampling not in ("auto", "permutation", "weighted"):
-        raise UserError(f"data.sampling must be 'auto', 'permutation' or 'weighted', got {sampling!r}")
+    if sampling not in SAMPLINGS:
+        raise UserError(f"data.sampling must be one of {', '.join(map(repr, SAMPLINGS))}, got {sampling!r}")
     if sampling == "permutation":
         asked = [
             name
@@ -203,27 +316,28 @@ def resolve_sampling(
                 f"{', '.join(asked)}; drop them or set data.sampling: weighted"
             )
         return "permutation"
-    if sampling == "weighted":
-        return "weighted"
+    if sampling in ("weighted", "stratified"):
+        return sampling
     return "weighted" if initial_profile or mix_ratios or samples_per_epoch or online_source else "permutation"
 
 
 def epoch_sampler(
-    sampling: Literal["permutation", "weighted"],
-    weights: Callable[[], Sequence[float]],
+    sampling: ResolvedSampling,
+    targets: Callable[[], Sequence[float] | Mapping[str, Stratum]],
     num_rows: int,
     samples_per_epoch: int | None,
     seed: int,
     num_replicas: int,
     rank: int,
-) -> SkillWeightedSampler | EpochPermutationSampler:
-    """This rank's sampler for a resolved ``sampling`` (``weights`` is called only when weighted)."""
+) -> EpochSampler:
+    """This rank's sampler for a resolved ``sampling``; ``targets`` (called unless ``permutation``) gives the
+    weights of ``weighted`` or the strata of ``stratified``."""
     if sampling == "permutation":
         return EpochPermutationSampler(num_rows, seed=seed, num_replicas=num_replicas, rank=rank)
-    total = samples_per_epoch or num_rows
-    return SkillWeightedSampler(
-        weights(), num_samples=max(1, total // num_replicas), seed=seed, num_replicas=num_replicas, rank=rank
-    )
+    per_rank = max(1, (samples_per_epoch or num_rows) // num_replicas)
+    if sampling == "stratified":
+        return StratifiedSampler(targets(), num_samples=per_rank, seed=seed, num_replicas=num_replicas, rank=rank)
+    return SkillWeightedSampler(targets(), num_samples=per_rank, seed=seed, num_replicas=num_replicas, rank=rank)
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
@@ -240,7 +354,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     def __init__(
         self,
-        sampler: SkillWeightedSampler | EpochPermutationSampler,
+        sampler: EpochSampler,
         lengths: Sequence[int],
         batch_size: int,
         group_by_length: bool = True,
