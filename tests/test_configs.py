@@ -114,6 +114,10 @@ def test_seed_everything_is_the_samplers_seed(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["stat_pl"])
     assert run_lightning(["--config", "configs/demo.yaml", "--seed_everything=7"], run=False).datamodule.seed == 7
+    data = run_lightning(
+        ["--config", "configs/demo.yaml", "--seed_everything=7", "--data.init_args.data_seed=3"], run=False
+    ).datamodule
+    assert (data.seed, data.data_seed) == (7, 3)  # a data seed of its own, apart from the run's
 
 
 def test_configs_can_name_classes_by_their_package(tmp_path: Path) -> None:

@@ -263,3 +263,17 @@ def _skill(dm, example):
 def test_bad_weighting_settings_are_named_before_any_data_loads(tiny_model_dir, setting, message):
     with pytest.raises(ValueError, match=message):
         SFTDataModule(str(tiny_model_dir), train=[SkillWorldSource(n=4)], **setting)
+
+
+def test_a_data_seed_of_its_own_draws_other_data_than_a_run_with_the_same_seed(tiny_model_dir):
+    def first_epoch(**seeds) -> list[list[int]]:
+        dm = SFTDataModule(
+            str(tiny_model_dir), train=[SkillWorldSource(n=40, levels=(1,))], samples_per_epoch=16, **seeds
+        )
+        dm.setup("fit")
+        return list(dm.train_dataloader().batch_sampler)
+
+    warmup = first_epoch(seed=0)
+    assert first_epoch(seed=0, data_seed=0) == warmup  # the default: the data seed is the run's seed
+    assert first_epoch(seed=0, data_seed=1) != warmup  # an arm from the warm-up, with a data seed of its own
+    assert first_epoch(seed=5, data_seed=1) == first_epoch(seed=0, data_seed=1)

@@ -51,7 +51,11 @@ class SkillWeightedDataModule(L.LightningDataModule):
         batch_size: examples per batch and device (SFT: a micro-batch; GRPO: the prompts of a rollout batch).
         samples_per_epoch: examples drawn per epoch across all devices; default: the pool size.
         group_by_length: batch examples of similar length (the paper's group-by-length).
-        seed: seeds the draws and the batch order.
+        seed: seeds the draws and the batch order unless ``data_seed`` is set (the CLI links it to
+            ``seed_everything``).
+        data_seed: seeds the draws and the batch order instead of ``seed``, so that runs sharing
+            ``seed_everything`` draw independent data: a warm-up and the arms trained on from it would
+            otherwise replay the warm-up's first epoch. Default: ``seed``.
         weight_floor: the uniform share mixed into profile weights so no example is never drawn.
         weighting: how the profile's histogram becomes each skill's share of the targeted draws
             (:meth:`MissingSkillProfile.skill_mix`): ``proportional`` (the paper: failure counts), ``rate``
@@ -79,6 +83,7 @@ class SkillWeightedDataModule(L.LightningDataModule):
         samples_per_epoch: int | None = None,
         group_by_length: bool = True,
         seed: int = 0,
+        data_seed: int | None = None,
         weight_floor: float = 0.05,
         weighting: Weighting = "proportional",
         weight_power: float = 2.0,
@@ -100,6 +105,7 @@ class SkillWeightedDataModule(L.LightningDataModule):
         self.samples_per_epoch = samples_per_epoch
         self.group_by_length = group_by_length
         self.seed = seed
+        self.data_seed = seed if data_seed is None else data_seed
         check_floor(weight_floor)
         check_weighting(weighting, weight_power)
         self.weight_floor = weight_floor
@@ -333,7 +339,7 @@ class SkillWeightedDataModule(L.LightningDataModule):
             self.skill_strata if self.sampling == "stratified" else self.example_weights,
             len(self.train_examples),
             self.samples_per_epoch,
-            self.seed,
+            self.data_seed,
             world,
             rank,
         )
