@@ -77,18 +77,34 @@ def extract_answer(text: str) -> str | None:
 
 def _last_boxed(text: str) -> str | None:
     """The content of the last non-empty box that is closed, or None."""
+    span = last_boxed_span(text)
+    return text[span[0] : span[1]] if span else None
+
+
+def last_boxed_span(text: str) -> tuple[int, int] | None:
+    """Where the content of the last non-empty, closed ``\\boxed{...}`` (or ``\\boxed 5``) lies in ``text``:
+    ``(start, end)`` character offsets of the content without its surrounding spaces, or None.
+
+    :func:`extract_answer` reads the same box; the teacher-forced answer metrics
+    (:mod:`stat_pl.evaluation.answer_metrics`) score the tokens of this span in a gold solution.
+    """
     boxes = list(_BOX_COMMAND.finditer(text))
     closing = _closing_braces(text) if boxes else {}
     for box in reversed(boxes):
         start = box.end()
         if text.startswith("{", start):
             end = closing.get(start)
-            content = text[start + 1 : end].strip() if end is not None else ""
+            if end is None:
+                continue
+            content = text[start + 1 : end]
+            stripped = content.strip()
+            if stripped:
+                first = start + 1 + len(content) - len(content.lstrip())
+                return first, first + len(stripped)
         else:
             token = _BARE_BOX_TOKEN.match(text, start)
-            content = token.group(1) if token else ""
-        if content:
-            return content
+            if token:
+                return token.start(1), token.end(1)
     return None
 
 

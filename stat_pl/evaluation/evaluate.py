@@ -11,6 +11,9 @@ STAT-Sel). For each model and benchmark it generates the samples each metric nee
   completions this run generated;
 * ``table.md``: rows = models, columns = benchmark x metric, like Table 3;
 * ``plots/<benchmark>_<subject|level|skill>.png``: one bar series per model;
+* with ``answer_metrics: true``, the teacher-forced answer exact match and answer-token NLL of every
+  question's gold solution (:mod:`stat_pl.evaluation.answer_metrics`) in results.json (``answer_summary``,
+  ``answer_breakdowns``, each question's row) and a second table in table.md;
 * ``config.yaml``: from the command line, the parsed config that reruns the stage (:mod:`stat_pl.cli`).
 """
 
@@ -32,9 +35,10 @@ from stat_pl.engines.server import ServerSettings, VLLMServerEngine
 from stat_pl.engines.vllm import VLLMEngine, VLLMSettings, require_vllm
 from stat_pl.errors import UserError
 from stat_pl.evaluation.adapters import ModelEntry, check_adapter, load_for_evaluation, model_skeleton
+from stat_pl.evaluation.answer_metrics import AnswerScore, answer_breakdowns, answer_summary, score_answers
 from stat_pl.evaluation.benchmarks import BenchmarkSpec, load_benchmark
 from stat_pl.evaluation.metrics import MetricName
-from stat_pl.evaluation.report import markdown_table, plot_groups
+from stat_pl.evaluation.report import answer_table, markdown_table, plot_groups
 from stat_pl.evaluation.scoring import (
     EvalSettings,
     SampleSetting,
@@ -44,8 +48,13 @@ from stat_pl.evaluation.scoring import (
 )
 from stat_pl.evaluation.store import ResultStore, result_key
 from stat_pl.records import ProblemRecord
+from stat_pl.tokenizer import load_tokenizer
 
 EngineFactory = Callable[[ModelEntry], Engine]
+#: Loads a model entry as a Hugging Face model for the teacher-forced answer metrics.
+AnswerModelLoader = Callable[[ModelEntry], torch.nn.Module]
+#: model label -> benchmark name -> each question's answer score (None: no boxed gold solution).
+Answers = dict[str, dict[str, list[AnswerScore | None]]]
 
 
 def evaluate(
@@ -68,6 +77,7 @@ def evaluate(
     progress: bool = EvalSettings.progress,
     threads: int | None = None,
     device: str | None = None,
+    answer_metrics: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a base model and its adapters on benchmarks; write results, a table and plots.
 
@@ -96,6 +106,13 @@ def evaluate(
             jobs, 1 avoids threads spinning against them and can generate several times faster (bench/README.md).
         device: where ``engine: hf`` loads each model (``cuda:1``, ``cpu``); default the current CUDA device, else
             the CPU. vLLM places its own engine.
+        answer_metrics: also score each question's gold solution teacher-forced: answer exact match and
+            answer-token NLL, per benchmark and per subject, level and skill
+            (:mod:`~stat_pl.evaluation.answer_metrics`).
+            This is one forward per question of the Hugging Face model, loaded on ``device`` as ``engine: hf``
+            loads it, after every model has generated; with ``engine: vllm`` the vLLM engines are stopped first,
+            so their GPU memory is free for it. It runs again on every run (it is not stored), and questions
+            without a boxed gold solution are counted as unscored.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -123,8 +140,9 @@ def evaluate(
         check_adapter(entry.adapter, model, skeleton)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    answer_model = functools.partial(load_for_evaluation, device=device) if answer_metrics else None
     try:
-        results = run_evaluation(entries, benchmarks, output, settings, factory)
+        results = run_evaluation(entries, benchmarks, output, settings, factory, answer_model)
     finally:
         close_engines(factory)
     print(results["table"])
@@ -154,7 +172,6 @@ def engine_factory(
     if engine != "hf":
         raise UserError(f"engine: unknown engine {engine!r}; use 'hf', 'vllm' or 'vllm_server'")
     from stat_pl.engines.hf import HFEngine
-    from stat_pl.tokenizer import load_tokenizer
 
     return lambda entry: HFEngine(
         load_for_evaluation(entry, device), tokenizer=load_tokenizer(entry.base), batch_size=batch_size, progress=False
@@ -215,11 +232,13 @@ def run_evaluation(
     output_dir: Path,
     settings: EvalSettings,
     make_engine: EngineFactory,
+    answer_model: AnswerModelLoader | None = None,
 ) -> dict[str, Any]:
     """Generate what ``output_dir/generations.jsonl`` lacks, then write results.json, table.md and plots.
 
     ``make_engine`` builds a model's engine only when some of its questions are missing, so a run
-    whose results are all stored loads no model.
+    whose results are all stored loads no model. ``answer_model``, when given, loads each model for the
+    teacher-forced answer metrics, after the engines are closed.
     """
     names = [b.name for b in benchmarks]
     if not names:
@@ -231,7 +250,28 @@ def run_evaluation(
     timing = Timing()
     for entry in models:
         _generate_missing(entry, benchmarks, questions, store, settings, make_engine, timing)
-    return _write_outputs(models, benchmarks, questions, store, settings, timing, output_dir)
+    answers = None
+    if answer_model is not None:
+        close_engines(make_engine)  # vLLM's GPU memory back before the forward of the HF model
+        answers = {entry.label: _score_answers(entry, questions, settings, answer_model) for entry in models}
+    return _write_outputs(models, benchmarks, questions, store, settings, timing, output_dir, answers)
+
+
+def _score_answers(
+    entry: ModelEntry,
+    questions: dict[str, list[ProblemRecord]],
+    settings: EvalSettings,
+    answer_model: AnswerModelLoader,
+) -> dict[str, list[AnswerScore | None]]:
+    """One model's teacher-forced answer scores, per benchmark, in question order."""
+    model, tokenizer = answer_model(entry), load_tokenizer(entry.base)
+    scores = {
+        name: score_answers(model, tokenizer, records, settings.system_prompt, settings.batch_size)
+        for name, records in questions.items()
+    }
+    del model
+    gc.collect()
+    return scores
 
 
 def _plan(
@@ -278,8 +318,9 @@ def _collect(
     questions: dict[str, list[ProblemRecord]],
     store: ResultStore,
     settings: EvalSettings,
+    answers: Answers | None = None,
 ) -> tuple[dict, dict, list[dict]]:
-    """Scores, breakdowns and per-question rows, all read back from the store."""
+    """Scores, breakdowns and per-question rows, all read back from the store (with the answer scores, if any)."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
     groups: dict[str, dict[str, dict]] = {}
     rows: list[dict] = []
@@ -292,13 +333,23 @@ def _collect(
             summary[entry.label].setdefault(spec.name, {}).update(score(results, metrics))
             if spec.name not in groups[entry.label]:  # per group: the benchmark's first metric's samples
                 groups[entry.label][spec.name] = breakdowns(records, [r.score for r in results])
-            rows += [_question_row(entry, spec, setting, r, res) for r, res in zip(records, results, strict=True)]
+            scores = answers[entry.label][spec.name] if answers else [None] * len(records)
+            rows += [
+                _question_row(entry, spec, setting, r, res, answer)
+                for r, res, answer in zip(records, results, scores, strict=True)
+            ]
     return summary, groups, rows
 
 
 def _question_row(
-    entry: ModelEntry, spec: BenchmarkSpec, setting: SampleSetting, record: ProblemRecord, result: Any
+    entry: ModelEntry,
+    spec: BenchmarkSpec,
+    setting: SampleSetting,
+    record: ProblemRecord,
+    result: Any,
+    answer: AnswerScore | None,
 ) -> dict[str, Any]:
+    scored = {} if answer is None else {f"answer_{k}": v for k, v in dataclasses.asdict(answer).items()}
     return {
         "model": entry.label,
         "benchmark": spec.name,
@@ -309,6 +360,7 @@ def _question_row(
         "skills": list(record.skills),
         "gold": record.answer,
         **dataclasses.asdict(result),
+        **scored,
     }
 
 
@@ -320,10 +372,14 @@ def _write_outputs(
     settings: EvalSettings,
     timing: Timing,
     output_dir: Path,
+    answers: Answers | None = None,
 ) -> dict[str, Any]:
-    summary, groups, rows = _collect(models, benchmarks, questions, store, settings)
+    summary, groups, rows = _collect(models, benchmarks, questions, store, settings, answers)
     titles = {b.name: b.title for b in benchmarks}
     table = markdown_table(summary, titles, {name: len(records) for name, records in questions.items()})
+    answer_results = _answer_results(answers, questions) if answers else {}
+    if answers:
+        table += "\n" + answer_table(answer_results["answer_summary"], titles)
     (output_dir / "table.md").write_text(table)
     plots = _write_plots(groups, titles, output_dir / "plots")
     results = {
@@ -335,10 +391,25 @@ def _write_outputs(
         "generation": dataclasses.asdict(timing),
         "plots": [str(p) for p in plots],
         "table": table,
+        **answer_results,
         "questions": rows,
     }
     (output_dir / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
     return results
+
+
+def _answer_results(answers: Answers, questions: dict[str, list[ProblemRecord]]) -> dict[str, dict]:
+    """results.json's ``answer_summary`` and ``answer_breakdowns``: model -> benchmark -> the aggregates."""
+    return {
+        "answer_summary": {
+            label: {name: answer_summary(scores) for name, scores in per_benchmark.items()}
+            for label, per_benchmark in answers.items()
+        },
+        "answer_breakdowns": {
+            label: {name: answer_breakdowns(questions[name], scores) for name, scores in per_benchmark.items()}
+            for label, per_benchmark in answers.items()
+        },
+    }
 
 
 def _write_plots(groups: dict[str, dict[str, dict]], titles: dict[str, str], plot_dir: Path) -> list[Path]:

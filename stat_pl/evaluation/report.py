@@ -50,6 +50,28 @@ def markdown_table(summary: Summary, titles: Mapping[str, str], question_counts:
     return "\n".join(lines) + f"\n\nAccuracy in %. Questions per benchmark: {counts}.\n"
 
 
+def answer_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]], titles: Mapping[str, str]) -> str:
+    """Rows = models, two columns per benchmark: teacher-forced answer exact match (%) and answer-token NLL
+    (nats per token), from :func:`~stat_pl.evaluation.answer_metrics.answer_summary`; empty where no question
+    of a benchmark has a boxed gold solution."""
+    benchmarks = list(titles)
+    header = ["Model", *(f"{titles[b]} {column}" for b in benchmarks for column in ("answer EM", "answer NLL"))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, per_benchmark in summary.items():
+        cells = [model]
+        for benchmark in benchmarks:
+            row = per_benchmark.get(benchmark, {})
+            exact, nll = row.get("answer_exact"), row.get("answer_nll")
+            cells += ["" if exact is None else f"{100 * exact:.1f}", "" if nll is None else f"{nll:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    first_model = next(iter(summary.values()), {})  # every model answers the same questions
+    scored = ", ".join(f"{titles[b]} {int(first_model[b]['questions'])}" for b in benchmarks if b in first_model)
+    return "\n".join(lines) + (
+        "\n\nTeacher-forced on the gold solution: answer EM in % (every final-answer token the argmax), "
+        f"answer NLL in nats per answer token. Questions with a boxed gold solution: {scored}.\n"
+    )
+
+
 def plot_groups(tables: GroupTables, title: str, path: str | Path) -> Path:
     """Accuracy (%) per group, one bar per model, each group labelled with its question count."""
     groups = sorted({g for per_group in tables.values() for g in per_group})
