@@ -2,8 +2,9 @@
 
 * ``profile-epoch{N}.json`` and ``.png``: that round's Missing-Skill-Profile and its bar chart;
 * ``skill-accuracy.png``: per-skill accuracy on the validation subset, one series per round;
-* ``reprofile-history.json``: every round's epoch, accuracy, per-skill accuracy and histogram;
-* ``reprofile/*`` metrics in every logger, and a histogram table in loggers that have ``log_table``.
+* ``reprofile-history.json``: every round's epoch, accuracy, per-skill accuracy (and answer metrics) and histogram;
+* ``reprofile/*`` metrics in every logger (with ``answer_metrics``, ``reprofile/answer_exact/<skill>`` and
+  ``reprofile/answer_nll/<skill>`` too), and a histogram table in loggers that have ``log_table``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class ReprofileWriter:
         (run_dir / "reprofile-history.json").write_text(json.dumps(list(rounds), indent=1))
         metrics = {f"reprofile/{k}": float(v) for k, v in round_["metrics"].items()}
         metrics.update({f"reprofile/missing/{s}": c for s, c in profile.histogram.items()})
+        for name in ("answer_exact", "answer_nll"):
+            metrics.update({f"reprofile/{name}/{s}": v for s, v in round_.get(name, {}).items()})
         for logger in loggers:
             logger.log_metrics(metrics, step=step)
             if hasattr(logger, "log_table"):  # e.g. WandbLogger

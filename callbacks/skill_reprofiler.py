@@ -41,10 +41,11 @@ from stat_pl.data.formatting import prompt_messages
 from stat_pl.distributed import ObjectGroup, shard, unshard
 from stat_pl.engines.base import Engine, SamplingParams, prompt_token_ids
 from stat_pl.engines.choice import EngineChoice
-from stat_pl.engines.live import live_engine, live_generator
+from stat_pl.engines.live import live_engine, live_generator, live_model
 from stat_pl.engines.server import ServerSettings
 from stat_pl.engines.vllm import VLLMSettings
 from stat_pl.errors import UserError
+from stat_pl.evaluation.answer_metrics import AnswerScore, answer_breakdowns, answer_summary, score_answers
 from stat_pl.evaluation.benchmarks import contamination_sources
 from stat_pl.evaluation.scoring import breakdowns
 from stat_pl.fsdp import is_fsdp
@@ -88,6 +89,10 @@ class SkillReprofiler(Callback):
         benchmark_paths: registry name -> a local file read instead of that benchmark's Hub dataset.
         round_timeout_s: under DDP, how long a rank waits for the others in a round (rank 0 judging with a teacher
             and synthesising while the others wait); past it the run stops with an error naming this setting.
+        answer_metrics: also score each question's gold solution teacher-forced with the live model (one forward,
+            whatever the engine): answer exact match and answer-token NLL (:mod:`stat_pl.evaluation.answer_metrics`),
+            overall in the round's metrics and per skill in its history (``answer_exact``, ``answer_nll``), finer
+            than the 0/1 accuracy of a greedy answer. Not under FSDP (the live model is sharded).
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class SkillReprofiler(Callback):
         contamination_benchmarks: list[str] | None = None,
         benchmark_paths: dict[str, str] | None = None,
         round_timeout_s: float = 4 * 3600.0,
+        answer_metrics: bool = False,
     ) -> None:
         if combine not in ("replace", "ema"):
             raise UserError(f"SkillReprofiler.combine must be 'replace' or 'ema', got {combine!r}")
@@ -135,6 +141,7 @@ class SkillReprofiler(Callback):
         self.batch_size = batch_size
         self.seed = seed
         self.round_timeout_s = round_timeout_s
+        self.answer_metrics = answer_metrics
         self._ranks: ObjectGroup | None = None
         self.teacher = teacher
         self.synthesize_per_round = synthesize_per_round
@@ -156,6 +163,11 @@ class SkillReprofiler(Callback):
                 "SkillReprofiler.engine generates with the live model here, which FSDP shards over the ranks; under "
                 "trainer.strategy QLoRAFSDPStrategy set SkillReprofiler.engine: vllm (each rank's engine serves the "
                 "gathered adapter) or vllm_server (docs/fsdp.md)"
+            )
+        if self.answer_metrics and is_fsdp(trainer):
+            raise UserError(
+                "SkillReprofiler.answer_metrics runs a forward of the live model on each rank's questions, which FSDP "
+                "shards over the ranks; set SkillReprofiler.answer_metrics: false under QLoRAFSDPStrategy"
             )
         self._rank_group()  # every rank, at the same point: creating the group is collective
 
@@ -195,9 +207,11 @@ class SkillReprofiler(Callback):
         identical weights."""
         ranks = self._rank_group()
         share = shard(self._validation_subset(), trainer.global_rank, trainer.world_size)
-        mine = self._answer(trainer, pl_module, share)
-        attempts = unshard(ranks.gather(mine))
-        result = self._judge_on_rank_zero(trainer, attempts, epoch) if trainer.is_global_zero else None
+        mine = list(
+            zip(self._answer(trainer, pl_module, share), self._answer_scores(trainer, pl_module, share), strict=True)
+        )
+        answered = unshard(ranks.gather(mine))  # (attempt, answer score) per question, in subset order
+        result = self._judge_on_rank_zero(trainer, answered, epoch) if trainer.is_global_zero else None
         result = ranks.broadcast(result)
         self.profile = MissingSkillProfile(**result["profile"])
         self.history.append(result["round"])
@@ -219,7 +233,20 @@ class SkillReprofiler(Callback):
         with self._generating(trainer, pl_module, system_prompt) as engine:
             return answer(engine, questions, self.sampling, system_prompt)
 
-    def _judge_on_rank_zero(self, trainer: L.Trainer, attempts: list[Attempt], epoch: int) -> dict:
+    def _answer_scores(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, questions: list[ProblemRecord]
+    ) -> list[AnswerScore | None]:
+        """This rank's teacher-forced answer scores of ``questions`` with the live model (all None when off)."""
+        if not self.answer_metrics:
+            return [None] * len(questions)
+        system_prompt = getattr(trainer.datamodule, "system_prompt", None)
+        model = live_model(pl_module, caller="SkillReprofiler.answer_metrics")
+        return score_answers(model, trainer.datamodule.tokenizer, questions, system_prompt, self.batch_size)
+
+    def _judge_on_rank_zero(
+        self, trainer: L.Trainer, answered: list[tuple[Attempt, AnswerScore | None]], epoch: int
+    ) -> dict:
+        attempts = [attempt for attempt, _ in answered]
         subset = self._validation_subset()
         difficult, diagnoses = judge(attempts, self.detector, self.profiler)
         new = MissingSkillProfile.from_round(subset, {d.question_id: d.skills for d in diagnoses}, epoch=epoch)
@@ -237,6 +264,8 @@ class SkillReprofiler(Callback):
             "metrics": {"accuracy": accuracy, "difficult": len(difficult)},
             "histogram": profile.histogram,
         }
+        if self.answer_metrics:
+            _add_answer_metrics(round_, [a.record for a in attempts], [score for _, score in answered])
         synthetic = self._synthesize(trainer, profile) if self.synthesize_per_round else []
         round_["metrics"]["synthetic_added"] = len(synthetic)
         self.writer.write(
@@ -318,3 +347,13 @@ def _accuracy(attempts: list[Attempt]) -> tuple[float, dict[str, float]]:
     ]
     per_skill = breakdowns([a.record for a in attempts], scores).get("skill", {})
     return fmean(scores) if scores else 0.0, {skill: row["accuracy"] for skill, row in per_skill.items()}
+
+
+def _add_answer_metrics(round_: dict[str, Any], records: list[ProblemRecord], scores: list[AnswerScore | None]) -> None:
+    """The round's teacher-forced answer metrics: overall in ``metrics``, per skill in ``answer_exact`` and
+    ``answer_nll``."""
+    summary = answer_summary(scores)
+    round_["metrics"].update({k: summary[k] for k in ("answer_exact", "answer_nll") if k in summary})
+    per_skill = answer_breakdowns(records, scores).get("skill", {})
+    round_["answer_exact"] = {skill: row["answer_exact"] for skill, row in per_skill.items()}
+    round_["answer_nll"] = {skill: row["answer_nll"] for skill, row in per_skill.items()}

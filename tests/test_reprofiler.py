@@ -1,5 +1,6 @@
 """The SkillReprofiler on a tiny model: rounds change the sampler's weights, files appear, one-shot, resume."""
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -272,3 +273,54 @@ def test_live_synthesis_is_guarded_against_every_registry_benchmark(shared_data)
     names = {source.name for source in callback.contamination}
     assert names | {"math_d"} == set(BENCHMARKS)  # MATH-D's questions are MATH's
     assert next(s for s in callback.contamination if s.name == "gsm8k").path == paths["gsm8k"]
+
+
+def test_rounds_report_answer_metrics_per_skill_and_record_the_questions_asked(tiny_model_dir, tmp_path):
+    from stat_pl.evaluation.answer_metrics import answer_breakdowns, answer_summary, score_answers
+
+    trainer, module, data, callback, _ = make_run(tiny_model_dir, tmp_path, max_epochs=1, answer_metrics=True)
+    trainer.fit(module, data)
+    subset = callback._validation_subset()
+    scores = score_answers(module.generation_model(), data.tokenizer, subset, batch_size=callback.batch_size)
+    last = callback.history[-1]  # profiled after the only epoch: the model as it is now
+    skills = answer_breakdowns(subset, scores)["skill"]
+    assert last["answer_exact"] == {s: row["answer_exact"] for s, row in skills.items()}
+    assert last["answer_nll"] == pytest.approx({s: row["answer_nll"] for s, row in skills.items()})
+    assert set(last["answer_nll"]) == {s for r in subset for s in r.skills}  # every skill-world solution is boxed
+    summary = answer_summary(scores)
+    assert last["metrics"]["answer_nll"] == pytest.approx(summary["answer_nll"]) and summary["unscored"] == 0
+    on_disk = json.loads((tmp_path / "reprofile-history.json").read_text())
+    assert on_disk[-1]["answer_exact"] == last["answer_exact"]
+    blamed = data.profile.questions
+    assert data.profile.asked == {
+        s: float(sum(s in r.skills or s in blamed.get(r.id, ()) for r in subset))
+        for s in {s for r in subset for s in (*r.skills, *blamed.get(r.id, ()))}
+    }
+
+
+def test_the_writer_logs_answer_metrics_per_skill(tmp_path):
+    from stat_pl.callbacks.reprofile_writer import ReprofileWriter
+    from stat_pl.missing_skill_profile import MissingSkillProfile
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.metrics: dict = {}
+
+        def log_metrics(self, metrics, step) -> None:
+            self.metrics.update(metrics)
+
+    round_ = {
+        "epoch": 1,
+        "skill_accuracy": {"a": 0.5},
+        "metrics": {"accuracy": 0.5, "answer_exact": 0.25, "answer_nll": 1.5},
+        "answer_exact": {"a": 0.25},
+        "answer_nll": {"a": 1.5},
+    }
+    logger = Recorder()
+    ReprofileWriter().write(tmp_path, MissingSkillProfile(histogram={"a": 1.0}), [round_], [logger], step=3)
+    assert {k: v for k, v in logger.metrics.items() if "answer" in k} == {
+        "reprofile/answer_exact": 0.25,
+        "reprofile/answer_nll": 1.5,
+        "reprofile/answer_exact/a": 0.25,
+        "reprofile/answer_nll/a": 1.5,
+    }

@@ -57,12 +57,17 @@ def live_engine(
     caller: str = "a callback",
 ) -> HFEngine:
     """An :class:`HFEngine` over ``module.generation_model()``; it restores train mode and the RNG after use."""
+    return HFEngine(live_model(module, caller), tokenizer, batch_size=batch_size, progress=progress)
+
+
+def live_model(module: GeneratingModule, caller: str = "a callback") -> torch.nn.Module:
+    """``module.generation_model()``: the model with the current weights, for a generation or a forward."""
     if not isinstance(module, GeneratingModule):
         raise TypeError(
             f"{caller} generates with the model being trained, but {type(module).__name__} has no "
             "generation_model() method; add one returning the torch.nn.Module to generate with"
         )
-    return HFEngine(module.generation_model(), tokenizer, batch_size=batch_size, progress=progress)
+    return module.generation_model()
 
 
 def live_generator(
