@@ -15,7 +15,7 @@ Three ways to go through the training rows in an epoch, named by what they do:
   mixes give a skill 30 and 50 draws share those 30 examples: the mix is a controlled variable.
 
 :func:`resolve_sampling` says which one ``SFTDataModule(sampling="auto")`` uses, and
-:func:`epoch_sampler` builds it. :class:`LengthGroupedBatchSampler` cuts either stream into batches of
+:func:`epoch_sampler` builds it. :class:`LengthGroupedBatchSampler` cuts any of these streams into batches of
 similar length (the paper's group-by-length) so dynamic padding wastes little.
 """
 
