@@ -8,6 +8,11 @@ rest in dependency order, and after a kill runs the interrupted stage again. Why
 bookkeeping: it already hashes inputs and outputs, handles a kill mid-stage and shows ``dvc dag`` /
 ``dvc status``; a user who knows it can run ``dvc repro`` in ``<root>`` directly.
 
+DVC is installed as a tool of its own (``pipx install dvc``, ``uv tool install dvc``), not into stat-pl's
+environment: its dependency hydra-core pins ``antlr4-python3-runtime`` 4.9, and math-verify, which grades every
+answer, parses LaTeX with 4.13 (with 4.9, ``50\\%`` stops grading equal to ``50``). :func:`dvc_executable` finds it;
+the stages it runs use this interpreter.
+
 Outputs are not copied into DVC's cache (``cache: false``: adapters and generations are large and live
 where they are written). A rerun stage starts with its outputs deleted, unless it is ``persist``: then it
 keeps them and resumes from them, which only a stage that keys what it reuses on its inputs may do
@@ -20,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +40,8 @@ from stat_pl.errors import UserError
 #: DVC's progress lines: a stage starts, or is current and skipped.
 _RUNNING = re.compile(r"^Running stage '(?P<name>[^']+)':")
 _SKIPPED = re.compile(r"^Stage '(?P<name>[^']+)' didn't change, skipping")
+#: The DVC executable to use instead of the one on ``PATH``.
+DVC_ENV = "STAT_PL_DVC"
 #: What DVC accepts as a stage name.
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -78,14 +86,15 @@ def reproduce(stages: Sequence[Stage], root: Path, workdir: Path, dry_run: bool 
 
     ``dry_run`` prints ``dvc status`` instead: each stage that would run and why (changed deps or outs).
     """
+    dvc = dvc_executable()
     write_dvc_yaml(stages, root, workdir)
-    _init(root)
+    _init(dvc, root)
     if dry_run:
-        subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, env=_environment(), check=False)
+        subprocess.run([dvc, "status"], cwd=root, env=_environment(), check=False)
         return
     progress = _Progress([s.name for s in stages])
     with subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro"],
+        [dvc, "repro"],
         cwd=root,
         env=_environment(),
         stdout=subprocess.PIPE,
@@ -113,12 +122,22 @@ def _check(stages: Sequence[Stage], root: Path, workdir: Path) -> None:
         raise UserError(f"pipeline: stage names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
 
 
-def _init(root: Path) -> None:
+def dvc_executable() -> str:
+    """``$STAT_PL_DVC``, else ``dvc`` on ``PATH``; an error saying how to install it when there is none."""
+    found = os.environ.get(DVC_ENV) or shutil.which("dvc")
+    if not found or not shutil.which(found):
+        raise UserError(
+            f"pipeline: no DVC executable ({'$' + DVC_ENV + '=' + found if found else 'none on PATH'}); install DVC "
+            "as a tool of its own, `pipx install dvc` or `uv tool install dvc` (not into this environment: its "
+            f"antlr4 pin breaks math-verify), or point ${DVC_ENV} at one"
+        )
+    return found
+
+
+def _init(dvc: str, root: Path) -> None:
     """Make ``root`` a DVC project without Git, with DVC's network calls (analytics, update check) off."""
     if not (root / ".dvc").is_dir():
-        subprocess.run(
-            [sys.executable, "-m", "dvc", "init", "--no-scm", "--quiet"], cwd=root, env=_environment(), check=True
-        )
+        subprocess.run([dvc, "init", "--no-scm", "--quiet"], cwd=root, env=_environment(), check=True)
     (root / ".dvc" / "config").write_text(
         "[core]\n    no_scm = True\n    analytics = false\n    check_update = false\n"
     )

@@ -29,7 +29,7 @@ def sweep_label(method: str, lr: float) -> str:
 
 def select_learning_rate(
     results: str,
-    sweeps: dict[str, dict[float, str]],
+    sweeps: dict[str, dict[str, str]],
     output_dir: str,
     benchmark: str = "math_validation",
     metric: str = "pass@1",
@@ -39,8 +39,8 @@ def select_learning_rate(
     Args:
         results: the ``results.json`` of an ``evaluate`` run whose adapters are the sweep's runs, labelled
             :func:`sweep_label` (``<method>@lr<rate>``).
-        sweeps: method -> learning rate -> the run's folder (a ``fit``'s ``default_root_dir``, holding
-            ``adapter/``), in the order ties are broken.
+        sweeps: method -> learning rate (a number as text, ``"2e-4"``) -> the run's folder (a ``fit``'s
+            ``default_root_dir``, holding ``adapter/``), in the order ties are broken.
         output_dir: ``<output_dir>/<method>/adapter`` and ``selection.json`` are written for each method.
         benchmark: the benchmark the choice is made on (a validation set, never a reported test set).
         metric: the metric of ``benchmark`` that is maximised.
@@ -50,13 +50,21 @@ def select_learning_rate(
     """
     summary = _read_summary(Path(results))
     chosen = {}
-    for method, runs in sweeps.items():
-        if not runs:
+    for method, written in sweeps.items():
+        if not written:
             raise UserError(f"sweeps: {method!r} lists no learning rate")
+        runs = {_learning_rate(method, lr): run for lr, run in written.items()}
         scores = {lr: _score(summary, sweep_label(method, lr), benchmark, metric, results) for lr in runs}
         best = max(scores, key=lambda lr: (scores[lr], -list(runs).index(lr)))
         chosen[method] = _copy_choice(method, best, runs, scores, Path(output_dir), benchmark, metric, results)
     return chosen
+
+
+def _learning_rate(method: str, written: str) -> float:
+    try:
+        return float(written)
+    except ValueError:
+        raise UserError(f"sweeps: {method}: {written!r} is not a learning rate") from None
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
