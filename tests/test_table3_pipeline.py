@@ -18,6 +18,7 @@ import yaml
 from loopback_teacher import Body, LoopbackTeacherServer, prompt_text
 from test_paper_pipeline import KEY_ENV, TABLE3_METHODS, parsed
 
+from stat_pl.cli import main
 from stat_pl.dvc_project import dvc_executable
 from stat_pl.errors import UserError
 from stat_pl.evaluation.benchmarks import BenchmarkSpec, load_benchmark, split_math_test
@@ -393,3 +394,14 @@ def test_table3_in_miniature_is_killed_mid_way_and_resumes_without_asking_the_te
         timeout=600,
     )
     assert third.returncode == 0 and ": running" not in third.stdout, third.stdout[-3000:]
+
+
+def test_select_lr_from_the_command_line_reads_the_sweeps_as_the_pipeline_writes_them(tmp_path, monkeypatch):
+    """The pipeline passes ``--sweeps`` as JSON, whose keys are text: the rates must still compare as numbers."""
+    runs = {lr: sweep_run(tmp_path / f"lr{lr:g}", f"{lr:g}") for lr in (2e-4, 1e-4)}
+    results = results_file(tmp_path, {sweep_label("stat_sel", 2e-4): 0.1, sweep_label("stat_sel", 1e-4): 0.2})
+    sweeps = json.dumps({"stat_sel": runs})  # what table3_stages writes: json.dumps of float keys
+    monkeypatch.setattr(sys, "argv", ["stat_pl"])
+    main(["select-lr", f"--results={results}", f"--sweeps={sweeps}", f"--output_dir={tmp_path / 'fit'}"])
+    assert json.loads((tmp_path / "fit" / "stat_sel" / "selection.json").read_text())["lr"] == 1e-4
+    assert (tmp_path / "fit" / "config.yaml").is_file()  # the stage's config, as every offline stage saves it
