@@ -15,6 +15,12 @@ tokenised exactly as SFT trains on it (:func:`stat_pl.data.formatting.encode_exa
 prompt, then the solution and EOS) and batched by the training collate. A question without a solution,
 or whose first solution has no boxed answer, is not scored (``None``) and counted as ``unscored``.
 
+Where a solution states its answer before it boxes it (the skill world: ``Step 1 [multi_digit_multiplication]:
+46 × 9 = 414`` then ``Answer: \\boxed{414}``), the boxed tokens are a copy of text in the prefix: the untrained
+SmolLM2-135M-Instruct "gets" 16 of 24 such answers (level-1 test problems of four hard skills, 2026-12-06).
+``answer_span`` then names the span where the answer is computed instead (``bench/skillworld_v2.py`` scores the
+last step's value).
+
 The ``evaluate`` stage (``answer_metrics: true``) and the ``SkillReprofiler`` (``answer_metrics=True``)
 report these per benchmark and per subject, level and skill.
 """
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from statistics import fmean
 
@@ -47,14 +53,18 @@ class AnswerScore:
 
 
 def answer_example(
-    tokenizer: PreTrainedTokenizerBase, record: ProblemRecord, system_prompt: str | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    record: ProblemRecord,
+    system_prompt: str | None = None,
+    answer_span: Callable[[str], tuple[int, int] | None] = last_boxed_span,
 ) -> dict[str, list[int]] | None:
     """The SFT example of ``record``'s first solution with only its final-answer tokens as labels; None
-    when there is no solution or it has no boxed answer."""
+    when there is no solution or ``answer_span`` (default: the last boxed answer's content) finds no answer
+    in it."""
     if not record.solutions:
         return None
     solution = record.solutions[0]
-    span = last_boxed_span(solution)
+    span = answer_span(solution)
     if span is None:
         return None
     if not tokenizer.is_fast:
@@ -88,14 +98,17 @@ def score_answers(
     records: Sequence[ProblemRecord],
     system_prompt: str | None = None,
     batch_size: int = 8,
+    answer_span: Callable[[str], tuple[int, int] | None] = last_boxed_span,
 ) -> list[AnswerScore | None]:
     """Each record's :class:`AnswerScore` (None where it has no boxed gold solution), in record order.
+
+    ``answer_span`` says where a gold solution's answer lies (:func:`answer_example`).
 
     One forward per batch of similar-length examples, right-padded by the training collate; the model
     returns logits only from the first position that predicts an answer token on (``logits_to_keep``),
     since the answer sits at the end of a solution.
     """
-    examples = [answer_example(tokenizer, r, system_prompt) for r in records]
+    examples = [answer_example(tokenizer, r, system_prompt, answer_span) for r in records]
     scored = sorted((i for i, e in enumerate(examples) if e), key=lambda i: len(examples[i]["input_ids"]))
     scores: list[AnswerScore | None] = [None] * len(records)
     device = next(model.parameters()).device
