@@ -259,6 +259,7 @@ LOCAL_PATH = re.compile(r"\.\./shared/[^\s,}\]'\"]+")
 #: The paper configs that read MATH or the catalog, each with a comment line of flags that read the local copy.
 LOCAL_OVERRIDES = (
     "build_llama32_3b.yaml",
+    "eval_lr_selection.yaml",
     "grpo_qlora_llama32_3b.yaml",
     "label_skills_math.yaml",
     "profile_llama32_3b.yaml",
