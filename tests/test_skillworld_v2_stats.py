@@ -161,3 +161,80 @@ def test_margin_verdicts(v2):
     assert v2.margin_verdict(2.0, 12.0, 8.0) == "inconclusive"
     assert v2.margin_verdict(-3.9, 1.0, -4.0) == "met"  # a loss within 4 points
     assert v2.margin_verdict(None, None, 8.0) == "inconclusive"
+
+
+# ---- the report on made-up job files ------------------------------------------------------------------------
+def write_made_up_experiment(out: Path, gains: dict[int, float]) -> None:
+    """Two skills (a known, b weak), 4 test questions each, seeds 0 and 1; the sharpened arm solves ``gains[seed]``
+    of b's questions more than uniform, and one fewer of a's on seed 1."""
+    import json
+
+    machine = {"cpu": "x", "cpu_capability": "AVX2", "cores": 2, "torch": "t", "date": "d"}
+    cpu = {"batches": [1.0, 1.0], "score": [[1.0, 8]], "total": 10.0}
+    (out / "design.json").write_text(json.dumps({"batch_size": 16}))
+    (out / "selection.json").write_text(
+        json.dumps({"curves": {"a": [[0, 0.5]], "b": [[0, 0.0]]}, "selected": ["a", "b"], "enough": True})
+    )
+    (out / "screen-0.json").write_text(json.dumps({"cpu": cpu, "wall_seconds": 1.0, "examples": 10}))
+    skills = ["a"] * 4 + ["b"] * 4
+
+    def run(a_right: int, b_right: int, mix: list[dict] | None = None) -> dict:
+        exact = [1.0] * a_right + [0.0] * (4 - a_right) + [1.0] * b_right + [0.0] * (4 - b_right)
+        return {
+            "known": ["a"],
+            "weak": ["b"],
+            "test": {"exact": exact, "nll": [0.0] * 8},
+            "test_skills": skills,
+            "test_exact": {"a": a_right / 4, "b": b_right / 4},
+            "mix": mix or [{"a": 8, "b": 8}],
+            "targeting": [{"precision": 1.0, "recall": 1.0, "mass": 0.9}],
+            "cpu": cpu,
+            "wall_seconds": 1.0,
+            "examples": 16,
+            "machine": machine,
+        }
+
+    for seed, gain in gains.items():
+        warm = run(4, 0) | {
+            "targeting": {w: {"precision": 1.0, "recall": 1.0, "mass": 0.8} for w in ("proportional", "sharpened")}
+        }
+        (out / f"warmup-{seed}.json").write_text(json.dumps(warm))
+        (out / f"arm-uniform-{seed}.json").write_text(json.dumps(run(4, 1)))
+        sharpened = run(4 - seed, 1 + int(gain), [{"a": 2, "b": 14}])
+        (out / f"arm-sharpened-{seed}.json").write_text(json.dumps(sharpened))
+
+
+def test_the_report_pairs_each_seeds_own_questions_and_gives_verdicts(tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("skillworld_v2_report", SCRIPT.parent / "skillworld_v2_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    write_made_up_experiment(tmp_path, {0: 2, 1: 2})
+    args = argparse.Namespace(
+        out=tmp_path,
+        results=tmp_path / "results",
+        seeds=[0, 1],
+        screen_seeds=[0],
+        arms=["uniform", "sharpened"],
+        margin_b=8.0,
+        margin_a=-4.0,
+        margin_online=-3.0,
+        bootstrap=200,
+        unregistered=True,
+        keep=2,
+    )
+    result = report.report(args)
+    found = {(c["arm"], c["group"]): c for c in result["comparisons"]}
+    assert set(found) == {("sharpened", "B"), ("sharpened", "A")}  # no proportional or online arm ran
+    b, a = found[("sharpened", "B")], found[("sharpened", "A")]
+    assert b["per_seed"] == {0: 50.0, 1: 50.0} and b["verdict"] == "met"  # no spread: [50, 50] clears +8
+    assert (b["t_interval"]["low"], b["t_interval"]["high"]) == pytest.approx((50.0, 50.0))
+    assert a["per_seed"] == {0: 0.0, 1: -25.0}  # seed 1 lost one of a's 4 questions
+    assert a["verdict"] == "inconclusive"  # t(0.975, 1) = 12.7: the interval spans -4
+    assert result["realised_b_share"] == {"uniform": [0.5], "sharpened": [14 / 16]}
+    assert result["start"] == {"A": 100.0, "B": 0.0}
+    assert json.loads((tmp_path / "results" / "skillworld_v2.json").read_text())["unregistered"] is True
+    assert (tmp_path / "results" / "skillworld_v2_sharpened_vs_uniform.png").exists()
