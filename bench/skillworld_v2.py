@@ -6,7 +6,7 @@ others, with skills known to be learnable at this budget, and pre-registers what
 
 - Student: SmolLM2-135M-Instruct + QLoRA (NF4, r 16), AdamW ``--lr`` with the default cosine schedule,
   batch ``--batch-size``. World: single-skill skill-world problems at level 1 (a wrong answer is that
-  skill's failure), the skills with at least ``--test-per-skill`` distinct test problems. Every question set
+  skill's failure), the skills with at least ``--min-test`` (45) distinct test problems. Every question set
   has equally many problems per skill, each drawn from that skill's own generator: a training pool
   (``--pool-per-skill``), held-out train-split problems for the screen (``--heldout-per-skill``, after the
   pool in the same stream), profiling questions (``--profile-per-skill``, validation split) and the test set
