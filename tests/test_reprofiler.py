@@ -271,7 +271,7 @@ def test_live_synthesis_is_guarded_against_every_registry_benchmark(shared_data)
         benchmark_paths=paths,
     )
     names = {source.name for source in callback.contamination}
-    assert names | {"math_d"} == set(BENCHMARKS)  # MATH-D's questions are MATH's
+    assert names | {"math_d", "math_validation"} == set(BENCHMARKS)  # MATH-D and MATH-Val are MATH's questions
     assert next(s for s in callback.contamination if s.name == "gsm8k").path == paths["gsm8k"]
 
 
