@@ -464,7 +464,9 @@ def test_contamination_covers_every_registry_benchmark_whole_and_matches_by_text
     hub = contamination_sources(["all"])
     hub_names = {s.name for s in hub}
     # MATH-D and MATH-Val are MATH's questions, read once
-    assert hub_names | {"math_d", "math_validation"} == set(BENCHMARKS) and not {"math_d", "math_validation"} & hub_names
+    assert (
+        hub_names | {"math_d", "math_validation"} == set(BENCHMARKS) and not {"math_d", "math_validation"} & hub_names
+    )
     local = {
         "math": str(shared_data / "math" / "test.jsonl"),
         "gsm8k": str(shared_data / "eval" / "gsm8k.jsonl"),

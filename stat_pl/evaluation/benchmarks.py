@@ -92,9 +92,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("math", "MATH", _MATH_HUB, selection="math_evaluation", hub_questions=_MATH_QUESTIONS),
         Benchmark("math_d", "MATH-D", _MATH_HUB, selection="math_difficult", hub_questions=_MATH_QUESTIONS),
         # the 1,000 validation questions: the profile's, and what each method's learning rate is chosen on
-        Benchmark(
-            "math_validation", "MATH-Val", _MATH_HUB, selection="math_validation", hub_questions=_MATH_QUESTIONS
-        ),
+        Benchmark("math_validation", "MATH-Val", _MATH_HUB, selection="math_validation", hub_questions=_MATH_QUESTIONS),
         Benchmark(
             "math500",
             "MATH-500",
@@ -156,11 +154,11 @@ class BenchmarkSpec:
         split_seed: the seed of :func:`split_math_test` (MATH and MATH-D).
         validation_size: hold out the first ``validation_size`` questions of :func:`split_math_test`
             (``split_seed``) and evaluate on the rest. Default: MATH's 1,000 for MATH and MATH-D, no
-            hold-out otherwise. ``math_validation`` keeps the held-out questions instead (the profile's 1,000). The continual setting (STAT-ConSel / ConSyn) profiles on such a
-            validation part of a new benchmark (``profile --split=validation``); the paper's Figure 3
-            scores the whole benchmark, profiled questions included (``configs/paper/continual_eval.yaml``),
-            and giving the profile's size and seed here leaves them out instead
-            (``configs/paper/continual_eval_held_out.yaml``).
+            hold-out otherwise. ``math_validation`` keeps the held-out questions instead (the profile's 1,000).
+            The continual setting (STAT-ConSel / ConSyn) profiles on such a validation part of a new benchmark
+            (``profile --split=validation``); the paper's Figure 3 scores the whole benchmark, profiled questions
+            included (``configs/paper/continual_eval.yaml``), and giving the profile's size and seed here leaves
+            them out instead (``configs/paper/continual_eval_held_out.yaml``).
     """
 
     name: str
