@@ -3,6 +3,7 @@
 v1 (``bench/skillworld_effect.py``, bench/README.md) found no effect of STAT-Sel because its students failed
 every skill alike: a flat profile gives uniform sampling. v2 builds students that know some skills and not
 others, with skills known to be learnable at this budget, and pre-registers what it expects (issue 27).
+Its run of 2026-12-06 stopped at Phase 0 by its own rule (5 learnable skills, 6 needed): bench/README.md.
 
 - Student: SmolLM2-135M-Instruct + QLoRA (NF4, r 16), AdamW ``--lr`` with the default cosine schedule,
   batch ``--batch-size``. World: single-skill skill-world problems at level 1 (a wrong answer is that
