@@ -1,4 +1,8 @@
-"""The real model: QLoRA (NF4) fit of SmolLM2-135M-Instruct on real MATH rows, on CPU."""
+"""The real model: QLoRA (NF4) fit of SmolLM2-135M-Instruct on real MATH rows, on CPU.
+
+Precision is what ``auto`` picks on this CPU (bf16 where it is native, float32 where it would be emulated: 14 steps
+took ~10 minutes in emulated bf16 on an AVX2 CPU), and the reload uses the same compute dtype.
+"""
 
 import functools
 
@@ -9,6 +13,7 @@ import torch
 from stat_pl.data.sft_datamodule import SFTDataModule
 from stat_pl.models import StudentConfig
 from stat_pl.modules.sft import SFTModule
+from stat_pl.precision import resolve_precision
 from stat_pl.records import RecordSource
 
 pytestmark = pytest.mark.slow
@@ -26,6 +31,7 @@ def test_qlora_overfits_real_math_rows_and_the_adapter_reloads_with_plain_peft(s
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    precision = resolve_precision("cpu")
     module = SFTModule(
         StudentConfig(str(smollm2_dir), quantization="nf4"),
         warmup_ratio=0.0,
@@ -42,7 +48,7 @@ def test_qlora_overfits_real_math_rows_and_the_adapter_reloads_with_plain_peft(s
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=14,
-        precision="bf16-mixed",
+        precision=precision.lightning,
         default_root_dir=tmp_path,
         logger=False,
         enable_checkpointing=False,
@@ -61,8 +67,8 @@ def test_qlora_overfits_real_math_rows_and_the_adapter_reloads_with_plain_peft(s
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_quant_storage=torch.bfloat16,
+            bnb_4bit_compute_dtype=getattr(torch, precision.dtype),
+            bnb_4bit_quant_storage=getattr(torch, precision.dtype),
         ),
     )
     for layer in base.modules():  # same 4-bit kernel as the trained module (not bnb's packed inference one)
