@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stat_pl.data.sft_datamodule import SFTDataModule
-from stat_pl.models import StudentConfig
+from stat_pl.models import StudentConfig, torch_dtype
 from stat_pl.modules.sft import SFTModule
 from stat_pl.precision import resolve_precision
 from stat_pl.records import RecordSource
@@ -67,8 +67,8 @@ def test_qlora_overfits_real_math_rows_and_the_adapter_reloads_with_plain_peft(s
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=getattr(torch, precision.dtype),
-            bnb_4bit_quant_storage=getattr(torch, precision.dtype),
+            bnb_4bit_compute_dtype=torch_dtype(precision.dtype),
+            bnb_4bit_quant_storage=torch_dtype(precision.dtype),
         ),
     )
     for layer in base.modules():  # same 4-bit kernel as the trained module (not bnb's packed inference one)
